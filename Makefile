@@ -1,0 +1,56 @@
+# One entry point for people and CI. Every target installs what it needs first.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+AZURITE_VERSION := 3.37.0
+AZURITE := .local/node/node_modules/.bin/azurite
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help setup run test test-fast lint typecheck bench package clean
+
+help:
+	@echo "make run      set up and start the local stack (Azurite, gpusim, identity, devhost on :7071)"
+	@echo "make test     install everything and run lint, types and the whole test suite"
+	@echo "make bench    run the benchmarks (JSON + PNG in bench/results)"
+	@echo "make package  build dist/azure-functionapp.zip and dist/lambda.zip"
+	@echo "make lint     ruff + mypy --strict"
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+$(AZURITE):
+	mkdir -p .local/node
+	npm install --no-audit --no-fund --silent --prefix .local/node azurite@$(AZURITE_VERSION)
+
+setup: $(VENV)/.installed $(AZURITE)
+
+run: setup
+	$(BIN)/python -m tools.stack
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check shared functions tools tests bench function_app.py
+	$(BIN)/ruff format --check shared functions tools function_app.py
+	$(BIN)/mypy
+
+typecheck: lint
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q tests/unit tests/functions
+
+bench: setup
+	$(BIN)/python -m bench
+
+package: $(VENV)/.installed
+	$(BIN)/python -m tools.package
+
+clean:
+	rm -rf dist .mypy_cache .ruff_cache .pytest_cache bench/results/*.tmp

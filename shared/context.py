@@ -1,0 +1,56 @@
+"""Per-invocation context: the deadline every retry and wait respects."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from shared.errors import DeadlineExceeded
+
+Clock = Callable[[], float]
+
+#: Time kept back from the platform's deadline to encode and return a response.
+RESPONSE_MARGIN_S = 0.25
+
+
+@dataclass
+class Context:
+    """What an adapter knows about the invocation, handed to ``shared``.
+
+    ``deadline`` is on the ``clock`` timeline (monotonic seconds by default).
+    """
+
+    deadline: float
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    clock: Clock = time.monotonic
+    caller: str | None = None
+
+    @classmethod
+    def with_timeout(
+        cls, seconds: float, *, request_id: str | None = None, clock: Clock = time.monotonic
+    ) -> Context:
+        return cls(
+            deadline=clock() + seconds,
+            request_id=request_id or uuid.uuid4().hex,
+            clock=clock,
+        )
+
+    @classmethod
+    def from_lambda(cls, lambda_context: object, *, request_id: str | None = None) -> Context:
+        """Deadline from Lambda's ``get_remaining_time_in_millis`` (less a response margin)."""
+        remaining = getattr(lambda_context, "get_remaining_time_in_millis", None)
+        seconds = remaining() / 1000.0 if callable(remaining) else 30.0
+        rid = request_id or getattr(lambda_context, "aws_request_id", None)
+        return cls.with_timeout(max(0.0, seconds - RESPONSE_MARGIN_S), request_id=rid)
+
+    def remaining(self) -> float:
+        return self.deadline - self.clock()
+
+    def check(self) -> float:
+        """Remaining seconds, or ``DeadlineExceeded`` when none are left."""
+        left = self.remaining()
+        if left <= 0:
+            raise DeadlineExceeded("the invocation deadline passed before the model answered")
+        return left

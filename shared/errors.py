@@ -1,0 +1,151 @@
+"""One exception tree, rendered as OpenAI's error envelope.
+
+    InferenceError                      (500 server_error)
+    ├── InvalidRequest                  (400 invalid_request_error)
+    │   └── PayloadTooLarge             (413)
+    ├── AuthenticationFailed            (401 authentication_error)
+    ├── PermissionDenied                (403 permission_error)
+    ├── ModelNotFound                   (404 not_found_error, code model_not_found)
+    ├── NotFound                        (404 not_found_error)
+    ├── QuotaExceeded                   (429 rate_limit_exceeded, inbound quota)
+    ├── ConfigError                     (500, names the bad setting)
+    └── BackendError                    (502 api_error: the model endpoint misbehaved)
+        ├── BackendRejected             (4xx from the endpoint passed through, e.g. content_filter)
+        ├── BackendRateLimited          (429 from the endpoint, carries retry_after)
+        ├── BackendUnavailable          (503, carries retry_after)
+        ├── BackendTimeout              (504)
+        └── BackendConnectionError      (502, connect/reset)
+    DeadlineExceeded                    (504, the invocation ran out of time)
+
+Provider errors are translated at the edge (``raise BackendX(...) from exc``) so callers
+only ever see this tree; ``retryable`` tells the retry policy and the router what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class InferenceError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.retry_after = retry_after
+        self.extra = extra or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        err: dict[str, Any] = {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code,
+        }
+        err.update(self.extra)
+        return {"error": err}
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is not None and self.status in (429, 503):
+            return {"Retry-After": str(max(1, round(self.retry_after)))}
+        return {}
+
+
+class InvalidRequest(InferenceError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+    code = "payload_too_large"
+
+
+class AuthenticationFailed(InferenceError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(InferenceError):
+    status = 403
+    type = "permission_error"
+
+
+class NotFound(InferenceError):
+    status = 404
+    type = "not_found_error"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class QuotaExceeded(InferenceError):
+    status = 429
+    type = "rate_limit_exceeded"
+    code = "rate_limit_exceeded"
+
+
+class ConfigError(InferenceError):
+    """Invalid configuration: the message names the setting (and field) at fault."""
+
+    status = 500
+    type = "server_error"
+    code = "configuration_error"
+
+
+class BackendError(InferenceError):
+    status = 502
+    type = "api_error"
+    code = "backend_error"
+    retryable = True
+
+
+class BackendRejected(BackendError):
+    """The endpoint refused the request itself (4xx): passed through, never retried."""
+
+    retryable = False
+
+
+class BackendRateLimited(BackendError):
+    status = 429
+    type = "rate_limit_exceeded"
+    code = "backend_rate_limited"
+
+
+class BackendUnavailable(BackendError):
+    status = 503
+    code = "backend_unavailable"
+
+
+class BackendTimeout(BackendError):
+    status = 504
+    code = "backend_timeout"
+
+
+class BackendConnectionError(BackendError):
+    code = "backend_connection_error"
+
+
+class DeadlineExceeded(InferenceError):
+    status = 504
+    type = "timeout_error"
+    code = "deadline_exceeded"
