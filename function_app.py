@@ -1,0 +1,18 @@
+"""Azure Functions entry point (Python v2 programming model).
+
+Registers every function's Blueprint. `func start` (Core Tools) and `python -m tools.devhost`
+both index this module. Importing it builds no client, credential or settings object.
+"""
+
+import azure.functions as func
+
+from functions.chat.azure import bp as chat
+from functions.completions.azure import bp as completions
+from functions.embeddings.azure import bp as embeddings
+from functions.health.azure import bp as health
+from functions.models.azure import bp as models
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+for blueprint in (chat, completions, embeddings, models, health):
+    app.register_functions(blueprint)

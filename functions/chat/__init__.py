@@ -1,0 +1,1 @@
+"""Chat completions, plain JSON or SSE stream (OpenAI-compatible)."""

@@ -1,0 +1,1 @@
+"""Text completions (OpenAI-compatible), plain or streamed."""

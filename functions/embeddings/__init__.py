@@ -1,0 +1,1 @@
+"""Embeddings (OpenAI-compatible)."""

@@ -1,0 +1,18 @@
+"""Azure Functions entry of the `embeddings` function (Python v2 Blueprint, HTTP streams).
+
+With HTTP streams enabled (PYTHON_ENABLE_INIT_INDEXING=1) every HTTP function of the app
+takes the FastAPI extension's Request and returns a Starlette Response.
+"""
+
+import azure.functions as func
+from azurefunctions.extensions.http.fastapi import Request, Response
+
+from shared.schemas import Operation
+from shared.web import openai_endpoint
+
+bp = func.Blueprint()
+
+
+@bp.route(route="v1/embeddings", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+async def embeddings(req: Request) -> Response:
+    return await openai_endpoint(req, Operation.EMBEDDINGS)

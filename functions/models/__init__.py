@@ -1,0 +1,1 @@
+"""The models this deployment routes (OpenAI list shape)."""

@@ -1,0 +1,16 @@
+"""FastAPI app of the `models` function: Lambda (Mangum or Lambda Web Adapter) and local runs.
+
+The models this deployment routes (OpenAI list shape).
+"""
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shared.web import create_app, models_endpoint
+
+app = create_app("models")
+
+
+@app.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    return await models_endpoint(request)

@@ -1,0 +1,7 @@
+"""AWS Lambda entry of the `models` function: API Gateway HTTP API / Function URL via Mangum."""
+
+from mangum import Mangum
+
+from functions.models.app import app
+
+handler = Mangum(app, lifespan="off")

@@ -1,0 +1,197 @@
+"""HTTP plumbing shared by the HTTP backends: one pooled client per process, error mapping.
+
+httpx is imported here, not by ``shared`` at large; the client is built on first use and
+reused by every warm invocation. An ``httpx.AsyncClient`` belongs to the event loop that
+first used it, so the pool keeps one per running loop (Azure's worker and uvicorn have one;
+a Lambda runtime may give each invocation its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+
+from shared.context import Context
+from shared.errors import (
+    BackendConnectionError,
+    BackendError,
+    BackendRateLimited,
+    BackendRejected,
+    BackendTimeout,
+    BackendUnavailable,
+    DeadlineExceeded,
+    InferenceError,
+)
+from shared.retry import server_delay, should_retry
+
+_lock = threading.Lock()
+_clients: dict[int, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
+_transport: httpx.AsyncBaseTransport | None = None
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+def set_transport(transport: httpx.AsyncBaseTransport | None) -> None:
+    """Route every backend request through ``transport`` (tests: ``httpx.MockTransport``)."""
+    global _transport
+    with _lock:
+        _transport = transport
+        _clients.clear()
+
+
+def get_client() -> httpx.AsyncClient:
+    """The process's client for the running event loop, built on first use."""
+    loop = asyncio.get_running_loop()
+    key = id(loop)
+    entry = _clients.get(key)
+    if entry is not None and entry[0] is loop:
+        return entry[1]
+    with _lock:
+        # Drop clients of loops that have closed (their connections are unusable).
+        for k in [k for k, (lp, _) in _clients.items() if lp.is_closed()]:
+            del _clients[k]
+        client = httpx.AsyncClient(
+            transport=_transport,
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT_S),
+            follow_redirects=False,
+        )
+        _clients[key] = (loop, client)
+        return client
+
+
+def timeout_for(ctx: Context, backend_timeout_s: float) -> httpx.Timeout:
+    """Per-attempt timeout: the backend's own limit, never past the invocation deadline."""
+    left = ctx.check()
+    total = min(backend_timeout_s, left)
+    return httpx.Timeout(total, connect=min(CONNECT_TIMEOUT_S, total))
+
+
+def transport_error(exc: Exception, backend: str) -> InferenceError:
+    """Translate an httpx exception into the shared error tree."""
+    if isinstance(exc, httpx.TimeoutException):
+        return BackendTimeout(f"backend {backend!r} did not answer in time ({type(exc).__name__})")
+    return BackendConnectionError(f"backend {backend!r} connection failed: {type(exc).__name__}")
+
+
+def _error_fields(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    err = data.get("error")
+    if isinstance(err, dict):
+        return err
+    if isinstance(err, str):  # TGI: {"error": "...", "error_type": "..."}
+        return {"message": err, "type": data.get("error_type")}
+    if isinstance(data.get("message"), str):  # Azure ML / SageMaker shapes
+        return {"message": data["message"]}
+    return {}
+
+
+def error_from_response(
+    status: int, headers: Mapping[str, str], body: bytes, backend: str
+) -> InferenceError:
+    """Map an endpoint's error answer to the shared tree, keeping its OpenAI error fields.
+
+    4xx answers the caller caused (400, 404, 413, 422: bad prompt, content filter) pass
+    through with their status and body fields; 401/403 mean *our* outbound credential was
+    refused, which is a server-side problem (502). 408/409/429/5xx are retryable.
+    """
+    fields = _error_fields(body)
+    message = str(fields.get("message") or f"backend {backend!r} answered HTTP {status}")
+    retry_after = server_delay(headers)
+    retryable = should_retry(status, headers)
+    code = fields.get("code")
+    extra = {k: v for k, v in fields.items() if k not in ("message", "type", "param", "code")}
+    err: InferenceError
+    if status == 429:
+        err = BackendRateLimited(message, retry_after=retry_after, code=code or None)
+    elif status == 503:
+        err = BackendUnavailable(message, retry_after=retry_after)
+    elif status in (408, 504):
+        err = BackendTimeout(message, retry_after=retry_after)
+    elif status in (401, 403):
+        err = BackendError(
+            f"backend {backend!r} refused our credentials (HTTP {status}); check its auth "
+            "settings and role assignments",
+        )
+        retryable = False
+    elif status >= 500 or status == 409:
+        err = BackendError(message, retry_after=retry_after, code=code or None)
+    else:
+        err = BackendRejected(
+            message,
+            status=400 if status == 422 else status,
+            code=str(code) if code else None,
+            param=fields.get("param") if isinstance(fields.get("param"), str) else None,
+            extra=extra,
+        )
+        etype = fields.get("type")
+        if isinstance(etype, str) and etype:
+            err.type = etype
+        retryable = False
+    err.retryable = retryable
+    return err
+
+
+class SSEPassThrough:
+    """An accepted streaming response whose bytes are forwarded as they arrive."""
+
+    def __init__(self, response: httpx.Response, backend: str, ctx: Context) -> None:
+        self._response = response
+        self._backend = backend
+        self._ctx = ctx
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.aiter_bytes():
+                yield chunk
+        except httpx.TransportError as exc:
+            if self._ctx.remaining() <= 0:
+                raise DeadlineExceeded("the invocation deadline passed mid-stream") from exc
+            raise transport_error(exc, self._backend) from exc
+        finally:
+            await self._response.aclose()
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+async def send_json(
+    method: str,
+    url: str,
+    *,
+    backend: str,
+    ctx: Context,
+    timeout_s: float,
+    headers: dict[str, str],
+    body: bytes | None = None,
+    stream: bool = False,
+) -> httpx.Response:
+    """Send a request; return the response when 2xx, raise a mapped error otherwise."""
+    client = get_client()
+    request = client.build_request(
+        method, url, content=body, headers=headers, timeout=timeout_for(ctx, timeout_s)
+    )
+    try:
+        response = await client.send(request, stream=stream)
+    except httpx.HTTPError as exc:
+        raise transport_error(exc, backend) from exc
+    if response.status_code >= 400:
+        try:
+            content = await response.aread() if stream else response.content
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, backend) from exc
+        finally:
+            if stream:
+                await response.aclose()
+        raise error_from_response(response.status_code, response.headers, content, backend)
+    return response

@@ -1,0 +1,120 @@
+"""Retry policy: openai-python's rules as pure functions, bounded by the invocation deadline.
+
+``should_retry`` and ``retry_delay`` mirror ``_should_retry`` / ``_calculate_retry_timeout``
+in openai-python's ``_base_client.py``: retry 408, 409, 429, >= 500 and connection errors;
+``x-should-retry`` overrides; a server delay from ``retry-after-ms`` or ``retry-after``
+(seconds, float, or HTTP date) is honoured when 0 < delay <= 120 s (a longer one means
+"do not retry"); otherwise ``min(0.5 * 2**n, 8)`` with jitter ``1 - 0.25 * random()``.
+
+Unlike a client library, a serverless function cannot wait for long: ``call_with_retry``
+never sleeps past the invocation's deadline and gives up early when the wait would leave no
+time for another attempt, re-raising the last error (with its Retry-After for the caller).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
+
+from shared.context import Context
+from shared.errors import InferenceError
+
+T = TypeVar("T")
+
+INITIAL_RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 8.0
+MAX_SERVER_DELAY = 120.0
+#: Do not start an attempt with less than this left: it could not finish anyway.
+MIN_ATTEMPT_S = 0.05
+
+
+def should_retry(status: int | None, headers: Mapping[str, str] | None = None) -> bool:
+    """Whether a response (``status=None``: connection error or timeout) is worth retrying."""
+    if headers is not None:
+        override = headers.get("x-should-retry")
+        if override == "true":
+            return True
+        if override == "false":
+            return False
+    if status is None:
+        return True
+    return status in (408, 409, 429) or status >= 500
+
+
+def server_delay(headers: Mapping[str, str] | None, *, now: float | None = None) -> float | None:
+    """The delay the server asked for, in seconds, or ``None`` when it gave none we can read."""
+    if not headers:
+        return None
+    ms = headers.get("retry-after-ms") or headers.get("x-ms-retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000.0
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    parsed = email.utils.parsedate_tz(value)
+    if parsed is None:
+        return None
+    when = email.utils.mktime_tz(parsed)
+    return float(when - (time.time() if now is None else now))
+
+
+def backoff_delay(retries_taken: int, rand: float) -> float:
+    """Capped exponential backoff with openai-python's jitter (``rand`` in [0, 1))."""
+    base = min(INITIAL_RETRY_DELAY * 2.0**retries_taken, MAX_RETRY_DELAY)
+    return base * (1 - 0.25 * rand)
+
+
+def retry_delay(retry_after: float | None, retries_taken: int, rand: float) -> float | None:
+    """Seconds to wait before the next attempt, or ``None`` when the server said not to retry.
+
+    A server delay in (0, 120] is used as is; one above 120 s means give up; none (or <= 0)
+    falls back to backoff.
+    """
+    if retry_after is not None:
+        if retry_after > MAX_SERVER_DELAY:
+            return None
+        if retry_after > 0:
+            return retry_after
+    return backoff_delay(retries_taken, rand)
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+async def call_with_retry(
+    attempt: Callable[[int], Awaitable[T]],
+    ctx: Context,
+    *,
+    max_retries: int,
+    sleep: Sleep = asyncio.sleep,
+    rand: Callable[[], float] = random.random,
+) -> T:
+    """Run ``attempt(n)`` until it succeeds, a non-retryable error, or the budget runs out.
+
+    The budget is the smaller of ``max_retries`` and the invocation's remaining time: a wait
+    that would leave less than ``MIN_ATTEMPT_S`` for the next attempt is not started.
+    """
+    retries = 0
+    while True:
+        ctx.check()
+        try:
+            return await attempt(retries)
+        except InferenceError as err:
+            if not err.retryable or retries >= max_retries:
+                raise
+            delay = retry_delay(err.retry_after, retries, rand())
+            if delay is None or delay + MIN_ATTEMPT_S >= ctx.remaining():
+                raise
+            await sleep(delay)
+            retries += 1

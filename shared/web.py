@@ -1,0 +1,185 @@
+"""HTTP handlers shared by every HTTP function, on Azure and on AWS alike.
+
+Each handler takes a Starlette ``Request`` and returns a Starlette ``Response``: the
+FastAPI apps in ``functions/<name>/app.py`` (served by Mangum on Lambda, by uvicorn behind
+Lambda Web Adapter for streaming) route to them, and the Azure functions in
+``functions/<name>/azure.py`` call them directly with the ``Request`` the Functions host
+hands over when HTTP streams are enabled. One code path, so behaviour cannot drift between
+platforms.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from shared.context import Context
+from shared.errors import (
+    AuthenticationFailed,
+    InferenceError,
+    InvalidRequest,
+    PayloadTooLarge,
+)
+from shared.schemas import Operation
+from shared.service import get_service
+from shared.settings import get_settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger("shared.web")
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def error_response(err: InferenceError, request_id: str | None = None) -> Response:
+    headers = err.headers()
+    if request_id:
+        headers["x-request-id"] = request_id
+    return Response(
+        json.dumps(err.to_dict()).encode(),
+        status_code=err.status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def internal_error(exc: BaseException, request_id: str | None = None) -> Response:
+    """500 envelope for a bug: the traceback goes to the log, never to the caller."""
+    log.error("unhandled error request_id=%s", request_id, exc_info=exc)
+    return error_response(InferenceError("internal error"), request_id)
+
+
+def request_context(request: Request) -> Context:
+    settings = get_settings()
+    rid = request.headers.get("x-request-id") or request.headers.get("x-ms-client-request-id")
+    lambda_context = request.scope.get("aws.context")  # set by Mangum on Lambda
+    if lambda_context is not None:
+        ctx = Context.from_lambda(lambda_context, request_id=rid)
+        if ctx.remaining() > settings.request_timeout_s:
+            ctx.deadline = ctx.clock() + settings.request_timeout_s
+        return ctx
+    return Context.with_timeout(settings.request_timeout_s, request_id=rid)
+
+
+def authenticate(request: Request) -> str | None:
+    """Check the caller's key when ``INFER_API_KEYS`` is set; return the key id (or None)."""
+    keys = get_settings().api_keys
+    if not keys:
+        return None
+    auth = request.headers.get("authorization", "")
+    given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    given = given or request.headers.get("api-key", "")
+    if given:
+        for i, key in enumerate(keys):
+            if hmac.compare_digest(given.encode(), key.encode()):
+                return f"key{i}"
+    raise AuthenticationFailed(
+        "Missing or invalid API key: send 'Authorization: Bearer <key>' or 'api-key: <key>'"
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_json(raw: bytes) -> Any:
+    if not raw:
+        raise InvalidRequest("request body is empty; expected a JSON object")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+async def openai_endpoint(request: Request, op: Operation) -> Response:
+    """POST /v1/chat/completions | /v1/completions | /v1/embeddings."""
+    ctx: Context | None = None
+    try:
+        ctx = request_context(request)
+        ctx.caller = authenticate(request)
+        service = get_service()
+        raw = await read_body(request, service.settings.max_body_bytes)
+        payload = service.validate(op, decode_json(raw))
+        if payload.get("stream") and op is not Operation.EMBEDDINGS:
+            body = await service.stream(op, payload, ctx)
+            return StreamingResponse(
+                body, media_type="text/event-stream", headers=_rid(ctx, SSE_HEADERS)
+            )
+        result = await service.complete(op, payload, ctx)
+        return Response(result.content, media_type="application/json", headers=_rid(ctx))
+    except InferenceError as err:
+        return error_response(err, ctx.request_id if ctx else None)
+    except Exception as exc:
+        return internal_error(exc, ctx.request_id if ctx else None)
+
+
+def _rid(ctx: Context, base: dict[str, str] | None = None) -> dict[str, str]:
+    return {**(base or {}), "x-request-id": ctx.request_id}
+
+
+async def models_endpoint(request: Request) -> Response:
+    """GET /v1/models: the models this deployment routes."""
+    try:
+        ctx = request_context(request)
+        authenticate(request)
+        data = await get_service().models(ctx)
+        return Response(json.dumps(data).encode(), media_type="application/json")
+    except InferenceError as err:
+        return error_response(err)
+    except Exception as exc:
+        return internal_error(exc)
+
+
+async def healthz_endpoint(request: Request) -> Response:
+    """Liveness: the process answers. Touches no setting and no backend."""
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+async def readyz_endpoint(request: Request) -> Response:
+    """Readiness: settings are valid and at least one backend answers."""
+    try:
+        ctx = Context.with_timeout(min(get_settings().request_timeout_s, 10.0))
+        report = await get_service().ready(ctx)
+    except InferenceError as err:
+        return error_response(err)
+    except Exception as exc:
+        return internal_error(exc)
+    status = 200 if report["ready"] else 503
+    return Response(json.dumps(report).encode(), status_code=status, media_type="application/json")
+
+
+def create_app(title: str) -> FastAPI:
+    """A bare FastAPI app whose framework errors (404, 405) use OpenAI's error envelope.
+
+    No docs or OpenAPI routes: each function exposes only its own endpoints.
+    """
+    from fastapi import FastAPI
+    from starlette.exceptions import HTTPException
+
+    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        err = InferenceError(str(getattr(exc, "detail", "error")), status=status)
+        err.type = "invalid_request_error" if status < 500 else "server_error"
+        return error_response(err)
+
+    app.add_exception_handler(HTTPException, http_error)
+    return app
