@@ -135,7 +135,7 @@ class Router:
         ordered: list[Slot] = []
         for prio in sorted({s.backend.config.priority for s in serving}):
             group = [s for s in serving if s.backend.config.priority == prio]
-            while group:
+            while len(group) > 1:
                 total = sum(s.backend.config.weight for s in group)
                 pick = self._rand() * total
                 for i, s in enumerate(group):
@@ -143,6 +143,7 @@ class Router:
                     if pick < 0 or i == len(group) - 1:
                         ordered.append(group.pop(i))
                         break
+            ordered.extend(group)
         return ordered
 
     async def invoke(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:

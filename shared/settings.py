@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from typing import Annotated, Any, Literal
 
@@ -174,9 +175,11 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         problems = "; ".join(_describe(e) for e in exc.errors(include_url=False))
         raise ConfigError(f"invalid configuration: {problems}") from None
-    except (ValueError, json.JSONDecodeError) as exc:
+    except ValueError as exc:
         # pydantic-settings raises SettingsError (a ValueError) for undecodable JSON.
-        raise ConfigError(f"invalid configuration: {exc}") from None
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = f"INFER_{match.group(1).upper()}" if match else "an INFER_* setting"
+        raise ConfigError(f"invalid configuration: {name}: not valid JSON") from None
 
 
 _lock = threading.Lock()

@@ -1,0 +1,139 @@
+"""Azure Blob Storage object store: one container per namespace (created on first use).
+
+Conditions map to blob ETags: ``if_none_match`` is ``overwrite=False`` (``If-None-Match: *``),
+``if_match`` is ``etag=`` + ``MatchConditions.IfNotModified``; a refusal (412, 409) becomes
+``PreconditionFailed``. Reads stream in 4 MiB ranges.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from shared.storage.azure_conn import AzureConnection, connection_from_env, credential
+from shared.storage.base import (
+    ObjectNotFound,
+    PreconditionFailed,
+    Reader,
+    StorageError,
+    StoredObject,
+)
+
+CHUNK = 4 * 1024 * 1024
+
+_lock = threading.Lock()
+_services: dict[AzureConnection, Any] = {}
+
+
+def blob_service(conn: AzureConnection | None = None) -> Any:
+    """The process's ``BlobServiceClient`` for the connection (built once, reused)."""
+    conn = conn or connection_from_env(service="blob")
+    with _lock:
+        if conn not in _services:
+            from azure.storage.blob import BlobServiceClient
+
+            opts: dict[str, Any] = {"max_single_get_size": CHUNK, "max_chunk_get_size": CHUNK}
+            if conn.connection_string:
+                svc = BlobServiceClient.from_connection_string(conn.connection_string, **opts)
+            else:
+                svc = BlobServiceClient(conn.account_url or "", credential=credential(conn), **opts)
+            _services[conn] = svc
+        return _services[conn]
+
+
+class _DownloadReader:
+    def __init__(self, downloader: Any) -> None:
+        self._downloader = downloader
+
+    def read(self, size: int = -1, /) -> bytes:
+        data: bytes = self._downloader.read(size if size is not None and size >= 0 else -1)
+        return data
+
+    def close(self) -> None:
+        return None
+
+
+class AzureBlobStore:
+    def __init__(self, namespace: str, service: Any | None = None) -> None:
+        self.namespace = namespace
+        self._service = service or blob_service()
+        self._container = self._service.get_container_client(namespace)
+        self._ready = False
+
+    def _ensure_container(self) -> None:
+        if self._ready:
+            return
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            self._container.create_container()
+        except ResourceExistsError:
+            pass
+        self._ready = True
+
+    def get(self, key: str) -> StoredObject | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            downloader = self._container.download_blob(key)
+            data = downloader.readall()
+        except ResourceNotFoundError:
+            return None
+        return StoredObject(data=data, etag=str(downloader.properties.etag))
+
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+        content_type: str = "application/json",
+    ) -> str:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+        from azure.storage.blob import ContentSettings
+
+        self._ensure_container()
+        kwargs: dict[str, Any] = {
+            "overwrite": not if_none_match,
+            "content_settings": ContentSettings(content_type=content_type),
+        }
+        if if_match is not None:
+            kwargs["etag"] = if_match
+            kwargs["match_condition"] = MatchConditions.IfNotModified
+        try:
+            props = self._container.upload_blob(key, data, **kwargs)
+        except ResourceNotFoundError as exc:
+            if if_match is not None:
+                raise PreconditionFailed(f"{self.namespace}/{key} does not exist") from exc
+            raise StorageError(f"writing {self.namespace}/{key} failed: {exc}") from exc
+        except HttpResponseError as exc:
+            if exc.status_code in (409, 412):
+                raise PreconditionFailed(f"{self.namespace}/{key}: condition not met") from exc
+            raise StorageError(f"writing {self.namespace}/{key} failed: {exc}") from exc
+        return str(props["etag"])
+
+    def open_read(self, key: str) -> Reader:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return _DownloadReader(self._container.download_blob(key))
+        except ResourceNotFoundError:
+            raise ObjectNotFound(f"{self.namespace}/{key} does not exist") from None
+
+    def list(self, prefix: str = "") -> list[str]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return sorted(b.name for b in self._container.list_blobs(name_starts_with=prefix or None))
+        except ResourceNotFoundError:
+            return []
+
+    def delete(self, key: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self._container.delete_blob(key)
+        except ResourceNotFoundError:
+            pass

@@ -1,0 +1,294 @@
+"""The HTTP API through the chat function's app, with the endpoint faked in-process.
+
+Bad input is answered with the right status and OpenAI's envelope, never a 500; streams
+are retried only before their first byte and end with an error event after it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+
+from functions.chat.app import app as chat_app
+from functions.embeddings.app import app as embeddings_app
+from functions.health.app import app as health_app
+from functions.models.app import app as models_app
+from shared.service import reset_service
+from tests.fixtures.core import Handler, chat_answer, sse
+
+MSG = {"model": "local-model", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def post(app: object, path: str, **kw: object) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://fn") as client:
+        return await client.post(path, **kw)  # type: ignore[arg-type]
+
+
+async def get(app: object, path: str, **kw: object) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://fn") as client:
+        return await client.get(path, **kw)  # type: ignore[arg-type]
+
+
+def assert_envelope(r: httpx.Response, status: int, param: str | None = None) -> dict[str, object]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    err = r.json()["error"]
+    assert set(err) >= {"message", "type", "param", "code"}
+    if param is not None:
+        assert err["param"] == param
+    return err  # type: ignore[no-any-return]
+
+
+async def test_plain_chat_passes_the_body_through_unchanged(
+    fake_endpoint: Callable[[Handler], None],
+) -> None:
+    seen: list[dict[str, object]] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(req.content))
+        return httpx.Response(200, json={**chat_answer("local-model"), "system_fingerprint": "fp"})
+
+    fake_endpoint(handler)
+    r = await post(chat_app, "/v1/chat/completions", json={**MSG, "logprobs": True})
+    assert r.status_code == 200
+    assert r.json()["system_fingerprint"] == "fp"
+    assert seen[0]["logprobs"] is True
+    assert r.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "param"),
+    [
+        ({"content": b"{not json"}, 400, None),
+        ({"content": b""}, 400, None),
+        ({"json": {"model": "local-model"}}, 400, "messages"),
+        ({"json": {**MSG, "max_tokens": -1}}, 400, "max_tokens"),
+        ({"json": {**MSG, "max_tokens": 10**7}}, 400, "max_tokens"),
+        ({"json": {**MSG, "max_tokens": "many"}}, 400, "max_tokens"),
+        ({"json": {**MSG, "messages": [{"role": 7}]}}, 400, "messages[0].role"),
+        ({"json": [1, 2, 3]}, 400, None),
+        ({"content": b'{"model": "' + b"x" * 2_000_000 + b'"}'}, 413, None),
+    ],
+)
+async def test_bad_input_gets_status_and_envelope_never_500(
+    fake_endpoint: Callable[[Handler], None],
+    kwargs: dict[str, object],
+    status: int,
+    param: str | None,
+) -> None:
+    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    r = await post(chat_app, "/v1/chat/completions", **kwargs)
+    assert_envelope(r, status, param)
+
+
+async def test_unknown_model_is_404(
+    fake_endpoint: Callable[[Handler], None], clean_env: pytest.MonkeyPatch
+) -> None:
+    clean_env.setenv(
+        "INFER_BACKENDS",
+        '[{"name": "v", "kind": "openai", "base_url": "http://x/v1", "models": ["only"]}]',
+    )
+    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("only")))
+    r = await post(chat_app, "/v1/chat/completions", json=MSG)
+    err = assert_envelope(r, 404, "model")
+    assert err["code"] == "model_not_found"
+
+
+async def test_wrong_method_and_path_use_the_envelope(
+    fake_endpoint: Callable[[Handler], None],
+) -> None:
+    assert_envelope(await get(chat_app, "/v1/chat/completions"), 405)
+    assert_envelope(await post(chat_app, "/v1/nothing", json=MSG), 404)
+
+
+async def test_bad_backend_config_is_a_clear_500_not_a_crash(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("INFER_BACKENDS", '[{"name": "x", "kind": "openai"}]')
+    r = await post(chat_app, "/v1/chat/completions", json=MSG)
+    err = assert_envelope(r, 500)
+    assert "INFER_BACKENDS[0] (kind openai): field 'base_url'" in str(err["message"])
+
+
+async def test_endpoint_errors_map_to_gateway_statuses(
+    fake_endpoint: Callable[[Handler], None], clean_env: pytest.MonkeyPatch
+) -> None:
+    clean_env.setenv("INFER_MAX_RETRIES", "0")
+    answers = iter(
+        [
+            httpx.Response(429, headers={"retry-after": "7"}, json={"error": {"message": "slow"}}),
+            httpx.Response(503, json={"error": {"message": "down"}}),
+            httpx.Response(
+                400,
+                json={
+                    "error": {
+                        "message": "blocked",
+                        "type": "invalid_request_error",
+                        "code": "content_filter",
+                        "param": "prompt",
+                        "innererror": {"code": "ResponsibleAIPolicyViolation"},
+                    }
+                },
+            ),
+            httpx.Response(401, json={"error": {"message": "bad key sk-123"}}),
+        ]
+    )
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        return next(answers)
+
+    fake_endpoint(handler)
+
+    async def fresh_call() -> httpx.Response:
+        reset_service()  # a fresh router: no circuit left open by the previous answer
+        return await post(chat_app, "/v1/chat/completions", json=MSG)
+
+    r = await fresh_call()
+    assert_envelope(r, 429)
+    assert r.headers["retry-after"] == "7"
+    assert_envelope(await fresh_call(), 503)
+    err = assert_envelope(await fresh_call(), 400, "prompt")
+    assert err["code"] == "content_filter"
+    assert err["innererror"] == {"code": "ResponsibleAIPolicyViolation"}
+    r = await fresh_call()
+    err = assert_envelope(r, 502)
+    assert "sk-123" not in r.text  # the endpoint's words about our credential are not relayed
+
+
+async def test_connection_errors_are_retried_then_502(
+    fake_endpoint: Callable[[Handler], None], clean_env: pytest.MonkeyPatch
+) -> None:
+    clean_env.setenv("INFER_MAX_RETRIES", "1")
+    calls = 0
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise httpx.ConnectError("reset")
+        return httpx.Response(200, json=chat_answer("local-model"))
+
+    fake_endpoint(handler)
+    r = await post(chat_app, "/v1/chat/completions", json=MSG)
+    assert r.status_code == 200
+    assert calls == 2
+
+
+async def test_stream_retried_before_first_byte(fake_endpoint: Callable[[Handler], None]) -> None:
+    calls = 0
+    body = sse({"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}}]}, "[DONE]")
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return httpx.Response(
+                503, headers={"retry-after-ms": "10"}, json={"error": {"message": "warming"}}
+            )
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    fake_endpoint(handler)
+    r = await post(chat_app, "/v1/chat/completions", json={**MSG, "stream": True})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert r.content == body
+    assert calls == 2
+
+
+class _Broken(httpx.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield sse({"id": "c", "choices": [{"index": 0, "delta": {"content": "par"}}]})
+        raise httpx.ReadError("connection reset mid-stream")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_failure_mid_stream_ends_with_an_error_event(
+    fake_endpoint: Callable[[Handler], None],
+) -> None:
+    calls = 0
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(200, stream=_Broken(), headers={"content-type": "text/event-stream"})
+
+    fake_endpoint(handler)
+    r = await post(chat_app, "/v1/chat/completions", json={**MSG, "stream": True})
+    assert r.status_code == 200
+    events = [e for e in r.text.split("\n\n") if e]
+    assert events[0].startswith('data: {"id": "c"')
+    last = json.loads(events[-1][len("data: ") :])
+    assert last["error"]["code"] == "backend_connection_error"
+    assert calls == 1  # not retried: the caller already had bytes
+
+
+async def test_inbound_api_keys(
+    fake_endpoint: Callable[[Handler], None], clean_env: pytest.MonkeyPatch
+) -> None:
+    clean_env.setenv("INFER_API_KEYS", "alpha,beta")
+    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    assert_envelope(await post(chat_app, "/v1/chat/completions", json=MSG), 401)
+    bad = {"authorization": "Bearer nope"}
+    assert_envelope(await post(chat_app, "/v1/chat/completions", json=MSG, headers=bad), 401)
+    ok = await post(
+        chat_app, "/v1/chat/completions", json=MSG, headers={"authorization": "Bearer beta"}
+    )
+    assert ok.status_code == 200
+    ok = await post(chat_app, "/v1/chat/completions", json=MSG, headers={"api-key": "alpha"})
+    assert ok.status_code == 200
+
+
+async def test_served_model_renamed_both_ways(
+    fake_endpoint: Callable[[Handler], None], clean_env: pytest.MonkeyPatch
+) -> None:
+    clean_env.setenv(
+        "INFER_BACKENDS",
+        '[{"name": "v", "kind": "openai", "base_url": "http://x/v1", "models": ["chat"],'
+        ' "served_model": "meta-llama/Llama-3.1-8B-Instruct"}]',
+    )
+    seen: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        model = json.loads(req.content)["model"]
+        seen.append(model)
+        return httpx.Response(200, json=chat_answer(model))
+
+    fake_endpoint(handler)
+    r = await post(chat_app, "/v1/chat/completions", json={**MSG, "model": "chat"})
+    assert seen == ["meta-llama/Llama-3.1-8B-Instruct"]
+    assert r.json()["model"] == "chat"
+
+
+async def test_models_health_and_embeddings(fake_endpoint: Callable[[Handler], None]) -> None:
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "local-model"}]})
+        return httpx.Response(
+            200, json={"object": "list", "data": [{"embedding": [0.1], "index": 0}]}
+        )
+
+    fake_endpoint(handler)
+    models = (await get(models_app, "/v1/models")).json()
+    assert [m["id"] for m in models["data"]] == ["local-model"]
+    assert (await get(health_app, "/healthz")).json() == {"status": "ok"}
+    ready = await get(health_app, "/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    r = await post(embeddings_app, "/v1/embeddings", json={"model": "local-model", "input": "x"})
+    assert r.json()["data"][0]["embedding"] == [0.1]
+
+
+async def test_readyz_is_503_when_no_backend_answers(
+    fake_endpoint: Callable[[Handler], None],
+) -> None:
+    def handler(req: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    fake_endpoint(handler)
+    r = await get(health_app, "/readyz")
+    assert r.status_code == 503
+    assert r.json()["backends"]["local"]["ready"] is False

@@ -1,0 +1,144 @@
+"""Retry policy: openai-python's rules, and never a wait past the invocation deadline."""
+
+from __future__ import annotations
+
+import email.utils
+
+import pytest
+
+from shared.context import Context
+from shared.errors import BackendRateLimited, BackendRejected, BackendUnavailable, DeadlineExceeded
+from shared.retry import backoff_delay, call_with_retry, retry_delay, server_delay, should_retry
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "expected"),
+    [
+        (408, {}, True),
+        (409, {}, True),
+        (429, {}, True),
+        (500, {}, True),
+        (503, {}, True),
+        (None, {}, True),
+        (400, {}, False),
+        (404, {}, False),
+        (400, {"x-should-retry": "true"}, True),
+        (503, {"x-should-retry": "false"}, False),
+    ],
+)
+def test_should_retry_follows_openai_rules(
+    status: int | None, headers: dict[str, str], expected: bool
+) -> None:
+    assert should_retry(status, headers) is expected
+
+
+def test_server_delay_prefers_retry_after_ms_then_seconds_then_http_date() -> None:
+    assert server_delay({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert server_delay({"x-ms-retry-after-ms": "1500"}) == 1.5
+    assert server_delay({"retry-after": "2.5"}) == 2.5
+    date = email.utils.formatdate(1_000_030, usegmt=True)
+    assert server_delay({"retry-after": date}, now=1_000_000) == pytest.approx(30)
+    assert server_delay({"retry-after": "soon"}) is None
+    assert server_delay({}) is None
+
+
+def test_backoff_is_capped_exponential_with_jitter() -> None:
+    assert backoff_delay(0, 0.0) == 0.5
+    assert backoff_delay(1, 0.0) == 1.0
+    assert backoff_delay(10, 0.0) == 8.0
+    assert backoff_delay(1, 0.999) == pytest.approx(1.0 * (1 - 0.25 * 0.999))
+
+
+def test_retry_delay_honours_server_delay_up_to_120s() -> None:
+    assert retry_delay(3.0, 0, 0.0) == 3.0
+    assert retry_delay(120.0, 0, 0.0) == 120.0
+    assert retry_delay(121.0, 0, 0.0) is None
+    assert retry_delay(0.0, 0, 0.0) == 0.5
+    assert retry_delay(None, 2, 0.0) == 2.0
+
+
+async def test_retries_until_success_with_server_delays() -> None:
+    clock = FakeClock()
+    ctx = Context(deadline=clock() + 60, clock=clock)
+    calls: list[int] = []
+
+    async def attempt(n: int) -> str:
+        calls.append(n)
+        if n < 2:
+            raise BackendRateLimited("busy", retry_after=1.5)
+        return "ok"
+
+    result = await call_with_retry(attempt, ctx, max_retries=3, sleep=clock.sleep, rand=lambda: 0)
+    assert result == "ok"
+    assert calls == [0, 1, 2]
+    assert clock.sleeps == [1.5, 1.5]
+
+
+async def test_never_waits_past_the_deadline() -> None:
+    clock = FakeClock()
+    ctx = Context(deadline=clock() + 5, clock=clock)
+
+    async def attempt(n: int) -> str:
+        clock.now += 0.5  # each attempt takes time
+        raise BackendUnavailable("down", retry_after=3.0)
+
+    with pytest.raises(BackendUnavailable) as info:
+        await call_with_retry(attempt, ctx, max_retries=10, sleep=clock.sleep, rand=lambda: 0)
+    assert info.value.retry_after == 3.0  # the caller can still tell its client when to retry
+    assert clock.now <= ctx.deadline
+    assert clock.sleeps == [3.0]
+
+
+async def test_non_retryable_errors_are_raised_at_once() -> None:
+    clock = FakeClock()
+    ctx = Context(deadline=clock() + 60, clock=clock)
+    calls = 0
+
+    async def attempt(n: int) -> str:
+        nonlocal calls
+        calls += 1
+        raise BackendRejected("content filtered", status=400)
+
+    with pytest.raises(BackendRejected):
+        await call_with_retry(attempt, ctx, max_retries=5, sleep=clock.sleep)
+    assert calls == 1
+
+
+async def test_expired_deadline_raises_before_calling() -> None:
+    clock = FakeClock()
+    ctx = Context(deadline=clock() - 1, clock=clock)
+
+    async def attempt(n: int) -> str:
+        raise AssertionError("must not be called")
+
+    with pytest.raises(DeadlineExceeded):
+        await call_with_retry(attempt, ctx, max_retries=2, sleep=clock.sleep)
+
+
+async def test_max_retries_bounds_attempts() -> None:
+    clock = FakeClock()
+    ctx = Context(deadline=clock() + 600, clock=clock)
+    calls = 0
+
+    async def attempt(n: int) -> str:
+        nonlocal calls
+        calls += 1
+        raise BackendUnavailable("down")
+
+    with pytest.raises(BackendUnavailable):
+        await call_with_retry(attempt, ctx, max_retries=2, sleep=clock.sleep, rand=lambda: 0)
+    assert calls == 3
+    assert clock.sleeps == [0.5, 1.0]

@@ -1,0 +1,166 @@
+"""Router: priority and weights, failover, concurrency slots, circuits with half-open probes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from shared.backends.base import ByteStream, Result
+from shared.context import Context
+from shared.errors import (
+    BackendConnectionError,
+    BackendRateLimited,
+    BackendRejected,
+    BackendUnavailable,
+    InferenceError,
+    ModelNotFound,
+)
+from shared.router import Router
+from shared.schemas import Operation
+from shared.settings import OpenAIBackendConfig
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeBackend:
+    def __init__(self, name: str, **cfg: Any) -> None:
+        self.name = name
+        self.config = OpenAIBackendConfig(name=name, kind="openai", base_url="http://x/v1", **cfg)
+        self.calls = 0
+        self.fail_with: list[InferenceError] = []
+
+    async def invoke(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
+        self.calls += 1
+        if self.fail_with:
+            raise self.fail_with.pop(0)
+        return Result.from_data({"backend": self.name}, backend=self.name)
+
+    async def open_stream(self, op: Operation, payload: dict[str, Any], ctx: Context) -> ByteStream:
+        self.calls += 1
+        if self.fail_with:
+            raise self.fail_with.pop(0)
+        return _Stream()
+
+    async def list_models(self, ctx: Context) -> list[str]:
+        return []
+
+    async def check_ready(self, ctx: Context) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _Stream:
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"data: [DONE]\n\n"
+
+    async def aclose(self) -> None:
+        return None
+
+
+def ctx() -> Context:
+    return Context.with_timeout(30)
+
+
+PAYLOAD = {"model": "m"}
+
+
+async def test_unknown_model_is_404() -> None:
+    router = Router([FakeBackend("a", models=["other"])])
+    with pytest.raises(ModelNotFound) as info:
+        await router.invoke(Operation.CHAT, PAYLOAD, ctx())
+    assert info.value.status == 404
+
+
+async def test_lower_priority_first_then_failover_on_retryable_error() -> None:
+    primary, secondary = FakeBackend("p", priority=0), FakeBackend("s", priority=1)
+    router = Router([secondary, primary])
+    assert (await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend == "p"
+    primary.fail_with = [BackendConnectionError("reset")]
+    assert (await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend == "s"
+
+
+async def test_weights_split_traffic_within_a_priority_group() -> None:
+    heavy, light = FakeBackend("heavy", weight=3), FakeBackend("light", weight=1)
+    draws = iter([i / 100 for i in range(100)] * 2)
+    router = Router([heavy, light], rand=lambda: next(draws))
+    picks = [(await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend for _ in range(100)]
+    assert picks.count("heavy") == 75
+
+
+async def test_non_retryable_error_does_not_fail_over() -> None:
+    primary, secondary = FakeBackend("p"), FakeBackend("s", priority=1)
+    primary.fail_with = [BackendRejected("content filter", status=400)]
+    router = Router([primary, secondary])
+    with pytest.raises(BackendRejected):
+        await router.invoke(Operation.CHAT, PAYLOAD, ctx())
+    assert secondary.calls == 0
+
+
+async def test_circuit_opens_for_retry_after_then_half_open_probe() -> None:
+    clock = Clock()
+    primary, secondary = FakeBackend("p"), FakeBackend("s", priority=1)
+    router = Router([primary, secondary], clock=clock)
+    primary.fail_with = [BackendRateLimited("slow down", retry_after=10)]
+    assert (await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend == "s"
+    # While open, the primary is skipped without a call.
+    clock.now = 5
+    assert (await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend == "s"
+    assert primary.calls == 1
+    # After Retry-After one probe goes to the primary; it succeeds and closes the circuit.
+    clock.now = 10.5
+    assert (await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend == "p"
+    assert router.slots[0].circuit.state(clock.now) == "closed"
+
+
+async def test_failed_probe_reopens_the_circuit() -> None:
+    clock = Clock()
+    primary, secondary = FakeBackend("p"), FakeBackend("s", priority=1)
+    router = Router([primary, secondary], clock=clock)
+    primary.fail_with = [
+        BackendUnavailable("down", retry_after=2),
+        BackendUnavailable("down", retry_after=4),
+    ]
+    await router.invoke(Operation.CHAT, PAYLOAD, ctx())
+    clock.now = 3
+    assert (await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend == "s"
+    assert primary.calls == 2
+    assert router.slots[0].circuit.state(clock.now) == "open"
+    assert router.slots[0].circuit.open_until == 7
+
+
+async def test_all_circuits_open_reports_when_to_come_back() -> None:
+    clock = Clock()
+    only = FakeBackend("p")
+    router = Router([only], clock=clock)
+    only.fail_with = [BackendRateLimited("busy", retry_after=3)]
+    with pytest.raises(BackendRateLimited):
+        await router.invoke(Operation.CHAT, PAYLOAD, ctx())
+    clock.now = 1
+    with pytest.raises(BackendUnavailable) as info:
+        await router.invoke(Operation.CHAT, PAYLOAD, ctx())
+    assert info.value.retry_after == pytest.approx(2)
+    assert only.calls == 1
+
+
+async def test_stream_holds_its_concurrency_slot_until_closed() -> None:
+    backend = FakeBackend("p", max_concurrency=1)
+    spill = FakeBackend("s", priority=1)
+    router = Router([backend, spill])
+    stream = await router.open_stream(Operation.CHAT, PAYLOAD, ctx())
+    assert router.slots[0].in_flight == 1
+    # The only slot is taken: the next request goes to the next backend.
+    assert (await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend == "s"
+    async for _ in stream:
+        pass
+    assert router.slots[0].in_flight == 0
+    assert (await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend == "p"

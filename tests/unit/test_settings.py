@@ -1,0 +1,101 @@
+"""Settings: validated once at first use, errors name the setting and field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared.errors import ConfigError
+from shared.settings import get_settings, load_settings
+
+
+def test_defaults_point_at_the_local_simulator(clean_env: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert len(s.backends) == 1
+    backend = s.backends[0]
+    assert backend.kind == "openai"
+    assert backend.base_url == "http://127.0.0.1:8081/v1"
+    assert backend.serves("local-model")
+    assert s.cache_url == "memory://"
+    assert s.log_prompts is False
+
+
+def test_backends_parse_each_kind(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv(
+        "INFER_BACKENDS",
+        json.dumps(
+            [
+                {"name": "a", "kind": "openai", "base_url": "http://x/v1", "models": ["m"]},
+                {"name": "b", "kind": "azure_openai", "endpoint": "https://e", "deployment": "d"},
+                {"name": "c", "kind": "azureml", "scoring_url": "https://s/score"},
+                {"name": "d", "kind": "sagemaker", "endpoint_name": "ep", "region": "us-east-1"},
+            ]
+        ),
+    )
+    kinds = [(b.name, b.kind, b.auth) for b in load_settings().backends]
+    assert kinds == [
+        ("a", "openai", "none"),
+        ("b", "azure_openai", "managed_identity"),
+        ("c", "azureml", "managed_identity"),
+        ("d", "sagemaker", "aws_iam"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (
+            '[{"name": "x", "kind": "sagemaker", "region": "r"}]',
+            "INFER_BACKENDS[0] (kind sagemaker): field 'endpoint_name'",
+        ),
+        ('[{"name": "x", "kind": "vertex"}]', "INFER_BACKENDS[0]: unknown 'kind'"),
+        ('[{"name": "x", "base_url": "http://x"}]', "INFER_BACKENDS[0]: missing 'kind'"),
+        ('[{"name": "x", "kind": "openai", "base_url": "ftp://x"}]', "field 'base_url'"),
+        (
+            '[{"name": "x", "kind": "openai", "base_url": "http://x", "colour": 1}]',
+            "field 'colour'",
+        ),
+        ("not json", "INFER_BACKENDS"),
+    ],
+)
+def test_bad_backend_entry_names_the_field(
+    clean_env: pytest.MonkeyPatch, value: str, expected: str
+) -> None:
+    clean_env.setenv("INFER_BACKENDS", value)
+    with pytest.raises(ConfigError) as info:
+        get_settings()
+    assert expected in info.value.message
+
+
+def test_bad_scalar_setting_is_named(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("INFER_MAX_TOKENS_CAP", "lots")
+    with pytest.raises(ConfigError, match="INFER_MAX_TOKENS_CAP"):
+        get_settings()
+
+
+def test_api_keys_accept_comma_list_or_json(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("INFER_API_KEYS", "k1, k2")
+    assert load_settings().api_keys == ["k1", "k2"]
+    clean_env.setenv("INFER_API_KEYS", '["k3"]')
+    assert load_settings().api_keys == ["k3"]
+
+
+def test_key_auth_reads_the_named_setting_never_the_value(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv(
+        "INFER_BACKENDS",
+        '[{"name": "v", "kind": "openai", "base_url": "http://x/v1", "auth": "key",'
+        ' "api_key_setting": "VLLM_KEY"}]',
+    )
+    backend = load_settings().backends[0]
+    with pytest.raises(ConfigError, match="VLLM_KEY"):
+        backend.api_key()
+    clean_env.setenv("VLLM_KEY", "s3cret")
+    assert backend.api_key() == "s3cret"
+
+
+def test_duplicate_backend_names_are_refused(clean_env: pytest.MonkeyPatch) -> None:
+    entry = {"name": "x", "kind": "openai", "base_url": "http://x/v1"}
+    clean_env.setenv("INFER_BACKENDS", json.dumps([entry, entry]))
+    with pytest.raises(ConfigError, match="repeated: x"):
+        get_settings()
