@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from shared.context import Context
-from shared.errors import InferenceError
+from shared.errors import DeadlineExceeded, InferenceError
 
 T = TypeVar("T")
 
@@ -102,14 +102,20 @@ async def call_with_retry(
 ) -> T:
     """Run ``attempt(n)`` until it succeeds, a non-retryable error, or the budget runs out.
 
-    The budget is the smaller of ``max_retries`` and the invocation's remaining time: a wait
+    The budget is the smaller of ``max_retries`` and the invocation's remaining time: each
+    attempt is cancelled when the deadline passes (``DeadlineExceeded``, 504), and a wait
     that would leave less than ``MIN_ATTEMPT_S`` for the next attempt is not started.
     """
     retries = 0
     while True:
-        ctx.check()
+        left = ctx.check()
         try:
-            return await attempt(retries)
+            async with asyncio.timeout(left):
+                return await attempt(retries)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                "the invocation deadline passed before the model answered"
+            ) from None
         except InferenceError as err:
             if not err.retryable or retries >= max_retries:
                 raise

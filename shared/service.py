@@ -7,6 +7,7 @@ every warm invocation of the process.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 from shared.backends.base import Backend, ByteStream, Result
 from shared.backends.registry import build_backend
 from shared.context import Context
-from shared.errors import BackendError, InferenceError
+from shared.errors import BackendError, DeadlineExceeded, InferenceError
 from shared.retry import call_with_retry
 from shared.router import Router
 from shared.schemas import Operation, validate_payload
@@ -105,9 +106,15 @@ class Service:
     ) -> AsyncIterator[bytes]:
         tail = b""
         try:
-            async for chunk in opened:
-                tail = (tail + chunk)[-_USAGE_TAIL:]
-                yield chunk
+            async with asyncio.timeout(max(ctx.remaining(), 0.0)):
+                async for chunk in opened:
+                    tail = (tail + chunk)[-_USAGE_TAIL:]
+                    yield chunk
+        except TimeoutError:
+            err = DeadlineExceeded("the invocation deadline passed mid-stream")
+            self._log_failure(op, payload, ctx, err, started)
+            yield sse_error(err)
+            return
         except InferenceError as err:
             self._log_failure(op, payload, ctx, err, started)
             yield sse_error(err)

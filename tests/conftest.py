@@ -7,5 +7,5 @@ from pathlib import Path
 pytest_plugins = sorted(
     f"tests.fixtures.{p.stem}"
     for p in (Path(__file__).parent / "fixtures").glob("*.py")
-    if p.stem != "__init__"
+    if p.stem not in ("__init__", "procs")
 )

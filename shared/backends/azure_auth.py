@@ -27,10 +27,14 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from shared.errors import BackendError
+import httpx
+
+from shared.backends.http import error_from_response, get_client, timeout_for, transport_error
+from shared.context import Context
+from shared.errors import BackendError, InferenceError
 
 #: A token with less than this left counts as expired (azure-identity and MSAL use 5 min).
 REFRESH_MARGIN_S = 300.0
@@ -131,3 +135,52 @@ def reset_token_sources() -> None:
     """Forget every cached credential and token (tests; after the identity changes)."""
     with _lock:
         _sources.clear()
+
+
+ErrorMapper = Callable[[int, Mapping[str, str], bytes, str], InferenceError]
+
+
+async def send_authorized(
+    method: str,
+    url: str,
+    *,
+    backend: str,
+    ctx: Context,
+    timeout_s: float,
+    headers: dict[str, str],
+    tokens: TokenSource | None,
+    body: bytes | None = None,
+    stream: bool = False,
+    map_error: ErrorMapper = error_from_response,
+) -> httpx.Response:
+    """Send a request (with a bearer token from ``tokens`` when given); return a 2xx
+    response, raise ``map_error(status, headers, body, backend)`` otherwise.
+
+    A 401 answered to a cached token drops it, fetches a fresh one and retries once: a token
+    refused as expired or for the wrong audience leads to a refresh, not a failure.
+    """
+    client = get_client()
+    token = await tokens.token() if tokens is not None else None
+    for attempt in (0, 1):
+        sent = headers if token is None else {**headers, "authorization": f"Bearer {token}"}
+        request = client.build_request(
+            method, url, content=body, headers=sent, timeout=timeout_for(ctx, timeout_s)
+        )
+        try:
+            response = await client.send(request, stream=stream)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, backend) from exc
+        if response.status_code == 401 and attempt == 0 and tokens is not None and token:
+            await response.aclose()
+            token = await tokens.refresh(token)
+            continue
+        if response.status_code < 400:
+            return response
+        try:
+            content = await response.aread()
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, backend) from exc
+        finally:
+            await response.aclose()
+        raise map_error(response.status_code, response.headers, content, backend)
+    raise AssertionError("unreachable")  # pragma: no cover

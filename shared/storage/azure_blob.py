@@ -7,6 +7,7 @@ Conditions map to blob ETags: ``if_none_match`` is ``overwrite=False`` (``If-Non
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -65,10 +66,8 @@ class AzureBlobStore:
             return
         from azure.core.exceptions import ResourceExistsError
 
-        try:
+        with contextlib.suppress(ResourceExistsError):
             self._container.create_container()
-        except ResourceExistsError:
-            pass
         self._ready = True
 
     def get(self, key: str) -> StoredObject | None:
@@ -126,14 +125,14 @@ class AzureBlobStore:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            return sorted(b.name for b in self._container.list_blobs(name_starts_with=prefix or None))
+            return sorted(
+                b.name for b in self._container.list_blobs(name_starts_with=prefix or None)
+            )
         except ResourceNotFoundError:
             return []
 
     def delete(self, key: str) -> None:
         from azure.core.exceptions import ResourceNotFoundError
 
-        try:
+        with contextlib.suppress(ResourceNotFoundError):
             self._container.delete_blob(key)
-        except ResourceNotFoundError:
-            pass

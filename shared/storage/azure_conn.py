@@ -30,7 +30,9 @@ class AzureConnection:
     client_id: str | None = None
 
 
-def connection_from_env(env: Mapping[str, str] | None = None, *, service: Service) -> AzureConnection:
+def connection_from_env(
+    env: Mapping[str, str] | None = None, *, service: Service
+) -> AzureConnection:
     env = os.environ if env is None else env
     conn = env.get(PREFIX)
     if conn:
@@ -56,7 +58,12 @@ def has_azure_storage(env: Mapping[str, str] | None = None) -> bool:
     env = os.environ if env is None else env
     return any(
         env.get(k)
-        for k in (PREFIX, f"{PREFIX}__blobServiceUri", f"{PREFIX}__queueServiceUri", f"{PREFIX}__accountName")
+        for k in (
+            PREFIX,
+            f"{PREFIX}__blobServiceUri",
+            f"{PREFIX}__queueServiceUri",
+            f"{PREFIX}__accountName",
+        )
     )
 
 

@@ -69,7 +69,7 @@ class ObjectStore(Protocol):
         if_none_match: bool = False,
         content_type: str = "application/json",
     ) -> str:
-        """Write atomically and return the new etag; ``PreconditionFailed`` when a condition fails."""
+        """Write atomically, return the new etag; ``PreconditionFailed`` if a condition fails."""
         ...
 
     def open_read(self, key: str) -> Reader:

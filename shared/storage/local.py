@@ -94,7 +94,7 @@ class LocalStore:
 
     def open_read(self, key: str) -> Reader:
         try:
-            return open(self._path(key), "rb")  # noqa: SIM115 - the caller closes it
+            return open(self._path(key), "rb")
         except FileNotFoundError:
             raise ObjectNotFound(f"{self.namespace}/{key} does not exist") from None
 

@@ -1,0 +1,68 @@
+"""Batch settings (``INFER_BATCH_*``), validated on first use, never at import.
+
+See docs/batch.md for the table. Times are seconds; sizes are bytes.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigError
+
+
+class BatchSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INFER_BATCH_", extra="ignore", frozen=True)
+
+    #: Files larger than this are split into shards of about this size (run as queue messages).
+    shard_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    #: How long one invocation may work before it hands the rest off (Azure's functionTimeout
+    #: is 10 min on Consumption; Lambda's deadline comes from its context and wins if sooner).
+    time_budget_s: float = Field(default=540.0, gt=0)
+    #: Stop starting new lines this long before the deadline (room for in-flight lines).
+    handoff_margin_s: float = Field(default=30.0, ge=0)
+    #: Results are committed (part file + checkpoint) at least this often.
+    checkpoint_s: float = Field(default=5.0, gt=0)
+    #: status.json is refreshed at most this often while a batch runs.
+    status_s: float = Field(default=3.0, gt=0)
+    #: Adaptive concurrency: where it starts, its floor, and an optional ceiling below the
+    #: backends' ``max_concurrency`` (0: the backends' total).
+    start_concurrency: int = Field(default=8, ge=1)
+    min_concurrency: int = Field(default=1, ge=1)
+    max_concurrency: int = Field(default=0, ge=0)
+    #: Growth stops while per-token latency is above this multiple of the best seen.
+    latency_tolerance: float = Field(default=3.0, gt=1)
+    #: Multiplicative back-off on 429/503 (new limit = limit * backoff).
+    backoff: float = Field(default=0.7, gt=0, lt=1)
+    #: Attempts per line beyond the service's own retries, for retryable errors.
+    line_retries: int = Field(default=3, ge=0, le=20)
+    #: Queue that carries shard and continuation messages.
+    queue: str = "batch-shards"
+    #: SQS queue URL for those messages on AWS.
+    queue_url: str | None = None
+
+
+_lock = threading.Lock()
+_settings: BatchSettings | None = None
+
+
+def get_batch_settings() -> BatchSettings:
+    global _settings
+    if _settings is None:
+        with _lock:
+            if _settings is None:
+                try:
+                    _settings = BatchSettings()
+                except ValidationError as exc:
+                    first = exc.errors(include_url=False)[0]
+                    name = "INFER_BATCH_" + str(first["loc"][0]).upper()
+                    raise ConfigError(f"invalid configuration: {name}: {first['msg']}") from None
+    return _settings
+
+
+def reset_batch_settings() -> None:
+    global _settings
+    with _lock:
+        _settings = None

@@ -1,0 +1,62 @@
+"""Settings of the jobs API and the queue worker (``INFER_*``), read on first use.
+
+| setting                   | default | meaning                                                  |
+|---------------------------|---------|----------------------------------------------------------|
+| INFER_MAX_ATTEMPTS        | 5       | deliveries before a job fails (= host.json maxDequeueCount, SQS maxReceiveCount) |
+| INFER_JOB_TIMEOUT_S       | 300     | time one Azure delivery may take (keep below functionTimeout) |
+| INFER_JOB_RETRY_BASE_S    | 2       | first backoff when the endpoint gave no Retry-After       |
+| INFER_JOB_RETRY_MAX_S     | 300     | longest backoff / Retry-After honoured between deliveries |
+| INFER_JOBS_CONTAINER      | jobs    | container (Azure) / key prefix (S3) / folder of job records |
+| INFER_CALLBACK_SECRET     | unset   | HMAC-SHA256 key for ``X-Signature-256`` on callbacks      |
+| INFER_CALLBACK_TIMEOUT_S  | 5       | per-try timeout of a callback POST                        |
+"""
+
+from __future__ import annotations
+
+import threading
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigError
+
+QUEUE_NAME = "inference-requests"
+POISON_QUEUE_NAME = f"{QUEUE_NAME}-poison"
+
+
+class JobSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INFER_", extra="ignore", frozen=True)
+
+    max_attempts: int = Field(default=5, ge=1, le=1000)
+    job_timeout_s: float = Field(default=300.0, gt=0)
+    job_retry_base_s: float = Field(default=2.0, ge=0)
+    job_retry_max_s: float = Field(default=300.0, ge=0)
+    jobs_container: str = Field(default="jobs", pattern=r"^[a-z0-9][a-z0-9-]{2,62}$")
+    callback_secret: str | None = None
+    callback_timeout_s: float = Field(default=5.0, gt=0)
+
+
+_lock = threading.Lock()
+_settings: JobSettings | None = None
+
+
+def get_job_settings() -> JobSettings:
+    global _settings
+    if _settings is None:
+        with _lock:
+            if _settings is None:
+                try:
+                    _settings = JobSettings()
+                except ValidationError as exc:
+                    first = exc.errors(include_url=False)[0]
+                    name = "INFER_" + str(first["loc"][0]).upper() if first.get("loc") else "?"
+                    raise ConfigError(
+                        f"invalid configuration: {name}: {first['msg']}", param=name
+                    ) from None
+    return _settings
+
+
+def reset_job_settings() -> None:
+    global _settings
+    with _lock:
+        _settings = None

@@ -1,0 +1,195 @@
+"""The job record and the request line it was made from.
+
+A job is one OpenAI Batch line (``{"custom_id"?, "method": "POST", "url", "body"}``) run
+asynchronously. Its record lives in the object store at ``jobs/{id}.json``; ``public()`` is
+what ``GET /v1/jobs/{id}`` answers (DESIGN.md §5). The other fields are internal:
+
+- ``request_hash``: SHA-256 of the canonical line, to tell an idempotent retry (same key,
+  same body) from a conflicting one (same key, different body).
+- ``caller``: the API key id that created it (jobs are visible only to their caller when
+  inbound keys are configured).
+- ``lease``: who is running it and until when (wall-clock epoch seconds). A delivery runs the
+  model only after writing its own lease with a conditional write, so two deliveries of one
+  message never both call the model while a lease is live.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from shared.schemas import Operation
+
+Status = Literal["queued", "running", "succeeded", "failed"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed"})
+
+URL_TO_OP: dict[str, Operation] = {
+    "/v1/chat/completions": Operation.CHAT,
+    "/v1/completions": Operation.COMPLETIONS,
+    "/v1/embeddings": Operation.EMBEDDINGS,
+}
+
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class MalformedMessage(ValueError):
+    """A line or queue message that can never succeed (not JSON, no/unknown url, ...)."""
+
+    def __init__(self, reason: str, job_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.job_id = job_id
+
+
+class Lease(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    token: str
+    until: float
+
+
+class JobRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    custom_id: str | None = None
+    status: Status = "queued"
+    response: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    attempts: int = 0
+    created_at: int
+    completed_at: int | None = None
+    # internal
+    url: str | None = None
+    request_hash: str | None = None
+    caller: str | None = None
+    lease: Lease | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "custom_id": self.custom_id,
+            "status": self.status,
+            "response": self.response,
+            "error": self.error,
+            "attempts": self.attempts,
+            "created_at": self.created_at,
+            "completed_at": self.completed_at,
+        }
+
+    def dumps(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def loads(cls, data: bytes) -> JobRecord:
+        return cls.model_validate_json(data)
+
+    @classmethod
+    def new(cls, line: JobLine, job_id: str, *, caller: str | None = None) -> JobRecord:
+        return cls(
+            id=job_id,
+            custom_id=line.custom_id,
+            created_at=int(time.time()),
+            url=line.url,
+            request_hash=line.digest(),
+            caller=caller,
+        )
+
+
+@dataclass(frozen=True)
+class JobLine:
+    """A validated line: what the worker needs to run it (``body`` or ``body_ref``)."""
+
+    op: Operation
+    url: str
+    body: dict[str, Any] | None
+    id: str | None = None
+    custom_id: str | None = None
+    body_ref: str | None = None
+    callback_url: str | None = None
+
+    def digest(self) -> str:
+        canon = {"custom_id": self.custom_id, "url": self.url, "body": self.body}
+        text = json.dumps(canon, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def message(self, job_id: str) -> dict[str, Any]:
+        """The queue message for this line (``body_ref`` stays a reference)."""
+        out: dict[str, Any] = {"id": job_id, "method": "POST", "url": self.url}
+        if self.custom_id is not None:
+            out["custom_id"] = self.custom_id
+        if self.body_ref is not None:
+            out["body_ref"] = self.body_ref
+        else:
+            out["body"] = self.body
+        if self.callback_url:
+            out["callback_url"] = self.callback_url
+        return out
+
+
+def _opt_str(data: dict[str, Any], name: str, job_id: str | None) -> str | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise MalformedMessage(f"'{name}' must be a non-empty string", job_id)
+    return value
+
+
+def parse_line(data: Any) -> JobLine:
+    """Check a decoded line's envelope (the body itself is validated by the service)."""
+    if not isinstance(data, dict):
+        raise MalformedMessage("a job line must be a JSON object")
+    raw_id = data.get("id")
+    job_id = raw_id if isinstance(raw_id, str) and JOB_ID.match(raw_id) else None
+    if raw_id is not None and job_id is None:
+        raise MalformedMessage(
+            "'id' must be 1-128 characters of letters, digits, '_', '-', '.'", None
+        )
+    url = data.get("url")
+    if not url:
+        raise MalformedMessage("missing 'url'", job_id)
+    if url not in URL_TO_OP:
+        raise MalformedMessage(
+            f"unknown url {url!r}; expected one of {', '.join(URL_TO_OP)}", job_id
+        )
+    method = data.get("method", "POST")
+    if str(method).upper() != "POST":
+        raise MalformedMessage(f"method must be POST, got {method!r}", job_id)
+    body = data.get("body")
+    body_ref = _opt_str(data, "body_ref", job_id)
+    if body_ref is None and not isinstance(body, dict):
+        raise MalformedMessage("'body' must be a JSON object", job_id)
+    callback = _opt_str(data, "callback_url", job_id)
+    if callback is not None and not callback.startswith(("http://", "https://")):
+        raise MalformedMessage("'callback_url' must be an http(s) URL", job_id)
+    return JobLine(
+        op=URL_TO_OP[url],
+        url=url,
+        body=body if isinstance(body, dict) else None,
+        id=job_id,
+        custom_id=_opt_str(data, "custom_id", job_id),
+        body_ref=body_ref,
+        callback_url=callback,
+    )
+
+
+def derived_id(text: bytes) -> str:
+    """Id of a queue message that carries none: stable across redeliveries of that message."""
+    return "job_" + hashlib.sha256(text).hexdigest()[:32]
+
+
+def idempotent_id(caller: str | None, key: str) -> str:
+    """Id of a job submitted with ``Idempotency-Key``: one job per (caller, key)."""
+    digest = hashlib.sha256(f"{caller or '-'}\0{key}".encode()).hexdigest()
+    return "job_" + digest[:32]
