@@ -1,0 +1,236 @@
+"""Latency the chat function adds over calling the model endpoint (gpusim) directly.
+
+Targets, all measured side by side in one run against the same gpusim:
+  direct       gpusim itself
+  passthrough  the barest FastAPI-to-httpx proxy (bench/passthrough_app.py): the floor
+  function     the chat function's FastAPI app under uvicorn (the Lambda Web Adapter path)
+  devhost      the chat function as Azure calls it, through tools/devhost (the local host)
+
+For each: sequential and 32-concurrent plain requests (end-to-end latency) and streamed
+requests (time to first token, gaps between chunks). Overhead = target p50 - direct p50.
+Writes bench/results/overhead.json and overhead.png.
+
+    python -m bench.overhead [--requests 200] [--concurrency 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+
+from bench.common import (
+    PYTHON,
+    ServerProcess,
+    backends_for,
+    free_port,
+    gpusim,
+    summary,
+    write_result,
+)
+
+BODY = {
+    "model": "local-model",
+    "messages": [{"role": "user", "content": "Tell me a story"}],
+    "max_tokens": 16,
+}
+
+
+async def one_plain(client: httpx.AsyncClient, url: str) -> float:
+    t0 = time.perf_counter()
+    r = await client.post(url, json=BODY)
+    r.raise_for_status()
+    return time.perf_counter() - t0
+
+
+async def one_stream(client: httpx.AsyncClient, url: str) -> tuple[float, list[float]]:
+    t0 = time.perf_counter()
+    ttft = -1.0
+    gaps: list[float] = []
+    last = 0.0
+    async with client.stream("POST", url, json={**BODY, "stream": True}) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            now = time.perf_counter()
+            if ttft < 0 and '"content"' in line:
+                ttft = now - t0
+            elif ttft >= 0:
+                gaps.append(now - last)
+            last = now
+    return ttft, gaps
+
+
+async def measure(url: str, requests: int, concurrency: int) -> dict[str, Any]:
+    limits = httpx.Limits(
+        max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8
+    )
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        for _ in range(10):  # warm: connections, caches, first-use construction
+            await one_plain(client, url)
+            await one_stream(client, url)
+        seq = [await one_plain(client, url) for _ in range(requests)]
+        streams = [await one_stream(client, url) for _ in range(requests // 2)]
+        sem = asyncio.Semaphore(concurrency)
+
+        async def bounded() -> float:
+            async with sem:
+                return await one_plain(client, url)
+
+        t0 = time.perf_counter()
+        conc = await asyncio.gather(*(bounded() for _ in range(requests)))
+        wall = time.perf_counter() - t0
+
+        async def bounded_stream() -> tuple[float, list[float]]:
+            async with sem:
+                return await one_stream(client, url)
+
+        conc_streams = await asyncio.gather(*(bounded_stream() for _ in range(requests)))
+    return {
+        "sequential_plain_ms": summary(seq),
+        "sequential_stream_ttft_ms": summary([s[0] for s in streams]),
+        "sequential_stream_gap_ms": summary([g for s in streams for g in s[1]]),
+        f"c{concurrency}_plain_ms": summary(list(conc)),
+        f"c{concurrency}_throughput_rps": round(requests / wall, 1),
+        f"c{concurrency}_stream_ttft_ms": summary([s[0] for s in conc_streams]),
+        f"c{concurrency}_stream_gap_ms": summary([g for s in conc_streams for g in s[1]]),
+    }
+
+
+def start_targets(sim: ServerProcess) -> dict[str, ServerProcess]:
+    env = {
+        "INFER_BACKENDS": backends_for(sim),
+        "INFER_LOG_PROMPTS": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+    uv = [
+        PYTHON,
+        "-m",
+        "uvicorn",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--host",
+        "127.0.0.1",
+    ]
+    p1, p2, p3 = free_port(), free_port(), free_port()
+    return {
+        "passthrough": ServerProcess(
+            [*uv, "--port", str(p1), "bench.passthrough_app:app"],
+            p1,
+            ready_path=None,
+            env={"UPSTREAM": sim.url + "/v1"},
+            name="bench-pass",
+        ),
+        "function": ServerProcess(
+            [*uv, "--port", str(p2), "functions.chat.app:app"],
+            p2,
+            ready_path=None,
+            env=env,
+            name="bench-fn",
+        ),
+        "devhost": ServerProcess(
+            [PYTHON, "-m", "tools.devhost", "--port", str(p3), "--no-queues", "--no-blobs"],
+            p3,
+            ready_path=None,
+            env={**env, "AzureWebJobsStorage": ""},
+            name="bench-devhost",
+        ),
+    }
+
+
+def plot(result: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = list(result["targets"])
+    keys = [
+        "sequential_plain_ms",
+        "sequential_stream_ttft_ms",
+        "sequential_stream_gap_ms",
+        next(
+            k for k in result["targets"]["direct"] if k.endswith("_plain_ms") and k.startswith("c")
+        ),
+    ]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.6))
+    for ax, key in zip(axes, keys, strict=True):
+        vals = [result["targets"][t][key]["p50"] for t in targets]
+        ax.bar(targets, vals, color=["#888", "#4a8", "#48c", "#c84"][: len(targets)])
+        ax.set_title(f"{key} (p50)", fontsize=9)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    sim = gpusim(
+        None,
+        "--ttft-base-ms",
+        "20",
+        "--prefill-ms-per-token",
+        "0",
+        "--itl-ms",
+        "2",
+        "--batch-slowdown",
+        "0",
+        "--max-num-seqs",
+        "256",
+        "--min-output-tokens",
+        "16",
+        "--max-output-tokens",
+        "16",
+    ).start()
+    targets = start_targets(sim)
+    try:
+        for t in targets.values():
+            t.start()
+        urls = {
+            "direct": sim.url + "/v1/chat/completions",
+            "passthrough": targets["passthrough"].url + "/v1/chat/completions",
+            "function": targets["function"].url + "/v1/chat/completions",
+            "devhost": targets["devhost"].url + "/api/v1/chat/completions",
+        }
+        out: dict[str, Any] = {}
+        for name, url in urls.items():
+            out[name] = asyncio.run(measure(url, args.requests, args.concurrency))
+            print(name, json.dumps(out[name]["sequential_plain_ms"]))
+    finally:
+        for t in targets.values():
+            t.stop()
+        sim.stop()
+    direct = out["direct"]
+    added = {
+        name: {
+            key: round(vals[key]["p50"] - direct[key]["p50"], 3)
+            for key in vals
+            if isinstance(vals[key], dict)
+        }
+        for name, vals in out.items()
+        if name != "direct"
+    }
+    result = {
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "targets": out,
+        "added_p50_ms": added,
+    }
+    path = write_result("overhead", result)
+    plot(result, str(path.with_suffix(".png")))
+    print(json.dumps({"added_p50_ms": added}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

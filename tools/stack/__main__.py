@@ -1,0 +1,180 @@
+"""Start the local stack and keep it running until Ctrl-C.
+
+    python -m tools.stack [--gpusim-port 8081] [--identity-port 8082] [--port 7071]
+
+Starts Azurite (blob 10000, queue 10001, table 10002; data in .local/azurite), the GPU
+endpoint simulator, the local managed-identity endpoint and devhost serving function_app.py
+on 127.0.0.1:7071. Settings come from local.settings.json; variables already set in the
+environment win (``INFER_BACKENDS=... make run`` points the stack at a real endpoint, and then
+no simulator is needed but it is started anyway for comparison). Every child's output goes to
+.local/logs/<name>.log. A child that dies stops the stack with its log tail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HELLO = '{"model": "local-model", "messages": [{"role": "user", "content": "Hello"}]}'
+AZURITE = ROOT / ".local" / "node" / "node_modules" / ".bin" / "azurite"
+
+
+class Child:
+    def __init__(self, name: str, argv: list[str], port: int, env: dict[str, str]) -> None:
+        self.name = name
+        self.argv = argv
+        self.port = port
+        self.env = env
+        self.log = ROOT / ".local" / "logs" / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=ROOT,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_port(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise SystemExit(f"{self.name} exited ({self.proc.returncode}):\n{self.tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise SystemExit(f"{self.name} did not open port {self.port}:\n{self.tail()}")
+
+    def tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--port", type=int, default=7071, help="devhost HTTP port")
+    parser.add_argument("--gpusim-port", type=int, default=8081)
+    parser.add_argument("--identity-port", type=int, default=8082)
+    parser.add_argument("--no-azurite", action="store_true", help="use an Azurite you run yourself")
+    args = parser.parse_args()
+
+    py = sys.executable
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    children: list[Child] = []
+    if not args.no_azurite:
+        if not AZURITE.exists():
+            raise SystemExit("Azurite is not installed: run `make setup` (or `make run`)")
+        data = ROOT / ".local" / "azurite"
+        data.mkdir(parents=True, exist_ok=True)
+        children.append(
+            Child(
+                "azurite",
+                [
+                    str(AZURITE),
+                    "--silent",
+                    "--skipApiVersionCheck",
+                    "--loose",
+                    "--location",
+                    str(data),
+                    "--blobHost",
+                    "127.0.0.1",
+                    "--queueHost",
+                    "127.0.0.1",
+                    "--tableHost",
+                    "127.0.0.1",
+                ],
+                10001,
+                env,
+            )
+        )
+    children += [
+        Child(
+            "gpusim",
+            [py, "-m", "tools.gpusim", "--port", str(args.gpusim_port)],
+            args.gpusim_port,
+            env,
+        ),
+        Child(
+            "identity",
+            [py, "-m", "tools.identity", "--port", str(args.identity_port)],
+            args.identity_port,
+            env,
+        ),
+        Child("devhost", [py, "-m", "tools.devhost", "--port", str(args.port)], args.port, env),
+    ]
+    busy = [c for c in children if not port_free(c.port)]
+    if busy:
+        names = ", ".join(f"{c.name} ({c.port})" for c in busy)
+        raise SystemExit(f"ports already in use: {names}. Is another `make run` still running?")
+
+    def shutdown(*_: object) -> None:
+        for c in reversed(children):
+            c.stop()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, shutdown)
+    try:
+        for c in children:
+            c.start()
+            c.wait_port()
+            print(
+                f"  {c.name:9s} up on 127.0.0.1:{c.port}   (log: {c.log.relative_to(ROOT)})",
+                flush=True,
+            )
+        base = f"http://127.0.0.1:{args.port}/api"
+        print(
+            f"\nLocal stack ready.\n"
+            f"  OpenAI-compatible API  {base}/v1   (model: local-model)\n"
+            f"  health                 {base}/healthz  {base}/readyz\n"
+            f"  GPU simulator          http://127.0.0.1:{args.gpusim_port}/metrics\n\n"
+            f"Try:\n  curl -s {base}/v1/chat/completions -H 'content-type: application/json' \\\n"
+            f"    -d '{HELLO}'\n\n"
+            "Ctrl-C stops everything.",
+            flush=True,
+        )
+        while True:
+            for c in children:
+                if c.proc is not None and c.proc.poll() is not None:
+                    print(f"{c.name} exited ({c.proc.returncode}):\n{c.tail()}", file=sys.stderr)
+                    shutdown()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        shutdown()
+    finally:
+        for c in reversed(children):
+            c.stop()
+
+
+if __name__ == "__main__":
+    main()
