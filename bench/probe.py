@@ -129,6 +129,18 @@ def invoke_azure(module: Any) -> int:
     return asyncio.run(run())
 
 
+def peak_rss_mb() -> float:
+    """Peak RSS of this process image. VmHWM, not ru_maxrss: the latter survives exec and so
+    reports the forking parent's size when the probe is started from a big process (pytest)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,7 +158,7 @@ def main() -> None:
     elif args.invoke == "azure":
         status = invoke_azure(loaded[0])
     t2 = time.perf_counter()
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = peak_rss_mb()
     heavy = sorted(h for h in HEAVY if h in sys.modules)
     print(
         json.dumps(
