@@ -1,0 +1,223 @@
+"""Queue triggers: poll, lease, invoke, then delete, retry or poison — as the host does.
+
+A message is deleted only after its function succeeded, so a crash (SIGKILL) loses nothing:
+the message becomes visible again when its lease runs out and is delivered again.
+
+devhost extension (ignored by the deployed host): when the exception a function raises has
+a ``visibility_timeout`` attribute (seconds), that delay replaces host.json's
+``visibilityTimeout`` for this message (rounded up to whole seconds, as the service wants).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from azure.functions.queue import QueueMessage as TriggerMessage
+from azure.storage.queue import QueueClient, QueueMessage
+
+from tools.devhost.config import QueueOptions, resolve_setting_expressions
+from tools.devhost.invoke import Invoker
+from tools.devhost.registry import FunctionSpec
+from tools.devhost.storage import decode_message
+
+log = logging.getLogger("devhost")
+
+DEFAULT_LEASE_S = 600  # the host dequeues for 10 minutes and renews while the function runs
+
+
+@dataclass
+class _Lease:
+    message: QueueMessage
+    pop_receipt: str
+
+
+def retry_delay(exc: BaseException, default_s: float) -> int:
+    """Seconds before a failed message is visible again (exception override, else host.json)."""
+    override = getattr(exc, "visibility_timeout", None)
+    delay = default_s
+    if isinstance(override, int | float) and not isinstance(override, bool) and override >= 0:
+        delay = float(override)
+    return max(0, math.ceil(delay))
+
+
+class QueueListener:
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        queue: QueueClient,
+        poison: QueueClient,
+        options: QueueOptions,
+        invoker: Invoker,
+        *,
+        lease_s: int = DEFAULT_LEASE_S,
+        min_poll_s: float = 0.1,
+    ) -> None:
+        self.spec = spec
+        self.queue = queue
+        self.poison = poison
+        self.options = options
+        self.invoker = invoker
+        self.lease_s = max(1, lease_s)
+        self.min_poll_s = min_poll_s
+        self.inflight: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    def queue_name(spec: FunctionSpec) -> str:
+        return resolve_setting_expressions(str(spec.trigger["queueName"])).lower()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set; then let in-flight invocations finish."""
+        delay = self.min_poll_s
+        while not stop.is_set():
+            if len(self.inflight) > self.options.fetch_threshold:
+                await _first(stop, *self.inflight)
+                continue
+            try:
+                batch = await asyncio.to_thread(self._receive)
+            except Exception as exc:  # storage down: keep polling, say why
+                log.warning("queue %s: receive failed: %s", self.queue.queue_name, exc)
+                batch = []
+            for message in batch:
+                task = asyncio.create_task(self._process(message))
+                self.inflight.add(task)
+                task.add_done_callback(self.inflight.discard)
+            if batch:
+                delay = self.min_poll_s
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, max(self.options.max_polling_interval_s, self.min_poll_s))
+
+    async def drain(self, grace_s: float) -> None:
+        if self.inflight:
+            await asyncio.wait(set(self.inflight), timeout=grace_s)
+
+    def _receive(self) -> list[QueueMessage]:
+        n = min(32, self.options.batch_size)
+        return list(
+            self.queue.receive_messages(
+                messages_per_page=n, max_messages=n, visibility_timeout=self.lease_s
+            )
+        )
+
+    async def _process(self, message: QueueMessage) -> None:
+        t0 = time.perf_counter()
+        count = int(message.dequeue_count or 0)
+        lease = _Lease(message, str(message.pop_receipt))
+        if count > self.options.max_dequeue_count:
+            await asyncio.to_thread(self._to_poison, lease)
+            self._log(message, t0, "poisoned (dequeue count exceeded)")
+            return
+        try:
+            body = decode_message(str(message.content), self.options.message_encoding)
+        except ValueError:
+            await asyncio.to_thread(self._to_poison, lease)
+            self._log(message, t0, "poisoned (invalid base64)")
+            return
+        trigger = TriggerMessage(
+            id=message.id,
+            body=body,
+            dequeue_count=count,
+            expiration_time=message.expires_on,
+            insertion_time=message.inserted_on,
+            time_next_visible=message.next_visible_on,
+            pop_receipt=lease.pop_receipt,
+        )
+        done = asyncio.Event()
+        renewer = asyncio.create_task(self._renew(lease, done))
+        error: Exception | None = None
+        try:
+            await self.invoker.invoke(self.spec, trigger, binding_data=_binding_data(message, body))
+        except Exception as exc:  # the user's failure decides retry/poison
+            error = exc
+            log.error("function %s failed on message %s: %r", self.spec.name, message.id, exc)
+        finally:
+            done.set()
+            await renewer
+        try:
+            if error is None:
+                await asyncio.to_thread(self.queue.delete_message, message.id, lease.pop_receipt)
+                self._log(message, t0, "success")
+            elif count >= self.options.max_dequeue_count:
+                await asyncio.to_thread(self._to_poison, lease)
+                self._log(message, t0, "failed, poisoned")
+            else:
+                delay = retry_delay(error, self.options.visibility_timeout_s)
+                await asyncio.to_thread(
+                    self.queue.update_message,
+                    message.id,
+                    lease.pop_receipt,
+                    visibility_timeout=delay,
+                )
+                self._log(message, t0, f"failed, retry in {delay}s")
+        except Exception as exc:  # lease lost: the message comes back anyway
+            log.warning(
+                "queue %s: settling message %s failed: %s", self.queue.queue_name, message.id, exc
+            )
+
+    async def _renew(self, lease: _Lease, done: asyncio.Event) -> None:
+        """Extend the lease every third of its length until ``done`` (renewals never overlap)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), self.lease_s / 3)
+            if done.is_set():
+                return
+            try:
+                updated = await asyncio.to_thread(
+                    self.queue.update_message,
+                    lease.message.id,
+                    lease.pop_receipt,
+                    visibility_timeout=self.lease_s,
+                )
+                lease.pop_receipt = str(updated.pop_receipt)
+            except Exception as exc:
+                log.warning("queue %s: lease renewal failed: %s", self.queue.queue_name, exc)
+
+    def _to_poison(self, lease: _Lease) -> None:
+        """Copy the message text unchanged (same encoding) to ``<queue>-poison``, then delete."""
+        self.poison.send_message(lease.message.content)
+        self.queue.delete_message(lease.message.id, lease.pop_receipt)
+
+    def _log(self, message: QueueMessage, t0: float, outcome: str) -> None:
+        log.info(
+            "invocation function=%s trigger=queue queue=%s id=%s dequeue_count=%s "
+            "duration_ms=%.1f outcome=%s",
+            self.spec.name,
+            self.queue.queue_name,
+            message.id,
+            message.dequeue_count,
+            (time.perf_counter() - t0) * 1000,
+            outcome,
+        )
+
+
+def _binding_data(message: QueueMessage, body: bytes) -> dict[str, str]:
+    """Values for ``{…}`` expressions in output bindings: metadata plus top-level JSON fields."""
+    data: dict[str, str] = {}
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        data.update({k: str(v) for k, v in payload.items() if isinstance(v, str | int | float)})
+    data.update(
+        QueueTrigger=body.decode("utf-8", "replace"),
+        Id=str(message.id),
+        DequeueCount=str(message.dequeue_count),
+        PopReceipt=str(message.pop_receipt),
+    )
+    return data
+
+
+async def _first(stop: asyncio.Event, *tasks: asyncio.Task[None]) -> None:
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()

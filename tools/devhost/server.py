@@ -1,0 +1,158 @@
+"""Run everything in one event loop: uvicorn for HTTP triggers, pollers for queues and blobs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from tools.devhost.blobs import POISON_QUEUE, RECEIPTS_CONTAINER, BlobListener, BlobPath
+from tools.devhost.config import HostConfig
+from tools.devhost.http import HttpApp
+from tools.devhost.invoke import Invoker, check_supported
+from tools.devhost.queues import DEFAULT_LEASE_S, QueueListener
+from tools.devhost.registry import FunctionSpec, IndexingError
+from tools.devhost.storage import Storage
+
+log = logging.getLogger("devhost")
+
+
+@dataclass(frozen=True)
+class Options:
+    host: str = "127.0.0.1"
+    port: int = 7071
+    app_dir: Path = Path()
+    queues: bool = True
+    blobs: bool = True
+    poll_interval_s: float = 0.1
+    blob_poll_interval_s: float = 1.0
+    queue_lease_s: int = DEFAULT_LEASE_S
+    shutdown_grace_s: float = 30.0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: devhost stops HTTP and pollers together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+Listener = QueueListener | BlobListener
+
+
+def build_listeners(
+    specs: list[FunctionSpec], config: HostConfig, options: Options, invoker: Invoker
+) -> list[Listener]:
+    storage = invoker.storage
+    listeners: list[Listener] = []
+    for spec in specs:
+        conn = spec.trigger.get("connection")
+        if spec.trigger_type == "queueTrigger" and options.queues:
+            name = QueueListener.queue_name(spec)
+            listeners.append(
+                QueueListener(
+                    spec,
+                    storage.queue(conn, name),
+                    storage.queue(conn, f"{name}-poison"),
+                    config.queues,
+                    invoker,
+                    lease_s=options.queue_lease_s,
+                    min_poll_s=options.poll_interval_s,
+                )
+            )
+        elif spec.trigger_type == "blobTrigger" and options.blobs:
+            path = BlobPath.parse(str(spec.trigger["path"]))
+            listener = BlobListener(
+                spec,
+                storage.container(conn, path.container),
+                storage.container(conn, RECEIPTS_CONTAINER),
+                storage.queue(conn, POISON_QUEUE),
+                config.queues,
+                invoker,
+                poll_s=options.blob_poll_interval_s,
+            )
+            listeners.append(listener)
+    return listeners
+
+
+def banner(app: HttpApp, specs: list[FunctionSpec], options: Options) -> str:
+    lines = ["", "Functions:", ""]
+    for route in app.routes:
+        url = f"http://{options.host}:{options.port}{route.path}"
+        lines.append(f"        {route.spec.name}: [{route.display_methods()}] {url}")
+    for spec in specs:
+        if spec.trigger_type != "httpTrigger":
+            lines.append(f"        {spec.name}: {spec.trigger_type}")
+    return "\n".join([*lines, ""])
+
+
+async def serve(specs: list[FunctionSpec], config: HostConfig, options: Options) -> int:
+    for spec in specs:
+        check_supported(spec)
+        if spec.trigger_type not in ("httpTrigger", "queueTrigger", "blobTrigger"):
+            raise IndexingError(
+                f"function {spec.name!r}: trigger {spec.trigger_type} is not supported"
+            )
+    invoker = Invoker(Storage(), message_encoding=config.queues.message_encoding)
+    http_specs = [s for s in specs if s.trigger_type == "httpTrigger"]
+    app = HttpApp(http_specs, config.route_prefix, invoker)
+    listeners = await asyncio.to_thread(build_listeners, specs, config, options, invoker)
+
+    server = _Server(
+        uvicorn.Config(
+            app,
+            host=options.host,
+            port=options.port,
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=int(options.shutdown_grace_s),
+        )
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    http_task = asyncio.create_task(server.serve())
+    poll_tasks = [asyncio.create_task(lst.run(stop)) for lst in listeners]
+    while not server.started and not http_task.done():  # noqa: ASYNC110 - uvicorn has no event
+        await asyncio.sleep(0.02)
+    if http_task.done():
+        stop.set()
+        await asyncio.gather(*poll_tasks, return_exceptions=True)
+        invoker.shutdown()
+        return 1
+    print(banner(app, specs, options), flush=True)
+
+    stop_task = asyncio.create_task(stop.wait())
+    await asyncio.wait({stop_task, http_task, *poll_tasks}, return_when=asyncio.FIRST_COMPLETED)
+    log.info(
+        "devhost: shutting down (waiting up to %gs for running functions)", options.shutdown_grace_s
+    )
+    stop.set()
+    server.should_exit = True
+    await asyncio.gather(*poll_tasks, return_exceptions=True)
+    await asyncio.gather(*(lst.drain(options.shutdown_grace_s) for lst in listeners))
+    await asyncio.gather(http_task, return_exceptions=True)
+    invoker.shutdown()
+    return 0
+
+
+def configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("devhost")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    # The storage SDK logs every request (with headers) at INFO: keep it quiet.
+    logging.getLogger("azure").setLevel(logging.WARNING)
