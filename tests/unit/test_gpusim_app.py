@@ -1,0 +1,99 @@
+"""gpusim app in-process (httpx ASGITransport, no sockets): exact SSE bytes and envelopes."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tools.gpusim import Config, build_app
+from tools.gpusim.wire import ConnectionAborted
+
+CHAT = {"model": "local-model", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def client(**knobs: object) -> httpx.AsyncClient:
+    config = Config(ttft_base_ms=0, itl_ms=0, min_output_tokens=3, max_output_tokens=3,
+                    **knobs)  # type: ignore[arg-type]  # fmt: skip
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(config)),
+                             base_url="http://gpusim")  # fmt: skip
+
+
+async def test_chat_stream_bytes_are_sse_events_ending_with_done() -> None:
+    async with client() as c:
+        body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+        r = await c.post("/v1/chat/completions", json=body)
+        plain = (await c.post("/v1/chat/completions", json=CHAT)).json()
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert r.text.endswith("data: [DONE]\n\n")
+    events = r.text.split("\n\n")[:-1]
+    assert all(e.startswith("data: ") and "\n" not in e for e in events)
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    # role chunk, 3 tokens, finish chunk, usage chunk
+    assert len(chunks) == 6
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    deltas = [c["choices"][0]["delta"] for c in chunks[1:4]]
+    assert all(list(d) == ["content"] and d["content"] for d in deltas)
+    assert "".join(d["content"] for d in deltas) == plain["choices"][0]["message"]["content"]
+    assert chunks[4]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None,
+                                       "finish_reason": "stop"}  # fmt: skip
+    assert chunks[5]["choices"] == [] and chunks[5]["usage"]["completion_tokens"] == 3
+    assert all(c["usage"] is None for c in chunks[:5])
+    assert r.headers["x-request-id"] == chunks[0]["id"]
+
+
+async def test_completion_usage_chunk_is_text_completion() -> None:
+    async with client() as c:
+        body = {"model": "local-model", "prompt": "x", "stream": True,
+                "stream_options": {"include_usage": True}}  # fmt: skip
+        r = await c.post("/v1/completions", json=body)
+    chunks = [json.loads(e[6:]) for e in r.text.split("\n\n")[:-2]]
+    assert {c["object"] for c in chunks} == {"text_completion"}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["prompt_tokens"] == 1
+
+
+async def test_unknown_route_and_method_use_the_openai_envelope() -> None:
+    async with client() as c:
+        missing = await c.get("/v2/whatever")
+        wrong = await c.get("/v1/chat/completions")
+    assert missing.status_code == 404 and set(missing.json()["error"]) >= {"message", "type"}
+    assert wrong.status_code == 405 and "error" in wrong.json()
+
+
+async def test_stream_options_without_stream_is_400() -> None:
+    async with client() as c:
+        options = {"include_usage": True}
+        r = await c.post("/v1/chat/completions", json={**CHAT, "stream_options": options})
+        ok = await c.post("/v1/chat/completions", json={**CHAT, "stream": False})
+    assert ok.status_code == 200
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stream_options"
+
+
+async def test_reset_without_a_tcp_transport_raises_in_process() -> None:
+    async with client() as c:
+        with pytest.raises(ConnectionAborted):
+            await c.post("/v1/chat/completions", json=CHAT, headers={"x-gpusim-fail": "reset"})
+
+
+async def test_bad_fault_header_is_400_and_admin_rejects_bad_specs() -> None:
+    async with client() as c:
+        r = await c.post("/v1/embeddings", json={"model": "local-model", "input": "x"},
+                         headers={"x-gpusim-fail": "teapot"})  # fmt: skip
+        bad = await c.post("/admin/faults", json={"type": "429", "count": 0})
+        state = await c.post("/admin/faults", json={"type": "503", "count": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "x-gpusim-fail"
+    assert bad.status_code == 400
+    assert state.json()["scheduled"] == [
+        {"type": "503", "count": 2, "for_s": None, "retry_after": 1.0}
+    ]
+
+
+async def test_stats_count_routes_by_template_but_not_admin_calls() -> None:
+    async with client() as c:
+        await c.get("/v1/models/local-model")
+        await c.get("/v1/models/other")
+        await c.get("/admin/stats")
+        stats = (await c.get("/admin/stats")).json()
+    assert stats["requests"] == {"/v1/models/{model}": {"200": 1, "404": 1}}
