@@ -1,0 +1,336 @@
+"""Backend kind ``sagemaker``: a SageMaker real-time endpoint (TGI or vLLM container).
+
+Calls go through boto3's ``sagemaker-runtime`` client (SigV4 with the function's IAM role),
+one client per process per (region, endpoint_url, timeout), built on first use. botocore's
+own retries are off (``max_attempts: 1``): the project's retry policy and router decide,
+and botocore would not retry ModelError or ModelNotReady anyway. boto3 is synchronous, so
+each call runs in a worker thread of a pool sized for the backends' concurrency.
+
+Payloads: ``messages`` sends OpenAI chat (the container's Messages API) and passes its JSON
+and SSE through; ``tgi`` converts to and from TGI's ``{"inputs", "parameters"}``
+(``shared.backends.tgi``). Streams come from ``invoke_endpoint_with_response_stream``: the
+``PayloadPart`` bytes are reassembled into lines (parts do not align with lines or even
+UTF-8 characters), then parsed as SSE, and re-emitted as OpenAI chunks ending in exactly one
+``data: [DONE]``.
+
+Errors (botocore ``ClientError`` codes) become the shared tree: ``ModelError`` (424) by its
+``OriginalStatusCode`` (429/5xx retryable, 4xx the caller's), ``ModelNotReadyException``
+and ``ServiceUnavailable`` -> 503 retryable, ``ThrottlingException`` -> 429,
+``ValidationError`` -> 400, ``InternalFailure`` -> 502 retryable; connection errors and
+timeouts -> 502/504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from shared.backends import tgi
+from shared.backends.base import ByteStream, Result
+from shared.context import Context
+from shared.errors import (
+    BackendConnectionError,
+    BackendError,
+    BackendRateLimited,
+    BackendRejected,
+    BackendTimeout,
+    BackendUnavailable,
+    DeadlineExceeded,
+    InferenceError,
+)
+from shared.retry import server_delay
+from shared.schemas import Operation
+from shared.settings import SageMakerBackendConfig
+
+T = TypeVar("T")
+DONE = b"data: [DONE]\n\n"
+POOL_WORKERS = 64
+
+_lock = threading.Lock()
+_clients: dict[tuple[str, str | None, float], Any] = {}
+_pool: ThreadPoolExecutor | None = None
+
+
+def get_client(region: str, endpoint_url: str | None, timeout_s: float) -> Any:
+    """The process's ``sagemaker-runtime`` client for this region/endpoint_url/timeout."""
+    key = (region, endpoint_url, timeout_s)
+    client = _clients.get(key)
+    if client is not None:
+        return client
+    with _lock:
+        client = _clients.get(key)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                retries={"max_attempts": 1, "mode": "standard"},
+                connect_timeout=min(5.0, timeout_s),
+                read_timeout=timeout_s,
+                max_pool_connections=POOL_WORKERS,
+            )
+            client = boto3.session.Session().client(
+                "sagemaker-runtime", region_name=region, endpoint_url=endpoint_url, config=config
+            )
+            _clients[key] = client
+        return client
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        with _lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(POOL_WORKERS, thread_name_prefix="sagemaker")
+    return _pool
+
+
+def reset_clients() -> None:
+    """Forget cached clients (tests; after credentials or endpoints change)."""
+    with _lock:
+        _clients.clear()
+
+
+class LineBuffer:
+    """Bytes in, complete lines out: payload parts split lines (and characters) anywhere."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._pending += data
+        if b"\n" not in data:
+            return []
+        *lines, self._pending = self._pending.split(b"\n")
+        return [line.rstrip(b"\r") for line in lines]
+
+    def flush(self) -> list[bytes]:
+        rest, self._pending = self._pending.rstrip(b"\r"), b""
+        return [rest] if rest else []
+
+
+def map_client_error(exc: Exception, backend: str) -> InferenceError:
+    """Translate a botocore exception into the shared error tree."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        ConnectTimeoutError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
+
+    if isinstance(exc, ReadTimeoutError | ConnectTimeoutError):
+        return BackendTimeout(f"backend {backend!r} did not answer in time ({type(exc).__name__})")
+    if isinstance(exc, ConnectionError):
+        return BackendConnectionError(
+            f"backend {backend!r} connection failed: {type(exc).__name__}"
+        )
+    if isinstance(exc, NoCredentialsError):
+        err = BackendError(f"backend {backend!r}: no AWS credentials found (IAM role or env)")
+        err.retryable = False
+        return err
+    if not isinstance(exc, ClientError):
+        return BackendError(f"backend {backend!r} failed: {type(exc).__name__}")
+    info = exc.response.get("Error", {})
+    code = str(info.get("Code") or "")
+    message = str(info.get("Message") or f"backend {backend!r} answered {code}")
+    meta = exc.response.get("ResponseMetadata", {})
+    status = int(meta.get("HTTPStatusCode") or 0)
+    retry_after = server_delay(meta.get("HTTPHeaders") or {})
+    if code == "ModelError" or status == 424:
+        original = exc.response.get("OriginalStatusCode")
+        original = int(original) if str(original or "").isdigit() else 500
+        text = f"model container of {backend!r} failed with {original}: {message}"
+        if original == 429:
+            return BackendRateLimited(text, retry_after=retry_after)
+        if original == 503:
+            return BackendUnavailable(text, retry_after=retry_after)
+        if original >= 500 or original in (408, 409):
+            return BackendError(text, retry_after=retry_after)
+        return BackendRejected(
+            text, status=400 if original == 422 else original, code="model_error"
+        )
+    if code in ("ModelNotReadyException", "ServiceUnavailable") or status == 503:
+        return BackendUnavailable(message, retry_after=retry_after)
+    if code in ("ThrottlingException", "TooManyRequestsException") or status == 429:
+        return BackendRateLimited(message, retry_after=retry_after)
+    if code == "ValidationError" or status == 400:
+        return BackendRejected(message, status=400, code="validation_error")
+    if status in (401, 403) or code in ("AccessDeniedException", "UnrecognizedClientException",
+                                        "InvalidSignatureException"):  # fmt: skip
+        err = BackendError(
+            f"backend {backend!r} refused our credentials ({code or status}); check the IAM "
+            "role allows sagemaker:InvokeEndpoint on the endpoint"
+        )
+        err.retryable = False
+        return err
+    if code == "ModelStreamError":
+        return BackendError(f"model stream of {backend!r} failed: {message}")
+    return BackendError(message, retry_after=retry_after)
+
+
+class _EventStreamBody:
+    """An accepted response stream: PayloadPart bytes -> lines -> OpenAI SSE bytes."""
+
+    def __init__(self, backend: SageMakerBackend, body: Any, convert: Callable[[bytes], bytes],
+                 end: Callable[[], bytes], ctx: Context) -> None:  # fmt: skip
+        self._backend = backend
+        self._body = body
+        self._events = iter(body)
+        self._convert = convert
+        self._end = end
+        self._ctx = ctx
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        lines = LineBuffer()
+        sentinel: dict[str, Any] = {}
+        try:
+            while True:
+                event = await self._backend._call(next, self._events, sentinel, ctx=self._ctx)
+                if event is sentinel:
+                    break
+                part = event.get("PayloadPart") if isinstance(event, dict) else None
+                if not part:
+                    continue
+                out = b"".join(self._convert(line) for line in lines.feed(part.get("Bytes", b"")))
+                if out:
+                    yield out
+            out = b"".join(self._convert(line) for line in lines.flush())
+            yield out + self._end()
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
+            await asyncio.to_thread(body.close)
+
+
+class SageMakerBackend:
+    def __init__(self, config: SageMakerBackendConfig) -> None:
+        self.name = config.name
+        self.config = config
+
+    def _client(self) -> Any:
+        c = self.config
+        return get_client(c.region, c.endpoint_url, c.timeout_s)
+
+    async def _call(self, fn: Callable[..., T], *args: Any, ctx: Context, **kwargs: Any) -> T:
+        """Run a blocking boto3 call in the pool, never waiting past the deadline."""
+        from functools import partial
+
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(_executor(), partial(fn, *args, **kwargs))
+        try:
+            return await asyncio.wait_for(future, timeout=ctx.check())
+        except TimeoutError:
+            raise DeadlineExceeded(
+                "the invocation deadline passed before the model answered"
+            ) from None
+        except InferenceError:
+            raise
+        except Exception as exc:
+            raise map_client_error(exc, self.name) from exc
+
+    def _params(self, op: Operation, payload: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+        c = self.config
+        if c.payload == "tgi":
+            body = tgi.to_tgi(op, payload, stream=stream)
+        elif op is Operation.CHAT:
+            body = payload
+        else:
+            raise BackendRejected(
+                f"backend {self.name!r} (sagemaker, payload messages) serves chat only",
+                status=400,
+                code="unsupported_operation",
+            )
+        params: dict[str, Any] = {
+            "EndpointName": c.endpoint_name,
+            "Body": json.dumps(body).encode(),
+            "ContentType": "application/json",
+        }
+        if not stream:
+            params["Accept"] = "application/json"
+        if c.inference_component:
+            params["InferenceComponentName"] = c.inference_component
+        return params
+
+    async def invoke(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
+        client = self._client()
+        params = self._params(op, payload, stream=False)
+
+        def call() -> bytes:
+            response = client.invoke_endpoint(**params)
+            return bytes(response["Body"].read())
+
+        content = await self._call(call, ctx=ctx)
+        if self.config.payload == "tgi":
+            try:
+                data = json.loads(content)
+            except ValueError as exc:
+                raise BackendError(f"backend {self.name!r} answered invalid JSON") from exc
+            result = tgi.from_tgi(op, data, str(payload.get("model", "")))
+            return Result.from_data(result, backend=self.name)
+        return Result(content=content, backend=self.name)
+
+    async def open_stream(self, op: Operation, payload: dict[str, Any], ctx: Context) -> ByteStream:
+        client = self._client()
+        params = self._params(op, payload, stream=True)
+        response = await self._call(client.invoke_endpoint_with_response_stream, ctx=ctx, **params)
+        body = response["Body"]
+        if self.config.payload == "tgi":
+            include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+            translator = tgi.StreamTranslator(op, str(payload.get("model", "")), include_usage)
+            return _EventStreamBody(self, body, _tgi_line(translator, self.name), translator.end,
+                                    ctx)  # fmt: skip
+        return _EventStreamBody(self, body, _sse_line, lambda: DONE, ctx)
+
+    async def list_models(self, ctx: Context) -> list[str]:
+        return []
+
+    async def check_ready(self, ctx: Context) -> None:
+        """SageMaker has no data-plane health call: check the client builds and credentials
+        resolve (the IAM role on Lambda), without invoking the model."""
+        self._client()
+
+        def credentials() -> Any:
+            import boto3
+
+            return boto3.session.Session().get_credentials()
+
+        if await self._call(credentials, ctx=ctx) is None:
+            raise BackendError(f"backend {self.name!r}: no AWS credentials found")
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _sse_line(line: bytes) -> bytes:
+    """One line of a Messages API stream, re-emitted as an SSE event (``[DONE]`` dropped:
+    the stream adds exactly one at its end)."""
+    if not line.startswith(b"data:"):
+        return b""
+    data = line[5:].strip()
+    if not data or data == b"[DONE]":
+        return b""
+    return b"data: " + data + b"\n\n"
+
+
+def _tgi_line(translator: tgi.StreamTranslator, backend: str) -> Callable[[bytes], bytes]:
+    def convert(line: bytes) -> bytes:
+        if not line.startswith(b"data:"):
+            return b""
+        data = line[5:].strip()
+        if not data or data == b"[DONE]":
+            return b""
+        try:
+            event = json.loads(data)
+        except ValueError as exc:
+            raise BackendError(f"backend {backend!r} sent a bad stream event") from exc
+        return translator.event(event) if isinstance(event, dict) else b""
+
+    return convert

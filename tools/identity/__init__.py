@@ -1,0 +1,1 @@
+"""A local managed-identity endpoint (App Service protocol) issuing verifiable tokens."""
