@@ -84,11 +84,20 @@ class Slot:
 
 
 class _SlotStream:
-    """Holds the backend's concurrency slot until the stream is exhausted or closed."""
+    """Holds the backend's concurrency slot until the stream is exhausted or closed.
 
-    def __init__(self, inner: ByteStream, release: Callable[[], None]) -> None:
+    A retryable failure after the stream opened counts against the backend's circuit too.
+    """
+
+    def __init__(
+        self,
+        inner: ByteStream,
+        release: Callable[[], None],
+        on_failure: Callable[[InferenceError], None],
+    ) -> None:
         self._inner = inner
         self._release: Callable[[], None] | None = release
+        self._on_failure = on_failure
 
     def _done(self) -> None:
         if self._release is not None:
@@ -99,6 +108,10 @@ class _SlotStream:
         try:
             async for chunk in self._inner:
                 yield chunk
+        except InferenceError as err:
+            if err.retryable:
+                self._on_failure(err)
+            raise
         finally:
             self._done()
 
@@ -166,7 +179,10 @@ class Router:
             def release() -> None:
                 slot.in_flight -= 1
 
-            return _SlotStream(inner, release)
+            def failed(err: InferenceError) -> None:
+                slot.circuit.record_failure(err, self._clock())
+
+            return _SlotStream(inner, release, failed)
 
         return await self._route(str(payload.get("model", "")), call, ctx)
 
