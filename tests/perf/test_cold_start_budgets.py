@@ -58,10 +58,13 @@ def floor_s(gpusim_server: Gpusim) -> float:
 
 
 @pytest.mark.parametrize(("module", "invoke"), HANDLERS)
-def test_handler_cold_start_within_budget(
-    module: str, invoke: str, gpusim_server: Gpusim, floor_s: float
-) -> None:
-    runs = [probe(module, invoke, gpusim_server) for _ in range(2)]
+def test_handler_cold_start_within_budget(module: str, invoke: str, gpusim_server: Gpusim) -> None:
+    # Floor and handler alternate, best of three each, so load on the machine hits both.
+    runs, floors = [], []
+    for _ in range(3):
+        floors.append(probe("fastapi,mangum,httpx,pydantic", "none", gpusim_server)["total_s"])
+        runs.append(probe(module, invoke, gpusim_server))
+    floor_s = min(floors)
     best = min(runs, key=lambda r: r["total_s"])
     assert best["status"] == 200
     assert best["heavy_modules"] == [], f"{module} pulled in {best['heavy_modules']}"
