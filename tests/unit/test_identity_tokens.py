@@ -20,15 +20,18 @@ def test_token_for_resource_verifies_with_audience_stripped_of_default() -> None
 
 
 @pytest.mark.parametrize(
-    ("key", "audience", "now", "reason"),
+    ("key", "audience", "later_s", "reason"),
     [
         ("another-key-0123456789abcdef-0123456789", AUD, None, "invalid"),
         (KEY, "https://ml.azure.com", None, "audience"),
-        (KEY, AUD, time.time() + 120, "expired"),
+        (KEY, AUD, 120.0, "expired"),
     ],
 )
-def test_refused_tokens_say_why(key: str, audience: str, now: float | None, reason: str) -> None:
+def test_refused_tokens_say_why(
+    key: str, audience: str, later_s: float | None, reason: str
+) -> None:
     token, _ = tokens.issue(KEY, AUD, lifetime_s=60)
+    now = None if later_s is None else time.time() + later_s
     with pytest.raises(tokens.TokenError) as info:
         tokens.verify(token, key, audience, now=now)
     assert info.value.reason == reason
