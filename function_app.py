@@ -10,9 +10,11 @@ from functions.chat.azure import bp as chat
 from functions.completions.azure import bp as completions
 from functions.embeddings.azure import bp as embeddings
 from functions.health.azure import bp as health
+from functions.jobs.azure import bp as jobs
 from functions.models.azure import bp as models
+from functions.queue_worker.azure import bp as queue_worker
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 
-for blueprint in (chat, completions, embeddings, models, health):
+for blueprint in (chat, completions, embeddings, models, health, jobs, queue_worker):
     app.register_functions(blueprint)

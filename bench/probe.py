@@ -148,7 +148,8 @@ def main() -> None:
     parser.add_argument("--import", dest="modules", required=True, help="comma-separated modules")
     parser.add_argument("--invoke", choices=["none", "aws", "azure"], default="none")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
+    # Run as a script, sys.path[0] is bench/, whose queue.py would shadow the stdlib's.
+    sys.path[0] = str(ROOT)
     t0 = time.perf_counter()
     loaded = [importlib.import_module(m) for m in args.modules.split(",")]
     t1 = time.perf_counter()

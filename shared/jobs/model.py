@@ -70,6 +70,7 @@ class JobRecord(BaseModel):
     request_hash: str | None = None
     caller: str | None = None
     lease: Lease | None = None
+    deferrals: int = 0
 
     @property
     def terminal(self) -> bool:

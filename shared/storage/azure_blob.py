@@ -102,7 +102,7 @@ class AzureBlobStore:
             kwargs["etag"] = if_match
             kwargs["match_condition"] = MatchConditions.IfNotModified
         try:
-            props = self._container.upload_blob(key, data, **kwargs)
+            props = self._container.get_blob_client(key).upload_blob(data, **kwargs)
         except ResourceNotFoundError as exc:
             if if_match is not None:
                 raise PreconditionFailed(f"{self.namespace}/{key} does not exist") from exc

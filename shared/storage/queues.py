@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import threading
 import time
@@ -89,7 +90,7 @@ class AzureQueue:
     def send(self, message: dict[str, Any], *, delay_s: float = 0) -> None:
         text = claim_check(message, AZURE_LIMIT)
         self._ensure()
-        delay = max(0, round(delay_s))
+        delay = max(0, math.ceil(delay_s))
         self._client.send_message(text, visibility_timeout=delay or None)
 
     def _ensure(self) -> None:
@@ -127,7 +128,7 @@ class SqsQueue:
 
     def send(self, message: dict[str, Any], *, delay_s: float = 0) -> None:
         text = claim_check(message, SQS_LIMIT)
-        delay = min(MAX_SQS_DELAY_S, max(0, round(delay_s)))
+        delay = min(MAX_SQS_DELAY_S, max(0, math.ceil(delay_s)))
         self._client.send_message(QueueUrl=self.url, MessageBody=text, DelaySeconds=delay)
 
 

@@ -1,0 +1,9 @@
+"""AWS Lambda entry of `queue_worker`: SQS event source with ReportBatchItemFailures."""
+
+from typing import Any
+
+from shared.jobs.queue_runtime import run_sqs_batch
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return run_sqs_batch(event, context)

@@ -1,0 +1,146 @@
+"""HTTP handlers of the jobs API, written once for Azure (Blueprint) and AWS (FastAPI+Mangum).
+
+- ``POST /v1/jobs``: body = one OpenAI Batch line. The line and its body are validated
+  first (400 otherwise), the job record is stored as ``queued``, then the queue message is
+  sent; answers 202 ``{"id", "status": "queued"}`` with ``Location`` = this path + ``/{id}``
+  (``/api/v1/jobs/{id}`` on Azure, ``/v1/jobs/{id}`` on AWS). If the message cannot be sent
+  the record is removed again and the answer is 503: no job exists that nothing will run.
+- ``Idempotency-Key`` header: the job id is derived from (caller, key). The same key with the
+  same line answers 200 with the existing record; with a different line 409. A retried POST
+  whose job was stored but never enqueued (a crash between the two) re-sends the message.
+- ``GET /v1/jobs/{id}``: the record (DESIGN.md §5), or 404 in OpenAI's error envelope. When
+  inbound keys are configured a caller sees only its own jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shared.context import Context
+from shared.errors import InferenceError, InvalidRequest, NotFound
+from shared.jobs.model import JOB_ID, JobRecord, MalformedMessage, idempotent_id, parse_line
+from shared.jobs.store import PreconditionFailed, get_job_store
+from shared.service import get_service
+from shared.settings import get_settings
+from shared.web import (
+    authenticate,
+    decode_json,
+    error_response,
+    internal_error,
+    read_body,
+    request_context,
+)
+
+log = logging.getLogger("shared.jobs.http")
+
+#: A queued, never-attempted job this old is re-enqueued by an idempotent retry of its POST.
+RESEND_AFTER_S = 30.0
+
+
+class IdempotencyConflict(InvalidRequest):
+    status = 409
+    code = "idempotency_key_conflict"
+
+
+class QueueUnavailable(InferenceError):
+    status = 503
+    code = "queue_unavailable"
+
+
+def _json(data: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(data).encode(),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _send(message: dict[str, Any]) -> None:
+    from shared.storage.queues import get_queue
+
+    get_queue().send(message)
+
+
+async def create_job_endpoint(request: Request) -> Response:
+    """POST /v1/jobs."""
+    ctx: Context | None = None
+    try:
+        ctx = request_context(request)
+        caller = authenticate(request)
+        service = get_service()
+        raw = await read_body(request, service.settings.max_body_bytes)
+        try:
+            line = parse_line(decode_json(raw))
+        except MalformedMessage as exc:
+            raise InvalidRequest(exc.reason) from None
+        if line.body_ref is not None:
+            raise InvalidRequest(
+                "'body_ref' is for queue messages; send the 'body'", param="body_ref"
+            )
+        service.validate(line.op, line.body)
+        key = request.headers.get("idempotency-key")
+        job_id = idempotent_id(caller, key) if key else "job_" + uuid.uuid4().hex
+        location = request.url.path.rstrip("/") + "/" + job_id
+        headers = {"location": location, "x-request-id": ctx.request_id}
+        jobs = get_job_store()
+        record = JobRecord.new(line, job_id, caller=caller)
+        try:
+            await jobs.acreate(record)
+        except PreconditionFailed:
+            existing = await jobs.aget(job_id)
+            if existing is None or existing.record.request_hash != record.request_hash:
+                raise IdempotencyConflict(
+                    "this Idempotency-Key was already used with a different request",
+                    param="Idempotency-Key",
+                ) from None
+            old = existing.record
+            if (
+                old.status == "queued"
+                and old.attempts == 0
+                and time.time() - old.created_at > RESEND_AFTER_S
+            ):
+                await asyncio.to_thread(_send, line.message(job_id))
+            return _json(old.public(), 200, headers)
+        try:
+            await asyncio.to_thread(_send, line.message(job_id))
+        except Exception as exc:
+            log.error("job %s: enqueue failed: %s", job_id, exc)
+            await asyncio.to_thread(jobs.delete, job_id)
+            raise QueueUnavailable("the job could not be queued; try again") from exc
+        return _json({"id": job_id, "status": "queued"}, 202, headers)
+    except InferenceError as err:
+        return error_response(err, ctx.request_id if ctx else None)
+    except Exception as exc:
+        return internal_error(exc, ctx.request_id if ctx else None)
+
+
+def path_job_id(request: Request) -> str:
+    """The ``{id}`` of ``/…/jobs/{id}``: from the route's path params, else the URL path."""
+    value = request.path_params.get("id") if hasattr(request, "path_params") else None
+    if value:
+        return str(value)
+    return request.url.path.rstrip("/").rsplit("/", 1)[-1]
+
+
+async def get_job_endpoint(request: Request, job_id: str | None = None) -> Response:
+    """GET /v1/jobs/{id}."""
+    try:
+        caller = authenticate(request)
+        job_id = job_id or path_job_id(request)
+        found = await get_job_store().aget(job_id) if JOB_ID.match(job_id) else None
+        if found is None or (get_settings().api_keys and found.record.caller != caller):
+            raise NotFound(f"No job with id '{job_id}'", code="job_not_found", param="id")
+        return _json(found.record.public(), 200)
+    except InferenceError as err:
+        return error_response(err)
+    except Exception as exc:
+        return internal_error(exc)

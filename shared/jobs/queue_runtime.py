@@ -1,0 +1,186 @@
+"""Carry out a worker ``Outcome`` on each platform (used by functions/queue_worker).
+
+Azure Storage queue (``run_storage_queue_message``):
+  ack -> return (the host deletes the message).
+  defer -> the same message is sent again with the delay, then acked (throttling does not
+    use up maxDequeueCount).
+  retry -> raise ``RetryLater``: the host makes the message visible again. Its
+    ``visibility_timeout`` attribute (the backoff or Retry-After) is honoured by devhost; the
+    deployed host uses host.json ``visibilityTimeout`` for every retry instead. On the last
+    dequeue the job is already marked failed and the host moves the message to
+    ``inference-requests-poison``.
+  poison -> the message is written to ``inference-requests-poison`` by the worker itself as
+    ``{"reason", "job_id", "message"}`` (so the reason travels with it), then acked: raising
+    five times would only delay the inevitable.
+
+SQS (``run_sqs_batch``, partial batch response via Powertools' ``AsyncBatchProcessor``; the
+records of a batch run concurrently):
+  ack -> success.
+  defer -> the message is sent again with ``DelaySeconds``, then acked.
+  retry -> ``ChangeMessageVisibility`` to the backoff, then report the item failed (only
+    ``batchItemFailures`` return to the queue). After ``maxReceiveCount`` receives SQS's
+    redrive moves it to the DLQ; the job is marked failed on the last receive.
+  poison -> sent to the queue's DLQ at once (found from the queue's RedrivePolicy) with a
+    ``reason`` message attribute, then acked. Without a DLQ it is reported failed and takes
+    the normal redrive path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from typing import Any
+
+from shared.context import Context
+from shared.jobs.config import POISON_QUEUE_NAME, QUEUE_NAME, get_job_settings
+from shared.jobs.worker import Attempt, Outcome, process_message
+
+log = logging.getLogger("shared.jobs.queue")
+
+
+class RetryLater(Exception):
+    """Raised to make the platform redeliver the message after ``visibility_timeout`` s."""
+
+    def __init__(self, reason: str, visibility_timeout: float, job_id: str | None = None) -> None:
+        super().__init__(f"job {job_id}: retry in {visibility_timeout:.1f}s: {reason}")
+        self.visibility_timeout = visibility_timeout
+        self.job_id = job_id
+
+
+def poison_message(outcome: Outcome, original: bytes) -> dict[str, Any]:
+    return {
+        "reason": outcome.reason,
+        "job_id": outcome.job_id,
+        "message": original.decode("utf-8", errors="replace"),
+    }
+
+
+async def run_storage_queue_message(body: bytes, dequeue_count: int) -> Outcome:
+    """One Azure Storage-queue delivery (``body`` already base64-decoded by the host)."""
+    from shared.storage.queues import get_queue
+
+    settings = get_job_settings()
+    ctx = Context.with_timeout(settings.job_timeout_s)
+    attempt = Attempt(max(1, dequeue_count), settings.max_attempts)
+    outcome = await process_message(body, attempt, ctx)
+    _log(outcome, attempt)
+    if outcome.action == "retry":
+        raise RetryLater(outcome.reason, outcome.delay_s, outcome.job_id)
+    if outcome.action == "defer":
+        again = get_queue(QUEUE_NAME)
+        await asyncio.to_thread(again.send, json.loads(body), delay_s=outcome.delay_s)
+    if outcome.action == "poison":
+        poison = get_queue(POISON_QUEUE_NAME)
+        await asyncio.to_thread(poison.send, poison_message(outcome, body))
+    return outcome
+
+
+def _log(outcome: Outcome, attempt: Attempt) -> None:
+    level = logging.INFO if outcome.action == "ack" else logging.WARNING
+    log.log(
+        level,
+        "job=%s attempt=%d/%d action=%s status=%s delay_s=%.2f reason=%s",
+        outcome.job_id,
+        attempt.number,
+        attempt.max_attempts,
+        outcome.action,
+        outcome.status,
+        outcome.delay_s,
+        outcome.reason or "-",
+    )
+
+
+# -- SQS ---------------------------------------------------------------------------------
+
+_lock = threading.Lock()
+_urls: dict[str, str | None] = {}
+
+
+def _sqs() -> Any:
+    from shared.storage.s3 import aws_client
+
+    return aws_client("sqs")
+
+
+def _queue_url(arn: str) -> str:
+    """The URL of the queue an SQS record came from (cached per ARN)."""
+    with _lock:
+        url = _urls.get(arn)
+    if url:
+        return url
+    parts = arn.split(":")
+    name, account = parts[-1], parts[-2]
+    found = str(_sqs().get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"])
+    with _lock:
+        _urls[arn] = found
+    return found
+
+
+def _dlq_url(arn: str) -> str | None:
+    key = "dlq:" + arn
+    with _lock:
+        if key in _urls:
+            return _urls[key]
+    attrs = _sqs().get_queue_attributes(QueueUrl=_queue_url(arn), AttributeNames=["RedrivePolicy"])
+    policy = attrs.get("Attributes", {}).get("RedrivePolicy")
+    url = _queue_url(json.loads(policy)["deadLetterTargetArn"]) if policy else None
+    with _lock:
+        _urls[key] = url
+    return url
+
+
+def _change_visibility(record: Any, delay_s: float) -> None:
+    _sqs().change_message_visibility(
+        QueueUrl=_queue_url(record.event_source_arn),
+        ReceiptHandle=record.receipt_handle,
+        VisibilityTimeout=min(43_200, max(0, round(delay_s))),
+    )
+
+
+def _send_to_dlq(record: Any, reason: str) -> bool:
+    url = _dlq_url(record.event_source_arn)
+    if url is None:
+        return False
+    _sqs().send_message(
+        QueueUrl=url,
+        MessageBody=record.body,
+        MessageAttributes={"reason": {"DataType": "String", "StringValue": reason[:1000]}},
+    )
+    return True
+
+
+def run_sqs_batch(event: dict[str, Any], lambda_context: Any) -> dict[str, Any]:
+    """Lambda SQS handler body: ``{"batchItemFailures": [...]}`` with exactly the failed ids."""
+    from aws_lambda_powertools.utilities.batch import (
+        AsyncBatchProcessor,
+        EventType,
+        async_process_partial_response,
+    )
+
+    from shared.storage.queues import get_queue
+
+    settings = get_job_settings()
+    deadline = Context.from_lambda(lambda_context).deadline
+
+    async def handle(record: Any) -> None:
+        attempt = Attempt(
+            max(1, int(record.attributes.approximate_receive_count or 1)), settings.max_attempts
+        )
+        outcome = await process_message(record.body, attempt, Context(deadline=deadline))
+        _log(outcome, attempt)
+        if outcome.action == "retry":
+            if outcome.delay_s > 0:
+                await asyncio.to_thread(_change_visibility, record, outcome.delay_s)
+            raise RetryLater(outcome.reason, outcome.delay_s, outcome.job_id)
+        if outcome.action == "defer":
+            again = get_queue(QUEUE_NAME, url=_queue_url(record.event_source_arn))
+            await asyncio.to_thread(again.send, json.loads(record.body), delay_s=outcome.delay_s)
+        if outcome.action == "poison":
+            sent = await asyncio.to_thread(_send_to_dlq, record, outcome.reason)
+            if not sent:
+                raise RetryLater(f"poison (no DLQ configured): {outcome.reason}", 0, outcome.job_id)
+
+    processor = AsyncBatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+    return dict(async_process_partial_response(event, handle, processor, lambda_context))

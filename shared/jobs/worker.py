@@ -1,0 +1,328 @@
+"""The queue worker's logic, shared by the Azure Storage-queue and SQS adapters.
+
+``process_message(text, attempt, ctx)`` runs one delivery of one job and returns an
+``Outcome`` the adapter carries out:
+
+- ``ack``: delete the message. The job succeeded, failed for good (a 4xx such as an invalid
+  body is a *completed* job whose result is an error, so it is not poisoned), or was already
+  finished by an earlier delivery (the model is not called again).
+- ``retry``: make the message visible again after ``delay_s``: a retryable failure (the
+  endpoint's Retry-After when it gave one, else exponential backoff), another delivery holds
+  the job's lease, or too little time was left to start. On the last attempt
+  (``attempt.last``) a model failure is written to the job as ``failed`` first, and the
+  platform then moves the message to the poison queue / DLQ.
+- ``defer``: the endpoint is throttling (429, or 503 / a cooling-down circuit): the adapter
+  sends the same message again with ``delay_s`` (the Retry-After) and acks this one, so a
+  long rate-limit episode does not use up the delivery attempts (``maxDequeueCount``) and
+  poison healthy jobs. At most ``INFER_JOB_MAX_DEFERS`` times per job, then it counts as
+  an ordinary retryable failure. (A crash between send and ack leaves two messages for the
+  job, which the lease and the succeeded check make harmless.)
+- ``poison``: the message can never succeed (not JSON, no or unknown ``url``, missing
+  ``body_ref``): the job (when the message names one) is marked failed with the reason and
+  the adapter moves the message to the poison queue / DLQ at once, without retries.
+
+Exactly-once: before calling the model a delivery claims the job with a conditional write
+(status ``running`` + a lease that outlives the invocation's deadline). A second delivery
+that finds a live lease backs off; one that finds the job finished acks. The result is
+written with a conditional write over the claim, so the record reaches ``succeeded`` once.
+The model can be called twice for one job only when a delivery dies after the model
+answered and before the record was written (or outlives its own deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from shared.context import Context
+from shared.errors import (
+    BackendRateLimited,
+    BackendUnavailable,
+    DeadlineExceeded,
+    InferenceError,
+    InvalidRequest,
+)
+from shared.jobs.callback import send_callback
+from shared.jobs.config import JobSettings, get_job_settings
+from shared.jobs.model import (
+    JobLine,
+    JobRecord,
+    Lease,
+    MalformedMessage,
+    derived_id,
+    parse_line,
+)
+from shared.jobs.store import JobStore, PreconditionFailed, Versioned, get_job_store
+from shared.service import Service, get_service
+
+log = logging.getLogger("shared.jobs.worker")
+
+#: Do not claim a job with less time than this left: release it for a later delivery.
+MIN_RUN_S = 0.5
+#: A lease outlives the invocation deadline by this much (clock skew, write latency).
+LEASE_MARGIN_S = 2.0
+CLAIM_TRIES = 4
+
+Action = Literal["ack", "retry", "defer", "poison"]
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Which delivery this is (1-based: Azure dequeue_count, SQS ApproximateReceiveCount)."""
+
+    number: int
+    max_attempts: int
+
+    @property
+    def last(self) -> bool:
+        return self.number >= self.max_attempts
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: Action
+    job_id: str | None = None
+    delay_s: float = 0.0
+    reason: str = ""
+    status: str | None = None
+
+
+@dataclass
+class Worker:
+    """The pieces a delivery needs; ``Worker.default()`` uses the process's own."""
+
+    jobs: JobStore
+    service: Service
+    settings: JobSettings
+    clock: Clock = time.time
+    rand: Callable[[], float] = random.random
+
+    @classmethod
+    def default(cls) -> Worker:
+        return cls(get_job_store(), get_service(), get_job_settings())
+
+    # -- delays ---------------------------------------------------------------------------
+
+    def backoff(self, attempt: Attempt) -> float:
+        base = self.settings.job_retry_base_s * 2.0 ** max(0, attempt.number - 1)
+        return min(base, self.settings.job_retry_max_s) * (1 - 0.25 * self.rand())
+
+    def retry_delay(self, err: InferenceError, attempt: Attempt) -> float:
+        if err.retry_after is not None and err.retry_after > 0:
+            return min(err.retry_after, self.settings.job_retry_max_s)
+        return self.backoff(attempt)
+
+    # -- record writes --------------------------------------------------------------------
+
+    async def _load_or_create(self, line: JobLine, job_id: str) -> Versioned:
+        for _ in range(CLAIM_TRIES):
+            found = await self.jobs.aget(job_id)
+            if found is not None:
+                return found
+            try:
+                return await self.jobs.acreate(JobRecord.new(line, job_id))
+            except PreconditionFailed:
+                continue
+        raise PreconditionFailed(f"job {job_id}: could not read or create its record")
+
+    async def _write_final(
+        self, current: Versioned, update: dict[str, Any]
+    ) -> tuple[JobRecord, bool]:
+        """Write a terminal state over ``current``; (record, False) if another finished first."""
+        for _ in range(CLAIM_TRIES):
+            record = current.record.model_copy(
+                update={**update, "lease": None, "completed_at": int(self.clock())}
+            )
+            try:
+                await self.jobs.areplace(record, current.etag)
+                return record, True
+            except PreconditionFailed:
+                found = await self.jobs.aget(record.id)
+                if found is None:
+                    created = await self.jobs.acreate(record)
+                    return created.record, True
+                if found.record.terminal:
+                    return found.record, False
+                current = found
+        raise PreconditionFailed(f"job {current.record.id}: could not write its result")
+
+    async def _release(self, claim: Versioned) -> None:
+        """Give the job back (queued, no lease) unless someone else changed it meanwhile."""
+        record = claim.record.model_copy(update={"status": "queued", "lease": None})
+        try:
+            await self.jobs.areplace(record, claim.etag)
+        except PreconditionFailed:
+            pass
+        except Exception:  # storage trouble: the lease simply expires
+            log.warning("job %s: releasing its lease failed", record.id, exc_info=True)
+
+    async def _claim(self, current: Versioned, ctx: Context) -> Versioned | Outcome:
+        job_id = current.record.id
+        for _ in range(CLAIM_TRIES):
+            record = current.record
+            if record.terminal:
+                return Outcome(
+                    "ack", job_id, reason=f"already {record.status}", status=record.status
+                )
+            now = self.clock()
+            if record.lease is not None and record.lease.until > now:
+                wait = min(record.lease.until - now + 0.5, self.settings.job_retry_max_s)
+                return Outcome("retry", job_id, delay_s=wait, reason="leased by another delivery")
+            lease = Lease(token=uuid.uuid4().hex, until=now + ctx.remaining() + LEASE_MARGIN_S)
+            claimed = record.model_copy(
+                update={"status": "running", "attempts": record.attempts + 1, "lease": lease}
+            )
+            try:
+                return await self.jobs.areplace(claimed, current.etag)
+            except PreconditionFailed:
+                found = await self.jobs.aget(job_id)
+                if found is None:
+                    return Outcome("retry", job_id, delay_s=1.0, reason="job record vanished")
+                current = found
+        return Outcome("retry", job_id, delay_s=1.0, reason="lost the race to claim the job")
+
+    # -- one delivery ---------------------------------------------------------------------
+
+    async def process(self, raw: bytes | str, attempt: Attempt, ctx: Context) -> Outcome:
+        text = raw.encode() if isinstance(raw, str) else raw
+        try:
+            line = parse_line(json.loads(text))
+        except MalformedMessage as exc:
+            return await self._malformed(exc.reason, exc.job_id, text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return await self._malformed(f"message is not valid JSON: {exc}", None, text)
+        job_id = line.id or derived_id(text)
+        ctx.request_id = job_id
+        current = await self._load_or_create(line, job_id)
+        if current.record.terminal:
+            return Outcome(
+                "ack",
+                job_id,
+                reason=f"already {current.record.status}",
+                status=current.record.status,
+            )
+        try:
+            body = line.body
+            if line.body_ref is not None:
+                body = await asyncio.to_thread(_load_ref, line.body_ref)
+            payload = self.service.validate(line.op, body)
+        except LookupError as exc:
+            return await self._malformed(str(exc), job_id, text)
+        except InvalidRequest as err:
+            record, _ = await self._write_final(current, _failure(err))
+            await self._callback(line, record, ctx)
+            return Outcome("ack", job_id, reason=f"invalid request: {err.message}", status="failed")
+        if ctx.remaining() < MIN_RUN_S:
+            return Outcome("retry", job_id, delay_s=1.0, reason="too little time left to start")
+        claim = await self._claim(current, ctx)
+        if isinstance(claim, Outcome):
+            return claim
+        return await self._run(line, payload, claim, attempt, ctx)
+
+    async def _run(
+        self,
+        line: JobLine,
+        payload: dict[str, Any],
+        claim: Versioned,
+        attempt: Attempt,
+        ctx: Context,
+    ) -> Outcome:
+        job_id = claim.record.id
+        try:
+            result = await self.service.complete(line.op, payload, ctx)
+        except InferenceError as err:
+            if not (err.retryable or isinstance(err, DeadlineExceeded)):
+                record, _ = await self._write_final(claim, _failure(err))
+                await self._callback(line, record, ctx)
+                return Outcome("ack", job_id, reason=err.message, status="failed")
+            if _throttled(err) and claim.record.deferrals < self.settings.job_max_defers:
+                released = claim.record.model_copy(update={"deferrals": claim.record.deferrals + 1})
+                await self._release(Versioned(released, claim.etag))
+                return Outcome(
+                    "defer",
+                    job_id,
+                    delay_s=self.retry_delay(err, attempt),
+                    reason=err.message,
+                    status="queued",
+                )
+            if attempt.last:
+                record, _ = await self._write_final(claim, _failure(err))
+                await self._callback(line, record, ctx)
+                reason = f"failed after {attempt.number} attempts: {err.message}"
+                return Outcome("retry", job_id, reason=reason, status="failed")
+            await self._release(claim)
+            return Outcome(
+                "retry",
+                job_id,
+                delay_s=self.retry_delay(err, attempt),
+                reason=err.message,
+                status="queued",
+            )
+        except BaseException:
+            await asyncio.shield(self._release(claim))
+            raise
+        response = {"status_code": 200, "request_id": job_id, "body": result.json()}
+        record, wrote = await self._write_final(
+            claim, {"status": "succeeded", "response": response, "error": None}
+        )
+        if wrote:
+            await self._callback(line, record, ctx)
+        return Outcome("ack", job_id, status=record.status)
+
+    async def _malformed(self, reason: str, job_id: str | None, text: bytes) -> Outcome:
+        log.warning("poison message job_id=%s: %s", job_id, reason)
+        if job_id is not None:
+            error = {"code": "invalid_message", "message": reason}
+            try:
+                current = await self.jobs.aget(job_id)
+                if current is None:
+                    record = JobRecord(id=job_id, created_at=int(self.clock()))
+                    current = await self.jobs.acreate(record)
+                if not current.record.terminal:
+                    await self._write_final(current, {"status": "failed", "error": error})
+            except PreconditionFailed:
+                log.warning("job %s: could not mark the malformed job failed", job_id)
+        return Outcome("poison", job_id, reason=reason, status="failed" if job_id else None)
+
+    async def _callback(self, line: JobLine, record: JobRecord, ctx: Context) -> None:
+        if line.callback_url:
+            await send_callback(
+                line.callback_url,
+                record.public(),
+                ctx,
+                secret=self.settings.callback_secret,
+                timeout_s=self.settings.callback_timeout_s,
+            )
+
+
+def _throttled(err: InferenceError) -> bool:
+    return isinstance(err, BackendRateLimited | BackendUnavailable)
+
+
+def _failure(err: InferenceError) -> dict[str, Any]:
+    return {
+        "status": "failed",
+        "response": {"status_code": err.status, "body": err.to_dict()},
+        "error": {"code": err.code or err.type, "message": err.message},
+    }
+
+
+def _load_ref(ref: str) -> Any:
+    from shared.storage.queues import load_body_ref
+
+    return load_body_ref(ref)
+
+
+async def process_message(
+    raw: bytes | str, attempt: Attempt, ctx: Context, *, worker: Worker | None = None
+) -> Outcome:
+    """Run one delivery with the process's job store, service and settings."""
+    return await (worker or Worker.default()).process(raw, attempt, ctx)
