@@ -13,7 +13,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.fixtures.procs import PYTHON, ROOT, ServerProcess, free_port  # noqa: E402
+from tests.fixtures.procs import PYTHON, ROOT, ServerProcess, free_port
 
 RESULTS = ROOT / "bench" / "results"
 
