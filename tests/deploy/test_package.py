@@ -8,7 +8,7 @@ import shutil
 import stat
 import subprocess
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -90,9 +90,29 @@ def test_artifacts_leave_out_tests_tools_caches_and_local_settings(
     entries = names(package_artifacts[artifact])
     banned_tops = ("tests/", "tools/", "bench/", "docs/", ".github/", "dist/", ".local/", "bin/")
     assert not [e for e in entries if e.startswith(banned_tops)]
-    assert not [e for e in entries if "__pycache__/" in e or e.endswith((".pyc", ".pyo"))]
     assert "local.settings.json" not in entries
     assert not [e for e in entries if e.endswith("/")], "no directory entries"
+
+
+@pytest.mark.parametrize("artifact", sorted(SPECS))
+def test_bytecode_is_unchecked_hash_and_matches_a_shipped_module(
+    package_artifacts: dict[str, BuildResult], artifact: str
+) -> None:
+    """Cold starts skip compiling: every module ships a pyc that needs no source stat."""
+    entries = set(names(package_artifacts[artifact]))
+    pycs = [e for e in entries if e.endswith(".pyc")]
+    assert not [e for e in entries if e.endswith(".pyo")]
+    assert "functions/chat/__pycache__/aws.cpython-311.pyc" in pycs
+    orphans = []
+    for pyc in pycs:
+        path = PurePosixPath(pyc)
+        source = path.parent.parent / (path.name.split(".")[0] + ".py")
+        if path.parent.name != "__pycache__" or source.as_posix() not in entries:
+            orphans.append(pyc)
+    assert not orphans
+    with zipfile.ZipFile(package_artifacts[artifact].path) as zf:
+        header = zf.read("functions/chat/__pycache__/aws.cpython-311.pyc")[:8]
+    assert int.from_bytes(header[4:8], "little") == 0b01  # hash-based, unchecked
 
 
 @pytest.mark.parametrize("artifact", sorted(SPECS))

@@ -27,6 +27,10 @@ class Entry:
     arcname: str
     source: Path
     executable: bool = False
+    data: bytes | None = None  # generated content (bytecode); ``source`` is then its origin
+
+    def read(self) -> bytes:
+        return self.data if self.data is not None else self.source.read_bytes()
 
 
 def fixed_date_time() -> tuple[int, int, int, int, int, int]:
@@ -59,7 +63,7 @@ def write_zip(path: Path, entries: Iterable[Entry]) -> None:
             mode = EXEC_MODE if entry.executable else FILE_MODE
             info.external_attr = (0o100000 | mode) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, entry.source.read_bytes(), compresslevel=6)
+            zf.writestr(info, entry.read(), compresslevel=6)
     tmp.replace(path)
 
 
