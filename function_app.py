@@ -6,6 +6,7 @@ both index this module. Importing it builds no client, credential or settings ob
 
 import azure.functions as func
 
+from functions.batch.azure import bp as batch
 from functions.chat.azure import bp as chat
 from functions.completions.azure import bp as completions
 from functions.embeddings.azure import bp as embeddings
@@ -16,5 +17,5 @@ from functions.queue_worker.azure import bp as queue_worker
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 
-for blueprint in (chat, completions, embeddings, models, health, jobs, queue_worker):
+for blueprint in (chat, completions, embeddings, models, health, jobs, queue_worker, batch):
     app.register_functions(blueprint)

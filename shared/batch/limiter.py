@@ -16,6 +16,7 @@ Pure bookkeeping with an injectable clock; ``acquire`` is the only coroutine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -86,16 +87,19 @@ class AdaptiveLimiter:
     def on_error(self, err: InferenceError) -> None:
         """A failed attempt: 429/503 shrink the limit and pause for Retry-After."""
         self._release()
-        if not isinstance(err, BackendRateLimited | BackendUnavailable):
-            return
+        if isinstance(err, BackendRateLimited | BackendUnavailable):
+            self.on_congestion(err.retry_after)
+
+    def on_congestion(self, retry_after: float | None) -> None:
+        """The endpoint is full (429/503, or a circuit the router opened for it)."""
         now = self._clock()
         self.throttled += 1
         self.slow_start = False
         if now - self._last_cut >= self._latency:
             self.limit = max(float(self.floor), self.limit * self.backoff)
             self._last_cut = now
-        if err.retry_after and err.retry_after > 0:
-            self.hold_until = max(self.hold_until, now + min(err.retry_after, 120.0))
+        if retry_after and retry_after > 0:
+            self.hold_until = max(self.hold_until, now + min(retry_after, 120.0))
 
     def on_abandon(self) -> None:
         """The attempt ended without telling anything about the endpoint (deadline, bad line)."""
@@ -117,9 +121,9 @@ class AdaptiveLimiter:
                 await self._sleep(min(self.hold_until - now, 1.0))
                 continue
             self._freed.clear()
-            try:
-                wait = 1.0 if until is None else max(0.0, min(1.0, until - now))
-                await asyncio.wait_for(self._freed.wait(), wait)
-            except TimeoutError:
-                pass
+            wait = 1.0 if until is None else max(0.0, min(1.0, until - now))
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._freed.wait()
         return True

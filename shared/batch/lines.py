@@ -148,7 +148,8 @@ def success(
         "response": {"status_code": 200, "request_id": request_id, "body": body},
         "error": None,
     }
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    raw = body.get("usage")
+    usage: dict[str, Any] = raw if isinstance(raw, dict) else {}
     counts = {
         k: int(usage[k])
         for k in ("prompt_tokens", "completion_tokens", "total_tokens")

@@ -38,6 +38,7 @@ MODEL_CALLERS = (
     "EmbeddingsFunction",
     "QueueWorkerFunction",
     "BatchFunction",
+    "BatchShardFunction",
 )
 
 
@@ -120,9 +121,12 @@ def test_handlers_exist_in_the_lambda_artifact(
             assert (root / handler).is_file()
             continue
         module, _, attr = handler.rpartition(".")
-        assert attr == "handler"
+        assert attr in ("handler", "shard_handler"), handler
         assert module.startswith("functions.") and module.endswith(".aws"), handler
-        assert (root / (module.replace(".", "/") + ".py")).is_file(), f"{name}: {handler}"
+        source = root / (module.replace(".", "/") + ".py")
+        assert source.is_file(), f"{name}: {handler}"
+        text = source.read_text()
+        assert f"def {attr}(" in text or f"\n{attr} = " in text, f"{name}: no {attr} in {module}"
 
 
 def test_environment_carries_the_settings(sam: dict[str, Any]) -> None:
@@ -211,8 +215,12 @@ def test_inline_policies_are_scoped_to_the_stack_resources(
                 for r in resources:
                     assert r["Fn::Sub"][1]["bucketName"] == bucket_name
             if any(a.startswith("sqs:") for a in actions):
+                # The batch functions touch only the shards queue; the rest only the jobs queue.
+                queue = (
+                    "BatchShardsQueue" if function.startswith("Batch") else "InferenceRequestsQueue"
+                )
                 assert resources[0]["Fn::Sub"][1]["queueName"] == {
-                    "Fn::GetAtt": ["InferenceRequestsQueue", "QueueName"]
+                    "Fn::GetAtt": [queue, "QueueName"]
                 }
 
 

@@ -1,0 +1,64 @@
+"""AWS Lambda entries of `batch`: S3 ObjectCreated on `batch-in/*.jsonl`, and the SQS
+queue of shard/continuation messages (``ReportBatchItemFailures``).
+
+The deadline is Lambda's remaining time (capped by ``INFER_BATCH_TIME_BUDGET_S``). One event
+loop per process is reused across warm invocations, so the HTTP connection pool survives.
+"""
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+from urllib.parse import unquote_plus
+
+from shared.batch import get_batch, invocation_context
+
+log = logging.getLogger("functions.batch")
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    global _loop
+    with _lock:
+        if _loop is None or _loop.is_closed():
+            _loop = asyncio.new_event_loop()
+        loop = _loop
+    return loop.run_until_complete(coro)
+
+
+def _remaining(context: Any) -> float | None:
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return remaining() / 1000.0 - 1.0 if callable(remaining) else None
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """S3 event: one record per created object; keys arrive URL-encoded (``+`` for space)."""
+    outcomes = []
+    for record in event.get("Records", []):
+        key = unquote_plus(record.get("s3", {}).get("object", {}).get("key", ""))
+        ctx = invocation_context(
+            remaining_s=_remaining(context), request_id=getattr(context, "aws_request_id", None)
+        )
+        outcome = _run(get_batch().start(key, ctx))
+        log.info("batch %s: %s", key, outcome)
+        outcomes.append(outcome)
+    return {"outcomes": outcomes}
+
+
+def shard_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """SQS event of ``batch_shard`` messages; failed ones are reported, the rest deleted."""
+    failures = []
+    for record in event.get("Records", []):
+        try:
+            message = json.loads(record["body"])
+            ctx = invocation_context(remaining_s=_remaining(context))
+            log.info("batch shard: %s", _run(get_batch().resume(message, ctx)))
+        except Exception:
+            log.exception("batch shard message %s failed", record.get("messageId"))
+            failures.append({"itemIdentifier": record.get("messageId")})
+    return {"batchItemFailures": failures}
