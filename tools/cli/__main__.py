@@ -4,8 +4,9 @@
     infer batch status NAME
     infer batch fetch NAME [-o DIR]
 
-Storage: Azure by default (``--connection-string`` or ``AzureWebJobsStorage``; Azurite
-locally), or identity-based with ``--account-url https://acct.blob.core.windows.net``
+Storage: Azure by default (``--connection-string``, else ``AzureWebJobsStorage`` from the
+environment, else from ./local.settings.json: Azurite under ``make run``), or
+identity-based with ``--account-url https://acct.blob.core.windows.net``
 (DefaultAzureCredential); S3 with ``--s3-bucket`` (and ``--endpoint-url`` for moto).
 Uploads stream the file; nothing here needs more than the SDKs already required.
 """
@@ -111,10 +112,24 @@ class S3Remote:
         return True
 
 
+def local_settings_storage(path: Path = Path("local.settings.json")) -> str | None:
+    """``AzureWebJobsStorage`` from local.settings.json, as the local host would use it."""
+    try:
+        values = json.loads(path.read_text()).get("Values", {})
+    except (OSError, ValueError):
+        return None
+    value = values.get("AzureWebJobsStorage") if isinstance(values, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
 def remote(args: argparse.Namespace) -> Remote:
     if args.s3_bucket:
         return S3Remote(args.s3_bucket, args.endpoint_url)
-    conn = args.connection_string or os.environ.get("AzureWebJobsStorage")  # noqa: SIM112
+    conn = (
+        args.connection_string
+        or os.environ.get("AzureWebJobsStorage")  # noqa: SIM112
+        or local_settings_storage()
+    )
     if conn == "UseDevelopmentStorage=true":
         conn = (
             "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey="
