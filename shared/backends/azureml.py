@@ -26,9 +26,9 @@ import httpx
 from shared.backends import tgi
 from shared.backends.azure_auth import AZURE_ML_SCOPE, send_authorized, token_source
 from shared.backends.base import ByteStream, Result
-from shared.backends.http import SSEPassThrough, error_from_response, transport_error
+from shared.backends.http import SSEPassThrough, error_from_response, stream_error
 from shared.context import Context
-from shared.errors import BackendError, BackendRejected, DeadlineExceeded, InferenceError
+from shared.errors import BackendError, BackendRejected, InferenceError
 from shared.schemas import Operation
 from shared.settings import AzureMLBackendConfig
 
@@ -76,9 +76,7 @@ class _TgiStream:
                     yield out
             yield self._translator.end()
         except httpx.TransportError as exc:
-            if self._ctx.remaining() <= 0:
-                raise DeadlineExceeded("the invocation deadline passed mid-stream") from exc
-            raise transport_error(exc, self._backend) from exc
+            raise stream_error(exc, self._ctx, self._backend) from exc
         finally:
             await self._response.aclose()
 

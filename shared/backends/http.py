@@ -79,6 +79,13 @@ def transport_error(exc: Exception, backend: str) -> InferenceError:
     return BackendConnectionError(f"backend {backend!r} connection failed: {type(exc).__name__}")
 
 
+def stream_error(exc: httpx.TransportError, ctx: Context, backend: str) -> InferenceError:
+    """What a transport failure after the stream opened means: the deadline, or the endpoint."""
+    if ctx.remaining() <= 0:
+        return DeadlineExceeded("the invocation deadline passed mid-stream")
+    return transport_error(exc, backend)
+
+
 def _error_fields(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
@@ -155,9 +162,7 @@ class SSEPassThrough:
             async for chunk in self._response.aiter_bytes():
                 yield chunk
         except httpx.TransportError as exc:
-            if self._ctx.remaining() <= 0:
-                raise DeadlineExceeded("the invocation deadline passed mid-stream") from exc
-            raise transport_error(exc, self._backend) from exc
+            raise stream_error(exc, self._ctx, self._backend) from exc
         finally:
             await self._response.aclose()
 
