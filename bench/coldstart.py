@@ -80,7 +80,16 @@ def main() -> None:
         "--max-output-tokens",
         "4",
     ).start()
-    env = {**os.environ, "INFER_BACKENDS": backends_for(sim), "PYTHONDONTWRITEBYTECODE": "0"}
+    env = {**os.environ, "INFER_BACKENDS": backends_for(sim)}
+    # Deployed artifacts ship bytecode (tools/package), site-packages has it from pip:
+    # compile the project's own modules too, so neither side pays for compiling.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run(
+        [PYTHON, "-m", "compileall", "-q", "shared", "functions", "function_app.py"],
+        cwd=ROOT,
+        check=True,
+        env=env,
+    )
     rows = HANDLERS + REFERENCES
     samples: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in rows}
     try:
@@ -95,6 +104,8 @@ def main() -> None:
             "import_s": round(statistics.median(r["import_s"] for r in runs), 4),
             "first_invoke_s": round(statistics.median(r["invoke_s"] for r in runs), 4),
             "cold_start_s": round(statistics.median(r["total_s"] for r in runs), 4),
+            # The least-disturbed run: the work itself, with the machine's noise removed.
+            "cold_start_min_s": round(min(r["total_s"] for r in runs), 4),
             "rss_mb": round(statistics.median(r["rss_mb"] for r in runs), 1),
             "status": runs[-1]["status"],
             "heavy_modules": runs[-1]["heavy_modules"],
@@ -104,8 +115,10 @@ def main() -> None:
     for label, _, invoke in HANDLERS:
         # The Functions worker has azure.functions loaded before it indexes the app, so the
         # Azure entry is compared with a floor that includes it.
-        base = azure_floor if invoke == "azure" else floor
-        table[label]["ratio_to_floor"] = round(table[label]["cold_start_s"] / base, 3)
+        ref = REFERENCES[1][0] if invoke == "azure" else REFERENCES[0][0]
+        row, base = table[label], table[ref]
+        row["ratio_to_floor"] = round(row["cold_start_s"] / base["cold_start_s"], 3)
+        row["ratio_to_floor_min"] = round(row["cold_start_min_s"] / base["cold_start_min_s"], 3)
     path = write_result(
         "coldstart",
         {"rounds": args.rounds, "floor_s": floor, "azure_floor_s": azure_floor, "results": table},
@@ -113,8 +126,9 @@ def main() -> None:
     plot(table, str(path.with_suffix(".png")))
     for label, row in table.items():
         print(
-            f"{label:45s} cold={row['cold_start_s'] * 1000:7.1f} ms  rss={row['rss_mb']:6.1f} MB"
-            f"  ratio={row.get('ratio_to_floor', '-')}"
+            f"{label:45s} cold={row['cold_start_s'] * 1000:6.1f} ms"
+            f" (min {row['cold_start_min_s'] * 1000:6.1f})  rss={row['rss_mb']:5.1f} MB"
+            f"  ratio={row.get('ratio_to_floor', '-')} (min {row.get('ratio_to_floor_min', '-')})"
         )
 
 

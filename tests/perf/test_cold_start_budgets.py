@@ -31,6 +31,17 @@ HANDLERS = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def project_bytecode() -> None:
+    """Artifacts ship bytecode and site-packages has it: compile ours so both sides match."""
+    subprocess.run(
+        [PYTHON, "-m", "compileall", "-q", "shared", "functions", "function_app.py"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+
+
 def probe(modules: str, invoke: str, sim: Gpusim) -> dict[str, Any]:
     env = {
         "PATH": "/usr/bin:/bin",
