@@ -25,7 +25,8 @@ class Operation(StrEnum):
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # Built on first use: a function validates one operation and never pays for the others.
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
 
 class ChatMessage(_Open):
