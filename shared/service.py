@@ -73,7 +73,8 @@ class Service:
         except InferenceError as err:
             self._log_failure(op, payload, ctx, err, started)
             raise
-        self._log_usage(op, payload, ctx, result.backend, result.usage(), started)
+        if log.isEnabledFor(logging.INFO):  # reading usage parses the body: only when logged
+            self._log_usage(op, payload, ctx, result.backend, result.usage(), started)
         return result
 
     async def stream(

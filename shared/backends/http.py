@@ -210,7 +210,7 @@ class SSEPassThrough:
 
 async def send_json(
     method: str,
-    url: str,
+    url: str | httpx.URL,
     *,
     backend: str,
     ctx: Context,

@@ -13,6 +13,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
+
 from shared.backends.base import ByteStream, Result
 from shared.backends.http import SSEPassThrough, send_json
 from shared.context import Context
@@ -60,6 +62,8 @@ class OpenAIBackend:
         self.name = config.name
         self.config = config
         self._base = config.base_url.rstrip("/")
+        # Parsed once: httpx would otherwise parse the URL string on every request.
+        self._urls = {op: httpx.URL(f"{self._base}/{op.value}") for op in Operation}
 
     def _headers(self, ctx: Context, *, stream: bool = False) -> dict[str, str]:
         headers = {
@@ -83,7 +87,7 @@ class OpenAIBackend:
         body, public = self._body(payload)
         response = await send_json(
             "POST",
-            f"{self._base}/{op.value}",
+            self._urls[op],
             backend=self.name,
             ctx=ctx,
             timeout_s=self.config.timeout_s,
@@ -100,7 +104,7 @@ class OpenAIBackend:
         body, public = self._body(payload)
         response = await send_json(
             "POST",
-            f"{self._base}/{op.value}",
+            self._urls[op],
             backend=self.name,
             ctx=ctx,
             timeout_s=self.config.timeout_s,
