@@ -26,11 +26,12 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from shared.backends import tgi
 from shared.backends.base import ByteStream, Result
+from shared.blocking import WORKERS as POOL_WORKERS
+from shared.blocking import executor
 from shared.context import Context
 from shared.errors import (
     BackendConnectionError,
@@ -48,11 +49,9 @@ from shared.settings import SageMakerBackendConfig
 
 T = TypeVar("T")
 DONE = b"data: [DONE]\n\n"
-POOL_WORKERS = 64
 
 _lock = threading.Lock()
 _clients: dict[tuple[str, str | None, float], Any] = {}
-_pool: ThreadPoolExecutor | None = None
 
 
 def get_client(region: str, endpoint_url: str | None, timeout_s: float) -> Any:
@@ -78,15 +77,6 @@ def get_client(region: str, endpoint_url: str | None, timeout_s: float) -> Any:
             )
             _clients[key] = client
         return client
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        with _lock:
-            if _pool is None:
-                _pool = ThreadPoolExecutor(POOL_WORKERS, thread_name_prefix="sagemaker")
-    return _pool
 
 
 def reset_clients() -> None:
@@ -224,7 +214,7 @@ class SageMakerBackend:
         from functools import partial
 
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(_executor(), partial(fn, *args, **kwargs))
+        future = loop.run_in_executor(executor(), partial(fn, *args, **kwargs))
         try:
             return await asyncio.wait_for(future, timeout=ctx.check())
         except TimeoutError:

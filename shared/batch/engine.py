@@ -32,6 +32,7 @@ from shared.batch.config import BatchSettings
 from shared.batch.limiter import AdaptiveLimiter
 from shared.batch.sinks import read_from
 from shared.batch.state import RunRef, Stores, dumps
+from shared.blocking import run_blocking
 from shared.context import Context
 from shared.errors import DeadlineExceeded, InferenceError
 from shared.retry import MIN_ATTEMPT_S, retry_delay
@@ -143,7 +144,7 @@ class ShardRunner:
         try:
             it = self._lines()
             while not self.lost and time.monotonic() < self.stop_at:
-                batch = await asyncio.to_thread(_take, it, READ_BATCH)
+                batch = await run_blocking(_take, it, READ_BATCH)
                 if not batch:
                     eof = True
                     break
@@ -319,7 +320,7 @@ class ShardRunner:
                 for kind, data in (("out", out), ("err", err)):
                     if data:
                         key = self.run.part_key(self.shard, first, last, kind)
-                        await asyncio.to_thread(
+                        await run_blocking(
                             self.stores.work.put, key, data, content_type="application/jsonl"
                         )
                         part[kind] = key
@@ -335,7 +336,7 @@ class ShardRunner:
             if final:
                 ckpt["done"] = True
             try:
-                self.etag = await asyncio.to_thread(
+                self.etag = await run_blocking(
                     self.stores.work.put,
                     self.run.ckpt_key(self.shard),
                     dumps(ckpt),

@@ -14,7 +14,6 @@ writes the final status with a conditional write: a batch is finalised exactly o
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from shared.batch.state import (
     status_key,
     update_json,
 )
+from shared.blocking import run_blocking
 from shared.context import Context
 from shared.errors import ConfigError, InvalidRequest
 from shared.service import Service, get_service
@@ -108,46 +108,46 @@ class Batch:
         name = name_from_path(path)
         if name is None:
             return f"ignored {path!r}: not batch-in/<name>.jsonl"
-        info = await asyncio.to_thread(sinks.stat, self.stores.inp, f"{name}.jsonl")
+        info = await run_blocking(sinks.stat, self.stores.inp, f"{name}.jsonl")
         if info is None:
             return f"ignored {path!r}: it no longer exists"
         run = RunRef(name, info[1], info[0])
-        status = await asyncio.to_thread(read_json, self.stores.out, status_key(name))
+        status = await run_blocking(read_json, self.stores.out, status_key(name))
         if status and status[0].get("input_etag") == run.etag and status[0]["status"] in FINAL:
             return f"{name}: already {status[0]['status']}"
         shards = plan_shards(run.size, self.settings.shard_bytes)
-        plan, _ = await asyncio.to_thread(
+        plan, _ = await run_blocking(
             create_json,
             self.stores.work,
             run.key("plan.json"),
             {"name": name, "etag": run.etag, "size": run.size, "shards": shards,
              "created_at": now(), "enqueued": False},
         )  # fmt: skip
-        await asyncio.to_thread(self._begin_status, run, len(plan["shards"]))
+        await run_blocking(self._begin_status, run, len(plan["shards"]))
         if len(plan["shards"]) == 1:
             return await self._run_shard(run, plan, 0, ctx)
         if not plan.get("enqueued"):
             for i in range(len(plan["shards"])):
-                await asyncio.to_thread(self.send, shard_message(run, i))
+                await run_blocking(self.send, shard_message(run, i))
 
             def mark(cur: dict[str, Any] | None) -> dict[str, Any] | None:
                 return None if cur is None else {**cur, "enqueued": True}
 
-            await asyncio.to_thread(update_json, self.stores.work, run.key("plan.json"), mark)
+            await run_blocking(update_json, self.stores.work, run.key("plan.json"), mark)
         return f"{name}: {len(plan['shards'])} shards enqueued"
 
     async def resume(self, message: dict[str, Any], ctx: Context) -> str:
         if message.get("kind") != MESSAGE_KIND:
             raise InvalidRequest(f"not a batch message: kind={message.get('kind')!r}")
         name, etag, shard = str(message["name"]), str(message["etag"]), int(message["shard"])
-        status = await asyncio.to_thread(read_json, self.stores.out, status_key(name))
+        status = await run_blocking(read_json, self.stores.out, status_key(name))
         if status and status[0].get("input_etag") == etag and status[0]["status"] in FINAL:
             return f"{name}: already {status[0]['status']}"
-        info = await asyncio.to_thread(sinks.stat, self.stores.inp, f"{name}.jsonl")
+        info = await run_blocking(sinks.stat, self.stores.inp, f"{name}.jsonl")
         if info is None or info[1] != etag:
             return f"{name}: input replaced or deleted; shard {shard} of the old version dropped"
         run = RunRef(name, etag, info[0])
-        found = await asyncio.to_thread(read_json, self.stores.work, run.key("plan.json"))
+        found = await run_blocking(read_json, self.stores.work, run.key("plan.json"))
         if found is None:
             return f"{name}: no plan for this version (already finalised)"
         return await self._run_shard(run, found[0], shard, ctx)
@@ -156,7 +156,7 @@ class Batch:
 
     async def _run_shard(self, run: RunRef, plan: dict[str, Any], shard: int, ctx: Context) -> str:
         start, end = plan["shards"][shard]
-        ckpt, etag = await asyncio.to_thread(
+        ckpt, etag = await run_blocking(
             create_json, self.stores.work, run.ckpt_key(shard), new_checkpoint(start, end)
         )
         if not ckpt.get("done"):
@@ -167,7 +167,7 @@ class Batch:
             async def on_commit(_: dict[str, Any]) -> None:
                 if time.monotonic() - last_status[0] >= interval:
                     last_status[0] = time.monotonic()
-                    await asyncio.to_thread(self._progress_status, run, nshards)
+                    await run_blocking(self._progress_status, run, nshards)
 
             runner = ShardRunner(
                 run, shard, ckpt, etag,
@@ -181,10 +181,10 @@ class Batch:
             if result.outcome == "lost":
                 return f"{run.name} shard {shard}: another invocation owns it; stopped"
             if result.outcome == "handoff":
-                await asyncio.to_thread(self.send, shard_message(run, shard))
-                await asyncio.to_thread(self._progress_status, run, nshards)
+                await run_blocking(self.send, shard_message(run, shard))
+                await run_blocking(self._progress_status, run, nshards)
                 return f"{run.name} shard {shard}: continued at byte {result.checkpoint['next']}"
-        return await asyncio.to_thread(self._shard_done, run, plan, shard)
+        return await run_blocking(self._shard_done, run, plan, shard)
 
     def _shard_done(self, run: RunRef, plan: dict[str, Any], shard: int) -> str:
         nshards = len(plan["shards"])

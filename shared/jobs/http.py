@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -24,6 +23,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shared.blocking import run_blocking
 from shared.context import Context
 from shared.errors import InferenceError, InvalidRequest, NotFound
 from shared.jobs.model import JOB_ID, JobRecord, MalformedMessage, idempotent_id, parse_line
@@ -108,13 +108,13 @@ async def create_job_endpoint(request: Request) -> Response:
                 and old.attempts == 0
                 and time.time() - old.created_at > RESEND_AFTER_S
             ):
-                await asyncio.to_thread(_send, line.message(job_id))
+                await run_blocking(_send, line.message(job_id))
             return _json(old.public(), 200, headers)
         try:
-            await asyncio.to_thread(_send, line.message(job_id))
+            await run_blocking(_send, line.message(job_id))
         except Exception as exc:
             log.error("job %s: enqueue failed: %s", job_id, exc)
-            await asyncio.to_thread(jobs.delete, job_id)
+            await run_blocking(jobs.delete, job_id)
             raise QueueUnavailable("the job could not be queued; try again") from exc
         return _json({"id": job_id, "status": "queued"}, 202, headers)
     except InferenceError as err:

@@ -27,12 +27,12 @@ records of a batch run concurrently):
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
 from typing import Any
 
+from shared.blocking import run_blocking
 from shared.context import Context
 from shared.jobs.config import POISON_QUEUE_NAME, QUEUE_NAME, get_job_settings
 from shared.jobs.worker import Attempt, Outcome, process_message
@@ -70,10 +70,10 @@ async def run_storage_queue_message(body: bytes, dequeue_count: int) -> Outcome:
         raise RetryLater(outcome.reason, outcome.delay_s, outcome.job_id)
     if outcome.action == "defer":
         again = get_queue(QUEUE_NAME)
-        await asyncio.to_thread(again.send, json.loads(body), delay_s=outcome.delay_s)
+        await run_blocking(again.send, json.loads(body), delay_s=outcome.delay_s)
     if outcome.action == "poison":
         poison = get_queue(POISON_QUEUE_NAME)
-        await asyncio.to_thread(poison.send, poison_message(outcome, body))
+        await run_blocking(poison.send, poison_message(outcome, body))
     return outcome
 
 
@@ -172,13 +172,13 @@ def run_sqs_batch(event: dict[str, Any], lambda_context: Any) -> dict[str, Any]:
         _log(outcome, attempt)
         if outcome.action == "retry":
             if outcome.delay_s > 0:
-                await asyncio.to_thread(_change_visibility, record, outcome.delay_s)
+                await run_blocking(_change_visibility, record, outcome.delay_s)
             raise RetryLater(outcome.reason, outcome.delay_s, outcome.job_id)
         if outcome.action == "defer":
             again = get_queue(QUEUE_NAME, url=_queue_url(record.event_source_arn))
-            await asyncio.to_thread(again.send, json.loads(record.body), delay_s=outcome.delay_s)
+            await run_blocking(again.send, json.loads(record.body), delay_s=outcome.delay_s)
         if outcome.action == "poison":
-            sent = await asyncio.to_thread(_send_to_dlq, record, outcome.reason)
+            sent = await run_blocking(_send_to_dlq, record, outcome.reason)
             if not sent:
                 raise RetryLater(f"poison (no DLQ configured): {outcome.reason}", 0, outcome.job_id)
 

@@ -7,9 +7,9 @@ gets ``PreconditionFailed``, re-reads and decides again.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
+from shared.blocking import run_blocking
 from shared.jobs.model import JobRecord
 from shared.storage import ObjectStore, PreconditionFailed, get_store
 
@@ -50,13 +50,13 @@ class JobStore:
         self.store.delete(self.key(job_id))
 
     async def aget(self, job_id: str) -> Versioned | None:
-        return await asyncio.to_thread(self.get, job_id)
+        return await run_blocking(self.get, job_id)
 
     async def acreate(self, record: JobRecord) -> Versioned:
-        return await asyncio.to_thread(self.create, record)
+        return await run_blocking(self.create, record)
 
     async def areplace(self, record: JobRecord, etag: str) -> Versioned:
-        return await asyncio.to_thread(self.replace, record, etag)
+        return await run_blocking(self.replace, record, etag)
 
 
 def get_job_store() -> JobStore:

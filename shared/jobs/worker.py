@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from shared.blocking import run_blocking
 from shared.context import Context
 from shared.errors import (
     BackendRateLimited,
@@ -212,7 +213,7 @@ class Worker:
         try:
             body = line.body
             if line.body_ref is not None:
-                body = await asyncio.to_thread(_load_ref, line.body_ref)
+                body = await run_blocking(_load_ref, line.body_ref)
             payload = self.service.validate(line.op, body)
         except LookupError as exc:
             return await self._malformed(str(exc), job_id, text)

@@ -1,0 +1,40 @@
+"""One thread pool for the blocking SDK calls (boto3, azure-storage, azure-identity).
+
+``asyncio.to_thread`` uses the loop's default executor, which on a 2-vCPU instance has 6
+threads: a queue worker with 32 messages in flight, each making a few storage calls of
+10-30 ms, then waits for threads rather than for I/O. These calls spend their time
+waiting on the network, so a wider pool is cheap. Built on first use, shared by the
+process, never at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+WORKERS = 64
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def executor() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        with _lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="blocking-io")
+    return _pool
+
+
+async def run_blocking(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """``await asyncio.to_thread(fn, ...)`` on the wide I/O pool (context not copied)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor(), functools.partial(fn, *args, **kwargs))
