@@ -33,7 +33,7 @@ class BatchSettings(BaseSettings):
     min_concurrency: int = Field(default=1, ge=1)
     max_concurrency: int = Field(default=0, ge=0)
     #: Growth stops while per-token latency is above this multiple of the best seen.
-    latency_tolerance: float = Field(default=3.0, gt=1)
+    latency_tolerance: float = Field(default=1.5, gt=1)
     #: Multiplicative back-off on 429/503 (new limit = limit * backoff).
     backoff: float = Field(default=0.7, gt=0, lt=1)
     #: Attempts per line beyond the service's own retries, for retryable errors.
