@@ -121,7 +121,8 @@ def main() -> None:
     children += [
         Child(
             "gpusim",
-            [py, "-m", "tools.gpusim", "--port", str(args.gpusim_port)],
+            # Any model name: INFER_BACKENDS decides which names the functions accept.
+            [py, "-m", "tools.gpusim", "--port", str(args.gpusim_port), "--models", "*"],
             args.gpusim_port,
             env,
         ),
