@@ -209,9 +209,11 @@ def test_devhost_killed_mid_run_every_job_still_succeeds(
     calls = stack.proxy.snapshot()
     assert all(calls.get(j, 0) >= 1 for j in ids)
     twice = [j for j in ids if calls[j] > 1]
-    # a second model call is possible only for jobs in flight at the kill
-    # (answered by the model but not yet written): at most batchSize of them
-    assert len(twice) <= HOST_JSON["extensions"]["queues"]["batchSize"]  # type: ignore[index]
+    # A second call is possible only for jobs in flight at the kill (sent to the endpoint,
+    # answer not yet written). The host keeps at most batchSize + newBatchThreshold
+    # (default batchSize / 2) messages in flight, so no more jobs than that.
+    batch = HOST_JSON["extensions"]["queues"]["batchSize"]  # type: ignore[index]
+    assert len(twice) <= batch + batch // 2
     assert all(calls[j] <= 2 for j in ids)
     assert stack.poisoned() == []
     for j in ids[:5]:
