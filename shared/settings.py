@@ -12,7 +12,7 @@ import json
 import os
 import re
 import threading
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -145,11 +145,11 @@ class Settings(BaseSettings):
         return value
 
 
-def _describe(err: Any) -> str:
+def _describe(err: Any, prefix: str = "INFER_") -> str:
     loc = list(err.get("loc", ()))
     if not loc:
         return str(err.get("msg"))
-    name = f"INFER_{str(loc[0]).upper()}"
+    name = f"{prefix}{str(loc[0]).upper()}"
     rest = loc[1:]
     where = name
     if rest and isinstance(rest[0], int):
@@ -168,36 +168,54 @@ def _describe(err: Any) -> str:
     return f"{where}: {msg}"
 
 
-def load_settings() -> Settings:
-    """Build settings from the environment; raise ``ConfigError`` naming what is wrong."""
+S = TypeVar("S", bound=BaseSettings)
+
+
+def build_settings(cls: type[S]) -> S:
+    """Build ``cls`` from the environment; raise ``ConfigError`` naming what is wrong."""
+    prefix = str(cls.model_config.get("env_prefix") or "")
     try:
-        return Settings()
+        return cls()
     except ValidationError as exc:
-        problems = "; ".join(_describe(e) for e in exc.errors(include_url=False))
+        problems = "; ".join(_describe(e, prefix) for e in exc.errors(include_url=False))
         raise ConfigError(f"invalid configuration: {problems}") from None
     except ValueError as exc:
         # pydantic-settings raises SettingsError (a ValueError) for undecodable JSON.
         match = re.search(r'field "(\w+)"', str(exc))
-        name = f"INFER_{match.group(1).upper()}" if match else "an INFER_* setting"
+        name = f"{prefix}{match.group(1).upper()}" if match else f"a {prefix}* setting"
         raise ConfigError(f"invalid configuration: {name}: not valid JSON") from None
 
 
-_lock = threading.Lock()
-_settings: Settings | None = None
+class CachedSettings(Generic[S]):
+    """One settings object per process: built (and validated) on first use, never at
+    import, reused by warm invocations; ``reset`` for tests and devhost."""
+
+    def __init__(self, cls: type[S]) -> None:
+        self._cls = cls
+        self._lock = threading.Lock()
+        self._value: S | None = None
+
+    def get(self) -> S:
+        value = self._value
+        if value is None:
+            with self._lock:
+                if self._value is None:
+                    self._value = build_settings(self._cls)
+                value = self._value
+        return value
+
+    def reset(self) -> None:
+        with self._lock:
+            self._value = None
 
 
-def get_settings() -> Settings:
-    """The process's settings, built on first use and reused on warm invocations."""
-    global _settings
-    if _settings is None:
-        with _lock:
-            if _settings is None:
-                _settings = load_settings()
-    return _settings
+def load_settings() -> Settings:
+    """Build settings from the environment; raise ``ConfigError`` naming what is wrong."""
+    return build_settings(Settings)
 
 
-def reset_settings() -> None:
-    """Forget cached settings (tests, and devhost after it changes the environment)."""
-    global _settings
-    with _lock:
-        _settings = None
+_cached = CachedSettings(Settings)
+#: The process's settings, built on first use and reused on warm invocations.
+get_settings = _cached.get
+#: Forget cached settings (tests, and devhost after it changes the environment).
+reset_settings = _cached.reset

@@ -16,12 +16,11 @@ reaches the caller as a 400 with Azure's ``innererror``.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 from shared.backends.azure_auth import COGNITIVE_SERVICES_SCOPE, send_authorized, token_source
 from shared.backends.base import ByteStream, Result
-from shared.backends.http import SSEPassThrough
+from shared.backends.http import LineBlockStream, SSEPassThrough
 from shared.context import Context
 from shared.schemas import Operation
 from shared.settings import AzureOpenAIBackendConfig
@@ -40,33 +39,14 @@ def is_prompt_filter_chunk(line: bytes) -> bool:
     return isinstance(data, dict) and data.get("choices") == [] and not data.get("usage")
 
 
-class PromptFilterSkippingStream:
-    """Line-buffered pass-through that drops prompt-filter-only events."""
-
-    def __init__(self, inner: SSEPassThrough) -> None:
-        self._inner = inner
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        pending = b""
-        async for chunk in self._inner:
-            pending += chunk
-            cut = pending.rfind(b"\n") + 1
-            if not cut:
-                continue
-            block, pending = pending[:cut], pending[cut:]
-            if b"prompt_filter_results" in block:
-                lines = block.split(b"\n")
-                block = b"\n".join(
-                    ln for ln in lines if not is_prompt_filter_chunk(ln.rstrip(b"\r"))
-                )
-                block = block.replace(b"\n\n\n", b"\n\n").lstrip(b"\n")
-            if block:
-                yield block
-        if pending:
-            yield pending
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+def drop_prompt_filter_events(block: bytes) -> bytes:
+    """Whole SSE lines without the events that carry only prompt-filter results."""
+    if b"prompt_filter_results" not in block:
+        return block
+    kept = b"\n".join(
+        ln for ln in block.split(b"\n") if not is_prompt_filter_chunk(ln.rstrip(b"\r"))
+    )
+    return kept.replace(b"\n\n\n", b"\n\n").lstrip(b"\n")
 
 
 class AzureOpenAIBackend:
@@ -114,7 +94,7 @@ class AzureOpenAIBackend:
             "POST", url, backend=self.name, ctx=ctx, timeout_s=self.config.timeout_s,
             headers=self._headers(ctx, stream=True), tokens=self._tokens, body=body, stream=True,
         )  # fmt: skip
-        return PromptFilterSkippingStream(SSEPassThrough(response, self.name, ctx))
+        return LineBlockStream(SSEPassThrough(response, self.name, ctx), drop_prompt_filter_events)
 
     async def list_models(self, ctx: Context) -> list[str]:
         if self.config.api_style == "v1":

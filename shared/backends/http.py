@@ -12,9 +12,10 @@ import asyncio
 import json
 import sys
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+from shared.backends.base import ByteStream
 from shared.context import Context
 from shared.errors import (
     BackendConnectionError,
@@ -206,6 +207,34 @@ class SSEPassThrough:
 
     async def aclose(self) -> None:
         await self._response.aclose()
+
+
+class LineBlockStream:
+    """A pass-through re-cut at line ends, each block of whole lines passed through ``edit``.
+
+    Endpoint chunks split SSE lines anywhere; a backend that rewrites or drops events
+    (renaming the model, skipping Azure's prompt-filter chunk) needs whole lines. Blocks
+    that ``edit`` empties are not sent.
+    """
+
+    def __init__(self, inner: ByteStream, edit: Callable[[bytes], bytes]) -> None:
+        self._inner = inner
+        self._edit = edit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        pending = b""
+        async for chunk in self._inner:
+            pending += chunk
+            cut = pending.rfind(b"\n") + 1
+            if cut:
+                block, pending = self._edit(pending[:cut]), pending[cut:]
+                if block:
+                    yield block
+        if pending and (block := self._edit(pending)):
+            yield block
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 async def send_json(

@@ -10,13 +10,12 @@ needs (usage). There are no client-side retries here: the project's policy gover
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
 from shared.backends.base import ByteStream, Result
-from shared.backends.http import SSEPassThrough, send_json
+from shared.backends.http import LineBlockStream, SSEPassThrough, send_json
 from shared.context import Context
 from shared.schemas import Operation
 from shared.settings import OpenAIBackendConfig
@@ -30,29 +29,6 @@ def _model_rewriter(served: str, public: str) -> tuple[bytes, bytes, bytes, byte
         f'"model": {dump(served)}'.encode(),
         f'"model": {dump(public)}'.encode(),
     )
-
-
-class _RenamingStream:
-    """Line-buffered stream that renames ``served_model`` back to the public model name."""
-
-    def __init__(self, inner: SSEPassThrough, served: str, public: str) -> None:
-        self._inner = inner
-        self._subs = _model_rewriter(served, public)
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        a, b, c, d = self._subs
-        pending = b""
-        async for chunk in self._inner:
-            pending += chunk
-            cut = pending.rfind(b"\n") + 1
-            if cut:
-                out, pending = pending[:cut], pending[cut:]
-                yield out.replace(a, b).replace(c, d)
-        if pending:
-            yield pending.replace(a, b).replace(c, d)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
 
 class OpenAIBackend:
@@ -114,7 +90,8 @@ class OpenAIBackend:
         )
         stream = SSEPassThrough(response, self.name, ctx)
         if public is not None and self.config.served_model:
-            return _RenamingStream(stream, self.config.served_model, public)
+            a, b, c, d = _model_rewriter(self.config.served_model, public)
+            return LineBlockStream(stream, lambda block: block.replace(a, b).replace(c, d))
         return stream
 
     async def list_models(self, ctx: Context) -> list[str]:

@@ -5,12 +5,10 @@ See docs/batch.md for the table. Times are seconds; sizes are bytes.
 
 from __future__ import annotations
 
-import threading
-
-from pydantic import Field, ValidationError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.errors import ConfigError
+from shared.settings import CachedSettings
 
 
 class BatchSettings(BaseSettings):
@@ -44,25 +42,6 @@ class BatchSettings(BaseSettings):
     queue_url: str | None = None
 
 
-_lock = threading.Lock()
-_settings: BatchSettings | None = None
-
-
-def get_batch_settings() -> BatchSettings:
-    global _settings
-    if _settings is None:
-        with _lock:
-            if _settings is None:
-                try:
-                    _settings = BatchSettings()
-                except ValidationError as exc:
-                    first = exc.errors(include_url=False)[0]
-                    name = "INFER_BATCH_" + str(first["loc"][0]).upper()
-                    raise ConfigError(f"invalid configuration: {name}: {first['msg']}") from None
-    return _settings
-
-
-def reset_batch_settings() -> None:
-    global _settings
-    with _lock:
-        _settings = None
+_cached = CachedSettings(BatchSettings)
+get_batch_settings = _cached.get
+reset_batch_settings = _cached.reset

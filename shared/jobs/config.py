@@ -13,12 +13,10 @@
 
 from __future__ import annotations
 
-import threading
-
-from pydantic import Field, ValidationError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.errors import ConfigError
+from shared.settings import CachedSettings
 
 QUEUE_NAME = "inference-requests"
 POISON_QUEUE_NAME = f"{QUEUE_NAME}-poison"
@@ -37,27 +35,6 @@ class JobSettings(BaseSettings):
     callback_timeout_s: float = Field(default=5.0, gt=0)
 
 
-_lock = threading.Lock()
-_settings: JobSettings | None = None
-
-
-def get_job_settings() -> JobSettings:
-    global _settings
-    if _settings is None:
-        with _lock:
-            if _settings is None:
-                try:
-                    _settings = JobSettings()
-                except ValidationError as exc:
-                    first = exc.errors(include_url=False)[0]
-                    name = "INFER_" + str(first["loc"][0]).upper() if first.get("loc") else "?"
-                    raise ConfigError(
-                        f"invalid configuration: {name}: {first['msg']}", param=name
-                    ) from None
-    return _settings
-
-
-def reset_job_settings() -> None:
-    global _settings
-    with _lock:
-        _settings = None
+_cached = CachedSettings(JobSettings)
+get_job_settings = _cached.get
+reset_job_settings = _cached.reset

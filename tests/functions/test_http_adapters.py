@@ -11,14 +11,19 @@ import asyncio
 import base64
 import json
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
-from starlette.requests import Request
 
 from tests.fixtures.core import Handler, chat_answer, sse
-from tests.fixtures.events import LambdaContext, azure_bindings, azure_function, load_event
+from tests.fixtures.events import (
+    LambdaContext,
+    azure_bindings,
+    azure_function,
+    azure_request,
+    load_event,
+    send_response,
+)
 
 
 def echo_endpoint(req: httpx.Request) -> httpx.Response:
@@ -103,56 +108,11 @@ def test_lambda_models_get(fake_endpoint: Callable[[Handler], None]) -> None:
     assert json.loads(out["body"])["object"] == "list"
 
 
-def _scope(
-    method: str, path: str, body: bytes, headers: dict[str, str]
-) -> tuple[dict[str, Any], Any]:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 7071),
-    }
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
-
-    return scope, receive
-
-
 async def call_azure(
     name: str, method: str, path: str, body: bytes = b""
 ) -> tuple[int, dict[str, str], bytes]:
-    scope, receive = _scope(
-        method, path, body, {"content-type": "application/json", "content-length": str(len(body))}
-    )
-    response = await azure_function(name)(Request(scope, receive))
-    status = 0
-    headers: dict[str, str] = {}
-    chunks: list[bytes] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-            headers.update({k.decode(): v.decode() for k, v in message["headers"]})
-        elif message["type"] == "http.response.body":
-            chunks.append(message.get("body", b""))
-
-    await response(scope, receive, send)
-    return status, headers, b"".join(chunks)
+    request = azure_request(method, path, body)
+    return await send_response(request, await azure_function(name)(request))
 
 
 def test_function_app_registers_every_http_route() -> None:

@@ -12,12 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.requests import Request
 
 from shared.jobs.worker import Attempt, process_message
 from shared.storage.queues import get_queue
 from tests.fixtures.core import Handler, chat_answer
-from tests.fixtures.events import LambdaContext, load_event
+from tests.fixtures.events import LambdaContext, azure_request, load_event
 
 LINE = {
     "custom_id": "row-1",
@@ -152,37 +151,6 @@ def test_lambda_handler_with_api_gateway_v2_event(
     assert got["statusCode"] == 200 and json.loads(got["body"])["status"] == "queued"
 
 
-def _azure_request(method: str, path: str, body: bytes = b"", **path_params: str) -> Request:
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 7071),
-        "path_params": path_params,
-    }
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
-
-    return Request(scope, receive)
-
-
 async def _read(response: Any) -> tuple[int, dict[str, str], bytes]:
     return response.status_code, dict(response.headers), bytes(response.body)
 
@@ -191,7 +159,7 @@ async def test_azure_functions_create_and_get_with_api_prefix(
     job_env: Path, fake_endpoint: Callable[[Handler], None]
 ) -> None:
     fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
-    req = _azure_request("POST", "/api/v1/jobs", json.dumps(LINE).encode())
+    req = azure_request("POST", "/api/v1/jobs", json.dumps(LINE).encode())
     status, headers, body = await _read(await azure_fn("jobs_create")(req))
     assert status == 202
     job_id = json.loads(body)["id"]
@@ -199,8 +167,8 @@ async def test_azure_functions_create_and_get_with_api_prefix(
     await drain_and_run()
     # the host fills path_params; without them the id comes from the URL path
     for req in (
-        _azure_request("GET", f"/api/v1/jobs/{job_id}", id=job_id),
-        _azure_request("GET", f"/api/v1/jobs/{job_id}"),
+        azure_request("GET", f"/api/v1/jobs/{job_id}", id=job_id),
+        azure_request("GET", f"/api/v1/jobs/{job_id}"),
     ):
         status, _, body = await _read(await azure_fn("jobs_get")(req))
         assert status == 200 and json.loads(body)["status"] == "succeeded"

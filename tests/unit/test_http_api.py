@@ -264,6 +264,38 @@ async def test_served_model_renamed_both_ways(
     assert r.json()["model"] == "chat"
 
 
+class _SplitStream(httpx.AsyncByteStream):
+    """The served name's chunks cut mid-line and mid-name, as a network may deliver them."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for i in range(0, len(self._body), 7):
+            yield self._body[i : i + 7]
+
+
+async def test_served_model_renamed_in_streams_split_anywhere(
+    fake_endpoint: Callable[[Handler], None], clean_env: pytest.MonkeyPatch
+) -> None:
+    served = "meta-llama/Llama-3.1-8B-Instruct"
+    clean_env.setenv(
+        "INFER_BACKENDS",
+        '[{"name": "v", "kind": "openai", "base_url": "http://x/v1", "models": ["chat"],'
+        f' "served_model": "{served}"}}]',
+    )
+    chunk = {"id": "c", "model": served, "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+    body = sse(chunk, chunk, "[DONE]")
+    fake_endpoint(
+        lambda req: httpx.Response(
+            200, stream=_SplitStream(body), headers={"content-type": "text/event-stream"}
+        )
+    )
+    r = await post(chat_app, "/v1/chat/completions", json={**MSG, "model": "chat", "stream": True})
+    assert served not in r.text
+    assert r.text == body.decode().replace(served, "chat")
+
+
 async def test_models_health_and_embeddings(fake_endpoint: Callable[[Handler], None]) -> None:
     def handler(req: httpx.Request) -> httpx.Response:
         if req.url.path.endswith("/models"):
