@@ -94,7 +94,7 @@ async def create_job_endpoint(request: Request) -> Response:
         jobs = get_job_store()
         record = JobRecord.new(line, job_id, caller=caller)
         try:
-            await jobs.acreate(record)
+            stored = await jobs.acreate(record)
         except PreconditionFailed:
             existing = await jobs.aget(job_id)
             if existing is None or existing.record.request_hash != record.request_hash:
@@ -108,10 +108,12 @@ async def create_job_endpoint(request: Request) -> Response:
                 and old.attempts == 0
                 and time.time() - old.created_at > RESEND_AFTER_S
             ):
-                await run_blocking(_send, line.message(job_id))
+                await run_blocking(_send, line.message(job_id, old.seed(existing.etag)))
             return _json(old.public(), 200, headers)
         try:
-            await run_blocking(_send, line.message(job_id))
+            # The message names the stored version, so the worker claims it with one
+            # conditional write and reads nothing first.
+            await run_blocking(_send, line.message(job_id, record.seed(stored.etag)))
         except Exception as exc:
             log.error("job %s: enqueue failed: %s", job_id, exc)
             await run_blocking(jobs.delete, job_id)
