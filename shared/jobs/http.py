@@ -70,6 +70,17 @@ def _send(message: dict[str, Any]) -> None:
     get_queue().send(message)
 
 
+async def _check_callback(url: str) -> None:
+    """Refuse a callback URL that resolves to a non-public address (400, names the field)."""
+    from shared.jobs.callback_guard import CallbackRefused, check
+    from shared.jobs.config import get_job_settings
+
+    try:
+        await run_blocking(check, url, get_job_settings().callback_policy())
+    except CallbackRefused as exc:
+        raise InvalidRequest(str(exc), param="callback_url") from None
+
+
 async def create_job_endpoint(request: Request) -> Response:
     """POST /v1/jobs."""
     ctx: Context | None = None
@@ -87,6 +98,8 @@ async def create_job_endpoint(request: Request) -> Response:
                 "'body_ref' is for queue messages; send the 'body'", param="body_ref"
             )
         service.validate(line.op, line.body)
+        if line.callback_url:
+            await _check_callback(line.callback_url)
         key = request.headers.get("idempotency-key")
         job_id = idempotent_id(caller, key) if key else "job_" + uuid.uuid4().hex
         location = request.url.path.rstrip("/") + "/" + job_id

@@ -401,6 +401,7 @@ class Worker:
                 ctx,
                 secret=self.settings.callback_secret,
                 timeout_s=self.settings.callback_timeout_s,
+                allow=self.settings.callback_policy(),
             )
 
 
