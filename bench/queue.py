@@ -75,7 +75,14 @@ def measure_capacity(v1: str, args: argparse.Namespace, n: int = 400) -> float:
 
             async def one() -> None:
                 async with sem:
-                    (await c.post(v1 + "/chat/completions", json=body)).raise_for_status()
+                    for attempt in range(3):  # a loaded machine can drop a connection
+                        try:
+                            r = await c.post(v1 + "/chat/completions", json=body)
+                            r.raise_for_status()
+                            return
+                        except httpx.TransportError:
+                            if attempt == 2:
+                                raise
 
             t0 = time.monotonic()
             await asyncio.gather(*(one() for _ in range(n)))
