@@ -75,7 +75,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 4))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 4.5))
     labels, x = [], 0.0
     for key, pair in pairs.items():
         for tag in ("before", "after"):
@@ -91,9 +91,10 @@ def main() -> None:
             labels.append((x, f"{key}\n{tag}"))
             x += 1
         x += 0.5
-    ax1.set_xticks([p for p, _ in labels], [t for _, t in labels], fontsize=7)
+    ax1.set_xticks([p for p, _ in labels], [t for _, t in labels], fontsize=6, rotation=60)
     ax1.set_ylabel("storage operations per job")
-    ax1.legend(fontsize=7)
+    ax1.set_ylim(0, 7.5)
+    ax1.legend(fontsize=6, ncol=3, loc="upper center")
     names = list(pairs)
     idx = range(len(names))
     ax2.bar([i - 0.2 for i in idx], [pairs[n]["cpu_ms_per_job"][0] for n in names], 0.4,
