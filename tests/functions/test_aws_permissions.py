@@ -10,6 +10,7 @@ sent again (GetQueueUrl + SendMessage on the jobs queue), an output upload abort
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +23,14 @@ from tests.fixtures.gpusim import Gpusim
 from tests.fixtures.identity import Server
 from tests.fixtures.moto import MotoServer
 from tests.iam_policy import Call
+
+
+@pytest.fixture(autouse=True)
+def usable_event_loop_after() -> Iterator[None]:
+    """asyncio.run (here, or inside Powertools' batch processor) leaves the main thread with
+    no event loop; Mangum's handlers, called by later tests, need one to exist."""
+    yield
+    asyncio.set_event_loop_policy(None)
 
 
 def made(calls: list[Call], function: str) -> set[str]:
@@ -164,3 +173,42 @@ def test_failed_output_upload_is_aborted(
     assert out == {"batchItemFailures": [{"itemIdentifier": last["messageId"]}]}
     assert s3.list_multipart_uploads(Bucket="batch-bucket").get("Uploads", []) == []
     assert "s3.AbortMultipartUpload" in made(aws_permissions, "BatchShardFunction")
+
+
+# -- jobs API and worker on S3 + SQS, a body too large for SQS (claim-check) ------------------
+
+
+def test_jobs_api_and_worker_on_s3_and_sqs(
+    sqs_jobs: dict[str, Any], aws_permissions: list[Call]
+) -> None:
+    from functions.jobs.aws import handler as jobs
+    from functions.queue_worker.aws import handler as worker
+
+    sqs, url = sqs_jobs["sqs"], sqs_jobs["url"]
+    long = "x" * 300_000  # 300 KB, one token for gpusim: more than an SQS message holds
+    line = {"method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "local-model", "max_tokens": 4,
+                     "messages": [{"role": "user", "content": long}]}}  # fmt: skip
+    post = http_event("/v1/jobs", line)
+    out = jobs(post, LambdaContext(name="jobs"))
+    assert out["statusCode"] == 202, out["body"]
+    job_id = json.loads(out["body"])["id"]
+    get = load_event("apigw_v2_chat")
+    get["rawPath"] = f"/v1/jobs/{job_id}"
+    get["routeKey"] = get["requestContext"]["routeKey"] = "GET /v1/jobs/{id}"
+    get["requestContext"]["http"].update(method="GET", path=f"/v1/jobs/{job_id}")
+    get.pop("body", None)
+    assert json.loads(jobs(get, LambdaContext(name="jobs"))["body"])["status"] == "queued"
+    (m,) = sqs.receive_message(QueueUrl=url, AttributeNames=["All"], WaitTimeSeconds=1)["Messages"]
+    assert "body_ref" in json.loads(m["Body"])
+    record = load_event("sqs_batch")["Records"][0]
+    record.update(messageId=m["MessageId"], receiptHandle=m["ReceiptHandle"], body=m["Body"],
+                  eventSourceARN="arn:aws:sqs:us-east-1:123456789012:requests")  # fmt: skip
+    assert worker({"Records": [record]}, LambdaContext(name="queue_worker")) == {
+        "batchItemFailures": []
+    }
+    asyncio.set_event_loop_policy(None)  # two functions in one process (see the fixture)
+    assert json.loads(jobs(get, LambdaContext(name="jobs"))["body"])["status"] == "succeeded"
+    assert {"s3.PutObject", "s3.GetObject", "sqs.SendMessage"} <= made(
+        aws_permissions, "JobsFunction"
+    )

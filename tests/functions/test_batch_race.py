@@ -30,6 +30,14 @@ LOST = "another invocation owns it"
 DATA, GOOD, _ = make_input(LINES, prefix=NAME)
 
 
+@pytest.fixture(autouse=True)
+def usable_event_loop_after() -> Iterator[None]:
+    """asyncio.run (here, or inside Powertools' batch processor) leaves the main thread with
+    no event loop; Mangum's handlers, called by later tests, need one to exist."""
+    yield
+    asyncio.set_event_loop_policy(None)
+
+
 class Invocation:
     """One invocation's ``Batch`` with its own service (as another instance would have),
     remembering the answer it got for each custom_id."""
