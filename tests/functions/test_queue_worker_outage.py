@@ -10,10 +10,11 @@ deadline plus a margin, not a performance figure.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,14 @@ BODY = {"model": "local-model", "messages": [{"role": "user", "content": "hi"}]}
 JOB_TIMEOUT_S = 6.0
 #: Far below the SDKs' default retry time (Azure: 15 + 18 + 24 s of pauses).
 BOUND_S = JOB_TIMEOUT_S + 15.0
+
+
+@pytest.fixture(autouse=True)
+def usable_event_loop_after() -> Iterator[None]:
+    """Powertools' batch processor runs ``asyncio.run``, which leaves the main thread with
+    no event loop; Mangum's handlers, called by later tests, need one to exist."""
+    yield
+    asyncio.set_event_loop_policy(None)
 
 
 def line(job_id: str | None, **extra: Any) -> str:
