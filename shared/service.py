@@ -17,6 +17,7 @@ from typing import Any
 
 from shared.backends.base import Backend, ByteStream, Result
 from shared.backends.registry import build_backend
+from shared.cache import build_cache
 from shared.context import Context
 from shared.errors import BackendError, DeadlineExceeded, InferenceError
 from shared.retry import call_with_retry
@@ -52,6 +53,7 @@ class Service:
     def __init__(self, settings: Settings, router: Router) -> None:
         self.settings = settings
         self.router = router
+        self.cache = build_cache(self._complete)  # None unless INFER_CACHE is set
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -62,7 +64,12 @@ class Service:
         return validate_payload(op, data, max_tokens_cap=self.settings.max_tokens_cap)
 
     async def complete(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
-        """A whole answer, retried (with failover) within the deadline."""
+        """A whole answer: from the cache, or retried (with failover) within the deadline."""
+        if self.cache is not None:
+            return await self.cache.complete(op, payload, ctx, self._complete)
+        return await self._complete(op, payload, ctx)
+
+    async def _complete(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
         started = time.monotonic()
 
         async def attempt(n: int) -> Result:
@@ -78,6 +85,14 @@ class Service:
         return result
 
     async def stream(
+        self, op: Operation, payload: dict[str, Any], ctx: Context
+    ) -> AsyncIterator[bytes]:
+        """A cached answer replayed as a stream, or the endpoint's stream (see ``_stream``)."""
+        if self.cache is not None:
+            return await self.cache.stream(op, payload, ctx, self._stream)
+        return await self._stream(op, payload, ctx)
+
+    async def _stream(
         self, op: Operation, payload: dict[str, Any], ctx: Context
     ) -> AsyncIterator[bytes]:
         """Open a stream (retried until the endpoint accepts it), then forward its bytes.
