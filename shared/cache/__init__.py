@@ -26,12 +26,12 @@ def build_cache(call: Complete) -> ResponseCache | None:
     ``complete`` (the semantic store computes its embeddings with it)."""
     if os.environ.get("INFER_CACHE", "").strip() in ("", "off"):
         return None
-    from shared.cache.base import ResponseCache, Store
     from shared.cache.config import load_cache_config
 
     config = load_cache_config()
     if config.mode == "off":
         return None
+    from shared.cache.base import ResponseCache, Store
     store: Store
     if config.mode == "semantic":
         from shared.cache.semantic import SemanticStore
