@@ -235,14 +235,16 @@ def main() -> None:
     path = write_result("cache", data)
     plot(data, path.with_suffix(".png"))
     print(f"{'mode':18s} {'miss p50':>9s} {'hit p50':>8s} {'x':>6s} {'+p50':>7s} "
-          f"{'+cpu/miss':>9s} {'cpu/hit':>8s} {'cold':>7s}  modules")  # fmt: skip
+          f"{'+cpu/miss':>9s} {'cpu/hit':>8s} {'cold':>7s} {'1st call':>8s} {'rss':>6s}"
+          "  modules")  # fmt: skip
     for mode, row in latency.items():
         c = cold[mode]
         print(
             f"{mode:18s} {row['miss']['p50']:8.2f}m {row['hit']['p50']:7.2f}m "
             f"{row['hit_speedup_vs_miss'] or 0:6.1f} {row['miss_added_p50_ms']:6.2f}m "
             f"{row['miss_added_cpu_ms']:8.3f}m {row['cpu_ms_per_hit']:7.3f}m "
-            f"{c['total_s'] * 1000:6.0f}m  {','.join(c['modules']) or '-'}"
+            f"{c['total_s'] * 1000:6.0f}m {c['invoke_s'] * 1000:7.0f}m {c['rss_mb']:5.1f}M"
+            f"  {','.join(c['modules']) or '-'}"
         )
     print(f"wrote {path}")
 

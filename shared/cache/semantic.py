@@ -102,7 +102,12 @@ class SemanticStore:
                 & (Tag("context") == parts.context),
                 dtype="float32",
             )
-            return await index.query(q)
+            try:
+                return await index.query(q)
+            except Exception as exc:
+                if "index" in str(exc).lower():  # dropped (FLUSHALL, failover): create it again
+                    self._created.discard(dims)
+                raise
 
         rows = await state.run("cache", req.ctx, query)
         for row in rows:

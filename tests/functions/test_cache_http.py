@@ -273,3 +273,24 @@ async def test_invalid_cache_setting_names_the_field(
         r = await chat(client)
         assert r.status_code == 500
         assert "INFER_CACHE" in r.json()["error"]["message"]
+
+
+async def test_semantic_index_is_created_again_after_redis_lost_it(
+    cached_app: Callable[..., httpx.AsyncClient], gpusim: Gpusim, redis_stack: Any
+) -> None:
+    from tests.fixtures.redis_stack import RedisStackServer
+
+    assert isinstance(redis_stack, RedisStackServer)
+    redis_stack.flushall()
+    cache = {"mode": "semantic", "semantic": {"embeddings_model": "local-model"}}
+    async with cached_app(cache, redis_stack.url, INFER_STATE_COOLDOWN_S="0") as client:
+        assert (await chat(client)).headers["x-cache"] == "miss"
+        redis_stack.flushall()  # entries and the index are gone (a failover, a flush)
+        lost = await chat(client, max_tokens=7)
+        assert lost.status_code == 200 and lost.headers["x-cache"] == "bypass"
+        # the answer was stored once Redis answered again, into a re-created index
+        again = await chat(client, max_tokens=7)
+        assert again.headers["x-cache"] == "hit" and again.content == lost.content
+        other = await chat(client, max_tokens=5)
+        assert other.headers["x-cache"] == "miss"
+        assert (await chat(client, max_tokens=5)).headers["x-cache"] == "hit"
