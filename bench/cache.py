@@ -174,9 +174,12 @@ def plot(data: dict[str, Any], path: Path) -> None:
     axes[0].set_xticks(list(x), modes, rotation=15)
     axes[0].set_ylabel("p50 latency, ms")
     axes[0].set_yscale("log")
-    axes[0].legend()
-    cold = [data["cold_start"][m]["total_s"] * 1000 for m in modes]
-    axes[1].bar(list(x), cold)
+    axes[0].legend(loc="lower left", fontsize=8)
+    imports = [data["cold_start"][m]["import_s"] * 1000 for m in modes]
+    first = [data["cold_start"][m]["invoke_s"] * 1000 for m in modes]
+    axes[1].bar(list(x), imports, label="import")
+    axes[1].bar(list(x), first, bottom=imports, label="first invocation")
+    axes[1].legend(loc="upper left", fontsize=8)
     axes[1].set_xticks(list(x), modes, rotation=15)
     axes[1].set_ylabel("cold start (import + first call), ms")
     fig.tight_layout()
