@@ -32,6 +32,7 @@ def build_cache(call: Complete) -> ResponseCache | None:
     if config.mode == "off":
         return None
     from shared.cache.base import ResponseCache, Store
+
     store: Store
     if config.mode == "semantic":
         from shared.cache.semantic import SemanticStore
