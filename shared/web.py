@@ -25,7 +25,7 @@ from shared.errors import (
     InvalidRequest,
     PayloadTooLarge,
 )
-from shared.schemas import Operation
+from shared.schemas import Operation, loads
 from shared.service import get_service
 from shared.settings import get_settings
 
@@ -102,10 +102,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 def decode_json(raw: bytes) -> Any:
     if not raw:
         raise InvalidRequest("request body is empty; expected a JSON object")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    return loads(raw)  # a body nested too deeply is a 400 too, not a RecursionError
 
 
 async def openai_endpoint(request: Request, op: Operation) -> Response:
