@@ -277,10 +277,14 @@ class Engine:
         defaults to ``embedding_dim``."""
         c = self.config
         dim = dimensions or c.embedding_dim
-        tokens = sum(text.count_tokens(t) for t in texts)
+        tokens = await asyncio.to_thread(lambda: sum(text.count_tokens(t) for t in texts))
         async with self.slot() as arrived:
             self.metrics.record_prompt(model, tokens)
             await asyncio.sleep(self.ttft_seconds(tokens))
-            vectors = [text.embedding(c.seed, model, t, dim) for t in texts]
+            # CPU-bound (a Gaussian draw per dimension): in a thread, so the loop keeps
+            # serving other requests and signals while a big batch is embedded.
+            vectors = await asyncio.to_thread(
+                lambda: [text.embedding(c.seed, model, t, dim) for t in texts]
+            )
         self.metrics.record_finished(model, 0, "stop", time.monotonic() - arrived, tag)
         return vectors, tokens
