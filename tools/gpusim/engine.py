@@ -44,6 +44,9 @@ from . import text
 from .config import Config
 from .metrics import Metrics
 
+#: Texts embedded per worker-thread hop.
+EMBED_CHUNK = 64
+
 
 class Overloaded(Exception):
     """Every slot is running and the waiting queue is full: answer 429 with retry_after."""
@@ -283,8 +286,13 @@ class Engine:
             await asyncio.sleep(self.ttft_seconds(tokens))
             # CPU-bound (a Gaussian draw per dimension): in a thread, so the loop keeps
             # serving other requests and signals while a big batch is embedded.
-            vectors = await asyncio.to_thread(
-                lambda: [text.embedding(c.seed, model, t, dim) for t in texts]
-            )
+            # Chunked, so a cancelled request (shutdown, disconnect) stops between chunks.
+            vectors: list[list[float]] = []
+
+            def embed_part(part: Sequence[str]) -> list[list[float]]:
+                return [text.embedding(c.seed, model, t, dim) for t in part]
+
+            for i in range(0, len(texts), EMBED_CHUNK):
+                vectors += await asyncio.to_thread(embed_part, texts[i : i + EMBED_CHUNK])
         self.metrics.record_finished(model, 0, "stop", time.monotonic() - arrived, tag)
         return vectors, tokens
