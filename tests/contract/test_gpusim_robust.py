@@ -42,7 +42,7 @@ def test_a_normal_request_is_served_while_a_big_one_is_in_flight(
     gpusim_factory: Callable[..., Gpusim],
 ) -> None:
     # 2,048 inputs x 4,096 dimensions: seconds of CPU in gpusim, all of it off the loop.
-    sim = gpusim_factory(embedding_dim=4096)
+    sim = gpusim_factory(embedding_dim=4096, prefill_ms_per_token=0)  # compute at once
     big = {"model": "local-model", "input": [f"text {i} " * 50 for i in range(2048)]}
     outcome: dict[str, Any] = {}
 
