@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from shared.backends.base import Backend, ByteStream, Result
@@ -23,6 +23,7 @@ from shared.retry import call_with_retry
 from shared.router import Router
 from shared.schemas import Operation, validate_payload
 from shared.settings import Settings, get_settings
+from shared.streaming import ForwardStream
 
 log = logging.getLogger("shared.service")
 
@@ -77,10 +78,11 @@ class Service:
             self._log_usage(op, payload, ctx, result.backend, result.usage(), started)
         return result
 
-    async def stream(
-        self, op: Operation, payload: dict[str, Any], ctx: Context
-    ) -> AsyncIterator[bytes]:
+    async def stream(self, op: Operation, payload: dict[str, Any], ctx: Context) -> ForwardStream:
         """Open a stream (retried until the endpoint accepts it), then forward its bytes.
+
+        The caller must ``aclose`` what it gets, iterated or not (``ClosingStreamingResponse``
+        does): that releases the router's slot and the upstream connection.
 
         Errors before the first byte propagate (the caller answers with a status); errors
         after it end the stream with an OpenAI error event, since the status line is gone.
@@ -95,7 +97,7 @@ class Service:
         except InferenceError as err:
             self._log_failure(op, payload, ctx, err, started)
             raise
-        return self._forward(opened, op, payload, ctx, started)
+        return ForwardStream(self._forward(opened, op, payload, ctx, started), opened)
 
     async def _forward(
         self,
@@ -104,7 +106,7 @@ class Service:
         payload: dict[str, Any],
         ctx: Context,
         started: float,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         tail = b""
         try:
             async with asyncio.timeout(max(ctx.remaining(), 0.0)):

@@ -16,7 +16,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from shared.context import Context
 from shared.errors import (
@@ -28,6 +28,7 @@ from shared.errors import (
 from shared.schemas import Operation, loads
 from shared.service import get_service
 from shared.settings import get_settings
+from shared.web_stream import ClosingStreamingResponse
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -116,7 +117,7 @@ async def openai_endpoint(request: Request, op: Operation) -> Response:
         payload = service.validate(op, decode_json(raw))
         if payload.get("stream") and op is not Operation.EMBEDDINGS:
             body = await service.stream(op, payload, ctx)
-            return StreamingResponse(
+            return ClosingStreamingResponse(
                 body, media_type="text/event-stream", headers=_rid(ctx, SSE_HEADERS)
             )
         result = await service.complete(op, payload, ctx)
