@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.backends.base import Backend, ByteStream, Result
 from shared.backends.registry import build_backend
@@ -24,6 +24,9 @@ from shared.router import Router
 from shared.schemas import Operation, validate_payload
 from shared.settings import Settings, get_settings
 from shared.streaming import ForwardStream
+
+if TYPE_CHECKING:
+    from shared.model_list import ModelLister
 
 log = logging.getLogger("shared.service")
 
@@ -53,6 +56,7 @@ class Service:
     def __init__(self, settings: Settings, router: Router) -> None:
         self.settings = settings
         self.router = router
+        self._lister: ModelLister | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -131,20 +135,12 @@ class Service:
         self._log_usage(op, payload, ctx, "", usage_from_tail(tail), started)
 
     async def models(self, ctx: Context) -> dict[str, Any]:
-        """The public model list: what the settings route, not what endpoints call them."""
-        names: list[str] = []
-        for backend in self.router.backends:
-            for name in backend.config.models:
-                if name != "*" and name not in names:
-                    names.append(name)
-        created = 0
-        return {
-            "object": "list",
-            "data": [
-                {"id": n, "object": "model", "created": created, "owned_by": "serverless-inference"}
-                for n in names
-            ],
-        }
+        """The public model list: configured names, plus what wildcard backends serve."""
+        if self._lister is None:
+            from shared.model_list import ModelLister
+
+            self._lister = ModelLister()
+        return await self._lister.listing(self.router.backends, ctx)
 
     async def ready(self, ctx: Context) -> dict[str, Any]:
         """Probe every backend once; ready when each model has at least one reachable backend."""
