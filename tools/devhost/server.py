@@ -91,6 +91,12 @@ def banner(app: HttpApp, specs: list[FunctionSpec], options: Options) -> str:
     for spec in specs:
         if spec.trigger_type != "httpTrigger":
             lines.append(f"        {spec.name}: {spec.trigger_type}")
+    if app.needs_keys:
+        key = app.keys.function_keys[0]
+        origin = "generated; set DEVHOST_FUNCTION_KEYS to choose" if app.keys.generated else (
+            "from DEVHOST_FUNCTION_KEYS")  # fmt: skip
+        lines += ["", f"Function key ({origin}): {key}",
+                  "        send it as 'x-functions-key: <key>' or '?code=<key>'"]  # fmt: skip
     return "\n".join([*lines, ""])
 
 
