@@ -32,6 +32,8 @@ log = logging.getLogger("shared.service")
 
 #: Bytes of the stream's tail kept to read the usage chunk sent just before [DONE].
 _USAGE_TAIL = 8192
+#: Seconds a readiness report is reused.
+READY_CACHE_S = 5.0
 
 
 def sse_error(err: InferenceError) -> bytes:
@@ -57,6 +59,7 @@ class Service:
         self.settings = settings
         self.router = router
         self._lister: ModelLister | None = None
+        self._ready: tuple[float, dict[str, Any]] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -143,18 +146,24 @@ class Service:
         return await self._lister.listing(self.router.backends, ctx)
 
     async def ready(self, ctx: Context) -> dict[str, Any]:
-        """Probe every backend once; ready when each model has at least one reachable backend."""
-        status: dict[str, Any] = {}
-        ok_any = False
-        for backend in self.router.backends:
+        """Probe every backend (at once); ready when at least one answers. The report is
+        reused for ``READY_CACHE_S``, so a hammered ``/readyz`` does not call out each time."""
+        cached = self._ready
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+
+        async def probe(backend: Backend) -> dict[str, Any]:
             try:
                 await backend.check_ready(ctx)
             except InferenceError as err:
-                status[backend.name] = {"ready": False, "error": err.message}
-            else:
-                status[backend.name] = {"ready": True}
-                ok_any = True
-        return {"ready": ok_any, "backends": status}
+                return {"ready": False, "error": err.message}
+            return {"ready": True}
+
+        results = await asyncio.gather(*(probe(b) for b in self.router.backends))
+        status = {b.name: r for b, r in zip(self.router.backends, results, strict=True)}
+        report = {"ready": any(r["ready"] for r in results), "backends": status}
+        self._ready = (time.monotonic() + READY_CACHE_S, report)
+        return report
 
     def _log_usage(
         self,

@@ -11,6 +11,7 @@ platforms.
 from __future__ import annotations
 
 import hmac
+import inspect
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -151,16 +152,33 @@ async def healthz_endpoint(request: Request) -> Response:
 
 
 async def readyz_endpoint(request: Request) -> Response:
-    """Readiness: settings are valid and at least one backend answers."""
+    """Readiness: settings are valid and at least one backend answers.
+
+    Anyone gets the status (200/503) and ``{"ready": ...}``; the per-backend details (names,
+    errors) only a caller that presents a configured key does. The probe is cached briefly.
+    """
     try:
         ctx = Context.with_timeout(min(get_settings().request_timeout_s, 10.0))
         report = await get_service().ready(ctx)
+        details = await _authenticated(request)
     except InferenceError as err:
         return error_response(err)
     except Exception as exc:
         return internal_error(exc)
     status = 200 if report["ready"] else 503
-    return Response(json.dumps(report).encode(), status_code=status, media_type="application/json")
+    body = report if details else {"ready": report["ready"]}
+    return Response(json.dumps(body).encode(), status_code=status, media_type="application/json")
+
+
+async def _authenticated(request: Request) -> bool:
+    """A caller check is configured and this request passed it (no check: no one has)."""
+    try:
+        caller: Any = authenticate(request)
+        if inspect.isawaitable(caller):  # the check may need I/O (a token's signing keys)
+            caller = await caller
+    except AuthenticationFailed:
+        return False
+    return caller not in (None, "anonymous")
 
 
 def create_app(title: str) -> FastAPI:
