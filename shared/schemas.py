@@ -247,8 +247,11 @@ def _check_embedding_input(value: Any) -> None:
                 param="input",
             )
     total = 0
+    kind = type(items[0])
     for i, item in enumerate(items):
         where = "input" if one else f"input[{i}]"
+        if type(item) is not kind and isinstance(item, str | list):
+            raise InvalidRequest(f"{where}: strings and token lists cannot be mixed", param=where)
         if isinstance(item, str):
             if not item:
                 raise InvalidRequest(f"{where}: must not be an empty string", param=where)
@@ -270,9 +273,6 @@ def _check_embedding_input(value: Any) -> None:
             f"input: {total} tokens in all; at most {MAX_EMBEDDING_REQUEST_TOKENS} per request",
             param="input",
         )
-    kinds = {type(item) for item in items}
-    if len(kinds) > 1:
-        raise InvalidRequest("input: strings and token lists cannot be mixed", param="input")
 
 
 def _check_chat(req: ChatCompletionRequest) -> None:
