@@ -136,6 +136,7 @@ def jobs_stack(
             "INFER_JOB_RETRY_BASE_S": "0.2",
             "INFER_MAX_RETRIES": "0",
             "INFER_MAX_ATTEMPTS": "5",
+            "INFER_AUTH_LEVEL": "ANONYMOUS",  # no function key in these tests
         }
         host = devhost_factory(
             app_module="tests.e2e.jobs_app",

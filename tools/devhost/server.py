@@ -17,6 +17,7 @@ from tools.devhost.blobs import POISON_QUEUE, RECEIPTS_CONTAINER, BlobListener, 
 from tools.devhost.config import HostConfig
 from tools.devhost.http import HttpApp
 from tools.devhost.invoke import Invoker, check_supported
+from tools.devhost.keys import auth_level_of
 from tools.devhost.queues import DEFAULT_LEASE_S, QueueListener
 from tools.devhost.registry import FunctionSpec, IndexingError
 from tools.devhost.storage import Storage
@@ -91,6 +92,14 @@ def banner(app: HttpApp, specs: list[FunctionSpec], options: Options) -> str:
     for spec in specs:
         if spec.trigger_type != "httpTrigger":
             lines.append(f"        {spec.name}: {spec.trigger_type}")
+    if app.needs_keys:
+        key = app.keys.function_keys[0]
+        origin = "generated; set DEVHOST_FUNCTION_KEYS to choose" if app.keys.generated else (
+            "from DEVHOST_FUNCTION_KEYS")  # fmt: skip
+        lines += ["", f"Function key ({origin}): {key}",
+                  "        send it as 'x-functions-key: <key>' or '?code=<key>'"]  # fmt: skip
+        if any(auth_level_of(r.spec.trigger) == "admin" for r in app.routes):
+            lines.append(f"Master key (admin routes; DEVHOST_MASTER_KEY): {app.keys.master_key}")
     return "\n".join([*lines, ""])
 
 
