@@ -10,6 +10,7 @@ import pytest
 
 from tools.devhost.config import (
     ConfigError,
+    QueueOptions,
     apply_local_settings,
     load_host_json,
     parse_host_json,
@@ -114,9 +115,7 @@ def test_base64_decoding_is_strict() -> None:
     assert decode_message("plain {json}", "none") == b"plain {json}"
 
 
-def test_retry_delay_prefers_the_exception_attribute() -> None:
-    class Later(Exception):
-        visibility_timeout = 1.2
-
-    assert retry_delay(RuntimeError(), 5.0) == 5
-    assert retry_delay(Later(), 5.0) == 2  # whole seconds, rounded up
+def test_retry_delay_is_host_json_visibility_timeout_only() -> None:
+    # As the deployed host: no exception attribute or return value can change it.
+    assert retry_delay(QueueOptions(visibility_timeout_s=5.0)) == 5
+    assert retry_delay(QueueOptions()) == 0

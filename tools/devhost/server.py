@@ -60,8 +60,8 @@ def build_listeners(
             listeners.append(
                 QueueListener(
                     spec,
-                    storage.queue(conn, name),
-                    storage.queue(conn, f"{name}-poison"),
+                    storage.queue(conn, name, create=False),
+                    storage.queue(conn, f"{name}-poison", create=False),
                     config.queues,
                     invoker,
                     lease_s=options.queue_lease_s,
@@ -72,9 +72,9 @@ def build_listeners(
             path = BlobPath.parse(str(spec.trigger["path"]))
             listener = BlobListener(
                 spec,
-                storage.container(conn, path.container),
-                storage.container(conn, RECEIPTS_CONTAINER),
-                storage.queue(conn, POISON_QUEUE),
+                storage.container(conn, path.container, create=False),
+                storage.container(conn, RECEIPTS_CONTAINER, create=False),
+                storage.queue(conn, POISON_QUEUE, create=False),
                 config.queues,
                 invoker,
                 poll_s=options.blob_poll_interval_s,
@@ -104,7 +104,9 @@ async def serve(specs: list[FunctionSpec], config: HostConfig, options: Options)
     invoker = Invoker(Storage(), message_encoding=config.queues.message_encoding)
     http_specs = [s for s in specs if s.trigger_type == "httpTrigger"]
     app = HttpApp(http_specs, config.route_prefix, invoker)
-    listeners = await asyncio.to_thread(build_listeners, specs, config, options, invoker)
+    # No storage call here: each listener starts (and retries) in the background, so HTTP
+    # functions serve at once even while storage is down.
+    listeners = build_listeners(specs, config, options, invoker)
 
     server = _Server(
         uvicorn.Config(
