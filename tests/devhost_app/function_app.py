@@ -129,9 +129,7 @@ async def work(msg: func.QueueMessage, out: func.Out[str]) -> None:
         "type": f"{type(msg).__module__}.{type(msg).__qualname__}",
         "pop_receipt": msg.pop_receipt,
         "insertion_time": None if msg.insertion_time is None else msg.insertion_time.isoformat(),
-        "expiration_time": None
-        if msg.expiration_time is None
-        else msg.expiration_time.isoformat(),
+        "expiration_time": None if msg.expiration_time is None else msg.expiration_time.isoformat(),
         "time_next_visible": None
         if msg.time_next_visible is None
         else msg.time_next_visible.isoformat(),

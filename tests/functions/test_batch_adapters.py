@@ -1,6 +1,7 @@
 """batch adapters fed real trigger shapes: the Azure blob trigger function (an SDK-type
-``BlobClient``, built by the extension's own converter as the worker builds it) against Azurite, and the Lambda S3 / SQS handlers with real S3 event
-shapes against moto; the model is gpusim.
+``BlobClient``, built by the extension's own converter as the worker builds it) against
+Azurite, and the Lambda S3 / SQS handlers with real S3 event shapes against moto; the model
+is gpusim.
 """
 
 from __future__ import annotations
