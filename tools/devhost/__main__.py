@@ -13,6 +13,7 @@ from tools.devhost.config import ConfigError, apply_local_settings, load_host_js
 from tools.devhost.queues import DEFAULT_LEASE_S
 from tools.devhost.registry import IndexingError, load_app
 from tools.devhost.server import Options, configure_logging, serve
+from tools.devhost.startup import MAX_RETRY_S
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -53,6 +54,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(default %(default)s, as the host); a crashed devhost's messages return after it",
     )
     p.add_argument(
+        "--listener-retry-max",
+        type=float,
+        default=MAX_RETRY_S,
+        help="while storage is down, each queue/blob listener retries its start with "
+        "backoff up to this many seconds (default %(default)s); HTTP serves meanwhile",
+    )
+    p.add_argument(
         "--shutdown-grace",
         type=float,
         default=30.0,
@@ -82,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         blob_poll_interval_s=args.blob_poll_interval,
         queue_lease_s=args.queue_lease,
         shutdown_grace_s=args.shutdown_grace,
+        listener_retry_max_s=args.listener_retry_max,
     )
     try:
         return asyncio.run(serve(specs, config, options))

@@ -36,7 +36,7 @@ from tools.devhost.convert import (
 )
 from tools.devhost.invoke import Invoker, annotation_of
 from tools.devhost.registry import FunctionSpec
-from tools.devhost.startup import START_KWARGS, start_with_backoff
+from tools.devhost.startup import MAX_RETRY_S, START_KWARGS, start_with_backoff
 from tools.devhost.storage import DEFAULT_CONNECTION, encode_message
 
 log = logging.getLogger("devhost")
@@ -90,6 +90,7 @@ class BlobListener:
         invoker: Invoker,
         *,
         poll_s: float = 1.0,
+        start_retry_max_s: float = MAX_RETRY_S,
     ) -> None:
         self.spec = spec
         self.path = BlobPath.parse(str(spec.trigger["path"]))
@@ -99,6 +100,7 @@ class BlobListener:
         self.options = options
         self.invoker = invoker
         self.poll_s = poll_s
+        self.start_retry_max_s = start_retry_max_s
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self._retry_at: dict[str, float] = {}
         self._slots = asyncio.Semaphore(options.batch_size)
@@ -113,7 +115,7 @@ class BlobListener:
 
     async def run(self, stop: asyncio.Event) -> None:
         what = f"blob listener for function {self.spec.name} (container {self.path.container})"
-        if not await start_with_backoff(what, self.start, stop):
+        if not await start_with_backoff(what, self.start, stop, max_s=self.start_retry_max_s):
             return
         while not stop.is_set():
             try:

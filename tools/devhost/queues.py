@@ -29,7 +29,7 @@ from tools.devhost.config import QueueOptions, resolve_setting_expressions
 from tools.devhost.convert import queue_trigger_arg
 from tools.devhost.invoke import Invoker
 from tools.devhost.registry import FunctionSpec
-from tools.devhost.startup import START_KWARGS, start_with_backoff
+from tools.devhost.startup import MAX_RETRY_S, START_KWARGS, start_with_backoff
 from tools.devhost.storage import decode_message
 
 log = logging.getLogger("devhost")
@@ -59,6 +59,7 @@ class QueueListener:
         *,
         lease_s: int = DEFAULT_LEASE_S,
         min_poll_s: float = 0.1,
+        start_retry_max_s: float = MAX_RETRY_S,
     ) -> None:
         self.spec = spec
         self.queue = queue
@@ -67,6 +68,7 @@ class QueueListener:
         self.invoker = invoker
         self.lease_s = max(1, lease_s)
         self.min_poll_s = min_poll_s
+        self.start_retry_max_s = start_retry_max_s
         self.inflight: set[asyncio.Task[None]] = set()
 
     @staticmethod
@@ -82,7 +84,7 @@ class QueueListener:
     async def run(self, stop: asyncio.Event) -> None:
         """Start (retrying while storage is down), poll until ``stop`` is set."""
         what = f"queue listener for function {self.spec.name} (queue {self.queue.queue_name})"
-        if not await start_with_backoff(what, self.start, stop):
+        if not await start_with_backoff(what, self.start, stop, max_s=self.start_retry_max_s):
             return
         delay = self.min_poll_s
         while not stop.is_set():

@@ -19,6 +19,7 @@ from tools.devhost.http import HttpApp
 from tools.devhost.invoke import Invoker, check_supported
 from tools.devhost.queues import DEFAULT_LEASE_S, QueueListener
 from tools.devhost.registry import FunctionSpec, IndexingError
+from tools.devhost.startup import MAX_RETRY_S
 from tools.devhost.storage import Storage
 
 log = logging.getLogger("devhost")
@@ -35,6 +36,7 @@ class Options:
     blob_poll_interval_s: float = 1.0
     queue_lease_s: int = DEFAULT_LEASE_S
     shutdown_grace_s: float = 30.0
+    listener_retry_max_s: float = MAX_RETRY_S
 
 
 class _Server(uvicorn.Server):
@@ -66,6 +68,7 @@ def build_listeners(
                     invoker,
                     lease_s=options.queue_lease_s,
                     min_poll_s=options.poll_interval_s,
+                    start_retry_max_s=options.listener_retry_max_s,
                 )
             )
         elif spec.trigger_type == "blobTrigger" and options.blobs:
@@ -78,6 +81,7 @@ def build_listeners(
                 config.queues,
                 invoker,
                 poll_s=options.blob_poll_interval_s,
+                start_retry_max_s=options.listener_retry_max_s,
             )
             listeners.append(listener)
     return listeners
