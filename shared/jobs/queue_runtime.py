@@ -2,13 +2,13 @@
 
 Azure Storage queue (``run_storage_queue_message``):
   ack -> return (the host deletes the message).
-  defer -> the same message is sent again with the delay, then acked (throttling does not
-    use up maxDequeueCount).
-  retry -> raise ``RetryLater``: the host makes the message visible again. Its
-    ``visibility_timeout`` attribute (the backoff or Retry-After) is honoured by devhost; the
-    deployed host uses host.json ``visibilityTimeout`` for every retry instead. On the last
-    dequeue the job is already marked failed and the host moves the message to
-    ``inference-requests-poison``.
+  defer -> the same message is sent again with the delay (``visibility_timeout`` on the new
+    message: the only way to delay a redelivery, since the host ignores any delay a function
+    computes), then acked, so throttling does not use up maxDequeueCount.
+  retry -> raise ``RetryLater``: the host (and devhost, which behaves the same) makes the
+    message visible again after host.json's fixed ``visibilityTimeout``; the exception's
+    ``visibility_timeout`` is informational only. On the last dequeue the job is already
+    marked failed and the host moves the message to ``inference-requests-poison``.
   poison -> the message is written to ``inference-requests-poison`` by the worker itself as
     ``{"reason", "job_id", "message"}`` (so the reason travels with it), then acked: raising
     five times would only delay the inevitable.
