@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
@@ -208,3 +209,21 @@ def test_message_encoding_none_passes_text_through(
     done = wait_for(lambda: env.records("plain", "done"))
     assert isinstance(done, list)
     assert json.loads(done[0]["body"]) == {"key": "plain"}
+
+
+def test_two_worker_processes_share_the_queue_and_http(
+    env: Env, devhost_factory: DevhostFactory
+) -> None:
+    host = devhost_factory(env=env.vars, args=["--no-blobs", "--workers", "2"])
+    assert httpx.get(f"{host.url}/api/echo/w", timeout=10).status_code == 200
+    keys = [f"w{i}" for i in range(16)]
+    for key in keys:
+        env.send({"key": key, "sleep": 0.5})
+    wait_for(lambda: all(env.records(k, "done") for k in keys), timeout=30)
+    done = [env.records(k, "done") for k in keys]
+    assert all(len(d) == 1 for d in done)  # each message ran once
+    pids = {d[0]["pid"] for d in done}
+    assert host.proc is not None and host.proc.pid not in pids  # the supervisor runs none
+    assert len(pids) == 2  # both worker processes took messages
+    host.stop()
+    assert host.proc.returncode == 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from tools.devhost.queues import DEFAULT_LEASE_S, QueueListener
 from tools.devhost.registry import FunctionSpec, IndexingError
 from tools.devhost.startup import MAX_RETRY_S
 from tools.devhost.storage import Storage
+from tools.devhost.workers import share_queue_options
 
 log = logging.getLogger("devhost")
 
@@ -37,6 +40,9 @@ class Options:
     queue_lease_s: int = DEFAULT_LEASE_S
     shutdown_grace_s: float = 30.0
     listener_retry_max_s: float = MAX_RETRY_S
+    workers: int = 1  # --workers: this is process ``worker_index`` of ``workers``
+    worker_index: int = 0
+    http_fd: int | None = None  # the listening socket the supervisor shares
 
 
 class _Server(uvicorn.Server):
@@ -55,6 +61,7 @@ def build_listeners(
 ) -> list[Listener]:
     storage = invoker.storage
     listeners: list[Listener] = []
+    queue_options = share_queue_options(config.queues, options.workers)
     for spec in specs:
         conn = spec.trigger.get("connection")
         if spec.trigger_type == "queueTrigger" and options.queues:
@@ -64,14 +71,14 @@ def build_listeners(
                     spec,
                     storage.queue(conn, name, create=False),
                     storage.queue(conn, f"{name}-poison", create=False),
-                    config.queues,
+                    queue_options,
                     invoker,
                     lease_s=options.queue_lease_s,
                     min_poll_s=options.poll_interval_s,
                     start_retry_max_s=options.listener_retry_max_s,
                 )
             )
-        elif spec.trigger_type == "blobTrigger" and options.blobs:
+        elif spec.trigger_type == "blobTrigger" and options.blobs and options.worker_index == 0:
             path = BlobPath.parse(str(spec.trigger["path"]))
             listener = BlobListener(
                 spec,
@@ -128,7 +135,8 @@ async def serve(specs: list[FunctionSpec], config: HostConfig, options: Options)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    http_task = asyncio.create_task(server.serve())
+    sockets = None if options.http_fd is None else [socket.socket(fileno=options.http_fd)]
+    http_task = asyncio.create_task(server.serve(sockets=sockets))
     poll_tasks = [asyncio.create_task(lst.run(stop)) for lst in listeners]
     while not server.started and not http_task.done():  # noqa: ASYNC110 - uvicorn has no event
         await asyncio.sleep(0.02)
@@ -137,7 +145,15 @@ async def serve(specs: list[FunctionSpec], config: HostConfig, options: Options)
         await asyncio.gather(*poll_tasks, return_exceptions=True)
         invoker.shutdown()
         return 1
-    print(banner(app, specs, options), flush=True)
+    if options.worker_index == 0:
+        print(banner(app, specs, options), flush=True)
+    if options.workers > 1:
+        log.info(
+            "devhost: worker process %d/%d pid=%d",
+            options.worker_index + 1,
+            options.workers,
+            os.getpid(),
+        )
 
     stop_task = asyncio.create_task(stop.wait())
     await asyncio.wait({stop_task, http_task, *poll_tasks}, return_when=asyncio.FIRST_COMPLETED)
