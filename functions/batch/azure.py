@@ -4,20 +4,20 @@ Deployed, the trigger's source is Event Grid (fast, no container scans);
 ``INFER_BATCH_BLOB_SOURCE=LogsAndContainerScan`` selects the polling trigger instead (read
 once, when the module is indexed). devhost scans Azurite either way.
 
-The trigger parameter is an SDK type (``azurefunctions-extensions-bindings-blob``'s
-``BlobClient``), a deferred binding: the host sends only the blob's name and connection, never
-its content. (With ``func.InputStream`` the Python worker receives the whole blob in memory
-before the function starts, so a large batch file could run an instance out of memory.) The
-engine then streams the input by byte ranges (``download_blob(offset=).chunks()``), so a
-redelivery or a shard resumes mid-file and at most one chunk per reader is held.
+The trigger parameter is an SDK type (``BlobRef``, a deferred binding): the host sends only
+the blob's name and connection, never its content. (With ``func.InputStream`` the Python
+worker receives the whole blob in memory before the function starts, so a large batch file
+could run an instance out of memory.) The engine then streams the input by byte ranges
+(``download_blob(offset=).chunks()``), so a redelivery or a shard resumes mid-file and at
+most one chunk per reader is held.
 """
 
 import logging
 import os
 
 import azure.functions as func
-from azurefunctions.extensions.bindings.blob import BlobClient
 
+from functions.batch.blobref import BlobRef
 from shared.batch import get_batch, invocation_context
 
 log = logging.getLogger("functions.batch")
@@ -37,10 +37,9 @@ _SOURCE = (
     connection="AzureWebJobsStorage",
     source=_SOURCE,
 )
-async def batch(blob: BlobClient) -> None:
-    path = f"{blob.container_name}/{blob.blob_name}"
-    outcome = await get_batch().start(path, invocation_context())
-    log.info("batch %s: %s", path, outcome)
+async def batch(blob: BlobRef) -> None:
+    outcome = await get_batch().start(blob.name, invocation_context())
+    log.info("batch %s: %s", blob.name, outcome)
 
 
 @bp.queue_trigger(arg_name="msg", queue_name="batch-shards", connection="AzureWebJobsStorage")

@@ -1,6 +1,6 @@
 """batch adapters fed real trigger shapes: the Azure blob trigger function (an SDK-type
-``BlobClient``, built by the extension's own converter as the worker builds it) against
-Azurite, and the Lambda S3 / SQS handlers with real S3 event shapes against moto; the model
+``BlobRef``, built by its registered converter from ModelBindingData as the worker builds it)
+against Azurite, and the Lambda S3 / SQS handlers with real S3 event shapes against moto; the model
 is gpusim.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 from azure.functions.queue import QueueMessage
-from azurefunctions.extensions.bindings.blob import BlobClient
 
+from functions.batch.blobref import BlobRef
 from tests.fixtures.azurite import Azurite
 from tests.fixtures.batch import gpusim_backend, make_input, read_jsonl
 from tests.fixtures.events import LambdaContext, load_event
@@ -49,7 +49,7 @@ def test_blob_trigger_binding_is_batch_in_with_event_grid_source() -> None:
 def blob_trigger_arg(container: str, name: str) -> Any:
     """The deferred (SDK-type) argument: a client naming the blob, no content."""
     return blob_sdk_arg(
-        BlobClient,
+        BlobRef,
         binding="blobTrigger",
         connection="AzureWebJobsStorage",
         container=container,
@@ -59,12 +59,19 @@ def blob_trigger_arg(container: str, name: str) -> Any:
 
 
 def test_blob_trigger_parameter_is_an_sdk_type_so_no_content_is_sent() -> None:
+    from azurefunctions.extensions.base import meta
+
     from tools.devhost.convert import is_sdk_type
     from tools.devhost.invoke import annotation_of
 
     fn = azure_fn("batch").get_user_function()
-    assert annotation_of(fn, "blob") is BlobClient
-    assert is_sdk_type(BlobClient)
+    assert annotation_of(fn, "blob") is BlobRef
+    # What the worker checks at indexing (deferred binding) and which converter it then calls
+    assert is_sdk_type(BlobRef)
+    registry = meta.get_binding_registry()
+    assert registry.get("blobTrigger").check_input_type_annotation(BlobRef)
+    ref = blob_trigger_arg("batch-in", "x.jsonl")
+    assert isinstance(ref, BlobRef) and ref.name == "batch-in/x.jsonl"
 
 
 def check_outputs(out: bytes, err: bytes, good: set[str], bad: int) -> None:
