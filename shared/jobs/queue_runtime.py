@@ -9,6 +9,9 @@ Azure Storage queue (``run_storage_queue_message``):
     message visible again after host.json's fixed ``visibilityTimeout``; the exception's
     ``visibility_timeout`` is informational only. On the last dequeue the job is already
     marked failed and the host moves the message to ``inference-requests-poison``.
+  retry while another delivery holds the job's lease (``Outcome.requeue``) -> handled as a
+    defer: re-enqueued with the wait for that lease, then acked, so a redelivery after a crash
+    does not burn through maxDequeueCount while the dead delivery's lease runs out.
   poison -> the message is written to ``inference-requests-poison`` by the worker itself as
     ``{"reason", "job_id", "message"}`` (so the reason travels with it), then acked: raising
     five times would only delay the inevitable.
@@ -27,6 +30,7 @@ records of a batch run concurrently):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -66,6 +70,10 @@ async def run_storage_queue_message(body: bytes, dequeue_count: int) -> Outcome:
     attempt = Attempt(max(1, dequeue_count), settings.max_attempts)
     outcome = await process_message(body, attempt, ctx)
     _log(outcome, attempt)
+    if outcome.action == "retry" and outcome.requeue:
+        # The host would ignore the delay (another delivery's lease) and redeliver after its
+        # fixed visibilityTimeout, using up maxDequeueCount: re-enqueue with the delay instead.
+        outcome = dataclasses.replace(outcome, action="defer")
     if outcome.action == "retry":
         raise RetryLater(outcome.reason, outcome.delay_s, outcome.job_id)
     if outcome.action == "defer":
