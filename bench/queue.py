@@ -81,9 +81,6 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=32, help="host.json queues.batchSize")
     p.add_argument("--hosts", type=int, default=1, help="devhost processes polling the queue")
-    p.add_argument(
-        "--workers", type=int, default=1, help="devhost --workers (worker processes per host)"
-    )
     args = p.parse_args()
 
     latency_s = (args.ttft_ms + args.tokens * args.itl_ms) / 1000.0
@@ -159,7 +156,7 @@ def main() -> None:
         return ServerProcess(
             [PYTHON, "-m", "tools.devhost", "--port", str(port), "--app-module",
              "tests.e2e.jobs_app", "--app-dir", str(app_dir), "--poll-interval", "0.05",
-             "--workers", str(args.workers), *(["--no-blobs"] if i else [])],
+             *(["--no-blobs"] if i else [])],
             port,
             ready_path="/",
             name=f"bench-devhost-{i}",
@@ -250,7 +247,6 @@ def main() -> None:
         },
         "host_batch_size": args.batch_size,
         "hosts": args.hosts,
-        "workers_per_host": args.workers,
         "per_request_latency_s": latency_s,
         "capacity_rps": round(capacity, 2),
         # What the same gpusim serves when called directly, in this run, with twice its

@@ -30,7 +30,6 @@ records of a batch run concurrently):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import threading
@@ -73,7 +72,7 @@ async def run_storage_queue_message(body: bytes, dequeue_count: int) -> Outcome:
     if outcome.action == "retry" and outcome.requeue:
         # The host would ignore the delay (another delivery's lease) and redeliver after its
         # fixed visibilityTimeout, using up maxDequeueCount: re-enqueue with the delay instead.
-        outcome = dataclasses.replace(outcome, action="defer")
+        outcome = Outcome("defer", outcome.job_id, outcome.delay_s, outcome.reason, outcome.status)
     if outcome.action == "retry":
         raise RetryLater(outcome.reason, outcome.delay_s, outcome.job_id)
     if outcome.action == "defer":

@@ -5,8 +5,9 @@ worker wraps each in ``azure.functions.meta.Datum`` and hands them to the bindin
 (``QueueMessageInConverter.decode``, ``BlobConverter.decode``, or for an SDK-type parameter
 the deferred-binding converter registered in ``azurefunctions.extensions.base``, such as
 ``azurefunctions-extensions-bindings-blob``'s). devhost does the same with the same
-converters, so a function receives locally exactly what it receives deployed: a ``func.InputStream`` holds the whole blob in memory (as in the worker), and an
-SDK-type parameter receives a reference or client and no content.
+converters, so a function receives locally exactly what it receives deployed: a
+``func.InputStream`` holds the whole blob in memory (as in the worker), and an SDK-type
+parameter receives a reference or client and no content.
 """
 
 from __future__ import annotations

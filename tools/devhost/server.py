@@ -15,6 +15,7 @@ from pathlib import Path
 
 import uvicorn
 
+from tools.devhost import workers
 from tools.devhost.blobs import POISON_QUEUE, RECEIPTS_CONTAINER, BlobListener, BlobPath
 from tools.devhost.config import HostConfig
 from tools.devhost.http import HttpApp
@@ -23,7 +24,6 @@ from tools.devhost.queues import DEFAULT_LEASE_S, QueueListener
 from tools.devhost.registry import FunctionSpec, IndexingError
 from tools.devhost.startup import MAX_RETRY_S
 from tools.devhost.storage import Storage
-from tools.devhost.workers import share_queue_options
 
 log = logging.getLogger("devhost")
 
@@ -61,7 +61,7 @@ def build_listeners(
 ) -> list[Listener]:
     storage = invoker.storage
     listeners: list[Listener] = []
-    queue_options = share_queue_options(config.queues, options.workers)
+    queue_options = workers.share_queue_options(config.queues, options.workers)
     for spec in specs:
         conn = spec.trigger.get("connection")
         if spec.trigger_type == "queueTrigger" and options.queues:
@@ -78,7 +78,7 @@ def build_listeners(
                     start_retry_max_s=options.listener_retry_max_s,
                 )
             )
-        elif spec.trigger_type == "blobTrigger" and options.blobs and options.worker_index == 0:
+        elif spec.trigger_type == "blobTrigger" and options.blobs:
             path = BlobPath.parse(str(spec.trigger["path"]))
             listener = BlobListener(
                 spec,
@@ -91,6 +91,8 @@ def build_listeners(
                 start_retry_max_s=options.listener_retry_max_s,
             )
             listeners.append(listener)
+    if options.worker_index > 0:  # --workers: only the first process runs non-queue listeners
+        listeners = [lst for lst in listeners if isinstance(lst, QueueListener)]
     return listeners
 
 
