@@ -91,8 +91,6 @@ def build_listeners(
                 start_retry_max_s=options.listener_retry_max_s,
             )
             listeners.append(listener)
-    if options.worker_index > 0:  # --workers: only the first process runs non-queue listeners
-        listeners = [lst for lst in listeners if isinstance(lst, QueueListener)]
     return listeners
 
 
@@ -120,6 +118,8 @@ async def serve(specs: list[FunctionSpec], config: HostConfig, options: Options)
     # No storage call here: each listener starts (and retries) in the background, so HTTP
     # functions serve at once even while storage is down.
     listeners = build_listeners(specs, config, options, invoker)
+    if options.worker_index > 0:  # --workers: only the first process runs non-queue listeners
+        listeners = [lst for lst in listeners if isinstance(lst, QueueListener)]
 
     server = _Server(
         uvicorn.Config(
