@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"devhost: {exc}", file=sys.stderr)
         return 2
     if workers > 1 and args.worker_index is None:
-        child_argv = [a for a in (argv if argv is not None else sys.argv[1:])]
+        child_argv = list(argv if argv is not None else sys.argv[1:])
         return supervise(child_argv, args.host, args.port, workers, args.shutdown_grace)
     options = Options(
         host=args.host,
