@@ -5,7 +5,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["bench.coldstart", "bench.overhead", "bench.queue", "bench.queue_report", "bench.batch"]
+BENCHES = [
+    "bench.coldstart",
+    "bench.overhead",
+    "bench.queue",
+    "bench.queue_report",
+    "bench.batch",
+    "bench.cache",
+]
 
 
 def main() -> None:

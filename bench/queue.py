@@ -142,6 +142,7 @@ class AzureRun:
             "AzureWebJobsStorage": self.conn,
             "INFER_BACKENDS": json.dumps(backends),
             "INFER_JOBS_CONTAINER": self.container,
+            "INFER_AUTH_LEVEL": "ANONYMOUS",
         }
         self.hosts = []
         for i in range(args.hosts):
@@ -149,7 +150,7 @@ class AzureRun:
             self.hosts.append(ServerProcess(
                 [PYTHON, "-m", "tools.devhost", "--port", str(port), "--app-module",
                  "bench.queue_app", "--app-dir", str(app_dir), "--poll-interval", "0.05",
-                 *(["--no-blobs"] if i else [])],
+                 "--workers", str(args.workers), *(["--no-blobs"] if i else [])],
                 port, ready_path="/", name=f"bench-devhost-{i}", env=env,
             ))  # fmt: skip
         self.queue = QueueClient.from_connection_string(
@@ -277,6 +278,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32, help="host.json queues.batchSize")
     p.add_argument("--sqs-batches", type=int, default=5, help="AWS: batches of 10 in flight")
     p.add_argument("--hosts", type=int, default=1, help="worker processes polling the queue")
+    p.add_argument(
+        "--workers", type=int, default=1,
+        help="Azure: devhost --workers per host (storage counts need 1: use --hosts)",
+    )  # fmt: skip
     p.add_argument("--tag", default="", help="suffix of the result file (e.g. before/after)")
     args = p.parse_args()
 
@@ -349,6 +354,7 @@ def main() -> None:
         "tag": args.tag,
         "jobs": args.jobs,
         "hosts": args.hosts,
+        "workers_per_host": args.workers,
         "gpusim": {
             "max_num_seqs": args.max_num_seqs,
             "ttft_ms": args.ttft_ms,

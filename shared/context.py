@@ -26,6 +26,18 @@ class Context:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     clock: Clock = time.monotonic
     caller: str | None = None
+    #: The request's ``Cache-Control`` header (``no-cache`` / ``no-store`` are honoured).
+    cache_control: str = ""
+    #: Set by the response cache: ``"hit"`` | ``"miss"`` | ``"bypass"`` (None: no cache).
+    #: A hit used no model tokens, so limits charge it nothing.
+    cache_status: str | None = None
+    #: Cosine distance of a semantic hit (``x-cache-distance``).
+    cache_distance: float | None = None
+
+    @property
+    def served_from_cache(self) -> bool:
+        """True when the answer came from the response cache: charge no tokens for it."""
+        return self.cache_status == "hit"
 
     @classmethod
     def with_timeout(
