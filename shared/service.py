@@ -226,8 +226,12 @@ def get_service() -> Service:
 def reset_service() -> None:
     """Forget the service and settings (tests; devhost after changing the environment)."""
     global _service
+    from shared.callers import reset_callers
     from shared.settings import reset_settings
+    from shared.state import reset_state
 
     with _lock:
         _service = None
     reset_settings()
+    reset_callers()
+    reset_state()
