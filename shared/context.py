@@ -26,6 +26,8 @@ class Context:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     clock: Clock = time.monotonic
     caller: str | None = None
+    #: Headers the controls add to the answer (``x-ratelimit-*``), merged by shared.web.
+    response_headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def with_timeout(

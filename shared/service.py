@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.backends.base import Backend, ByteStream, Result
 from shared.backends.registry import build_backend
@@ -23,6 +24,9 @@ from shared.retry import call_with_retry
 from shared.router import Router
 from shared.schemas import Operation, validate_payload
 from shared.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from shared.limits import Admission
 
 log = logging.getLogger("shared.service")
 
@@ -52,6 +56,8 @@ class Service:
     def __init__(self, settings: Settings, router: Router) -> None:
         self.settings = settings
         self.router = router
+        # one environment lookup: a function without INFER_LIMITS never imports shared.limits
+        self._limits = bool(os.environ.get("INFER_LIMITS", "").strip())
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -61,9 +67,26 @@ class Service:
     def validate(self, op: Operation, data: Any) -> dict[str, Any]:
         return validate_payload(op, data, max_tokens_cap=self.settings.max_tokens_cap)
 
+    async def admit(self, payload: dict[str, Any], ctx: Context) -> Admission | None:
+        """Admit the request under its caller's limits (``INFER_LIMITS``); ``None`` when no
+        limits are configured. A refusal raises ``CallerRateLimited`` (429)."""
+        if not self._limits:
+            return None
+        from shared.callers import ANONYMOUS
+        from shared.limits import get_limiter
+
+        limiter = get_limiter()
+        if limiter is None:
+            return None
+        model = str(payload.get("model") or "")
+        admission = await limiter.admit(ctx.caller or ANONYMOUS, model, payload, ctx)
+        ctx.response_headers.update(admission.headers)
+        return admission
+
     async def complete(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
         """A whole answer, retried (with failover) within the deadline."""
         started = time.monotonic()
+        admission = await self.admit(payload, ctx)
 
         async def attempt(n: int) -> Result:
             return await self.router.invoke(op, payload, ctx)
@@ -72,7 +95,17 @@ class Service:
             result = await call_with_retry(attempt, ctx, max_retries=self.settings.max_retries)
         except InferenceError as err:
             self._log_failure(op, payload, ctx, err, started)
+            if admission is not None:
+                await admission.settle(0, ctx)  # no answer: the estimate is refunded
             raise
+        except BaseException:
+            if admission is not None:
+                await asyncio.shield(admission.settle(0, ctx))
+            raise
+        if admission is not None:
+            usage = result.usage() or {}
+            total = usage.get("total_tokens")
+            await admission.settle(total if isinstance(total, int) else None, ctx)
         if log.isEnabledFor(logging.INFO):  # reading usage parses the body: only when logged
             self._log_usage(op, payload, ctx, result.backend, result.usage(), started)
         return result
@@ -86,16 +119,20 @@ class Service:
         after it end the stream with an OpenAI error event, since the status line is gone.
         """
         started = time.monotonic()
+        admission = await self.admit(payload, ctx)
 
         async def attempt(n: int) -> ByteStream:
             return await self.router.open_stream(op, payload, ctx)
 
         try:
             opened = await call_with_retry(attempt, ctx, max_retries=self.settings.max_retries)
-        except InferenceError as err:
-            self._log_failure(op, payload, ctx, err, started)
+        except BaseException as err:
+            if isinstance(err, InferenceError):
+                self._log_failure(op, payload, ctx, err, started)
+            if admission is not None:
+                await asyncio.shield(admission.settle(0, ctx))
             raise
-        return self._forward(opened, op, payload, ctx, started)
+        return self._forward(opened, op, payload, ctx, started, admission)
 
     async def _forward(
         self,
@@ -104,12 +141,16 @@ class Service:
         payload: dict[str, Any],
         ctx: Context,
         started: float,
+        admission: Admission | None = None,
     ) -> AsyncIterator[bytes]:
         tail = b""
+        events = 0
         try:
             async with asyncio.timeout(max(ctx.remaining(), 0.0)):
                 async for chunk in opened:
                     tail = (tail + chunk)[-_USAGE_TAIL:]
+                    if admission is not None:
+                        events += chunk.count(b'"content":') + chunk.count(b'"text":')
                     yield chunk
         except TimeoutError:
             err = DeadlineExceeded("the invocation deadline passed mid-stream")
@@ -126,7 +167,17 @@ class Service:
             return
         finally:
             await opened.aclose()
+            if admission is not None:
+                await self._settle_stream(admission, tail, events)
         self._log_usage(op, payload, ctx, "", usage_from_tail(tail), started)
+
+    @staticmethod
+    async def _settle_stream(admission: Admission, tail: bytes, events: int) -> None:
+        """Charge a stream's real usage: its usage chunk, else counted content events."""
+        from shared.limits import count_stream_tokens
+
+        tokens = count_stream_tokens(usage_from_tail(tail), events, admission.estimate)
+        await admission.settle(tokens)
 
     async def models(self, ctx: Context) -> dict[str, Any]:
         """The public model list: what the settings route, not what endpoints call them."""
@@ -235,3 +286,6 @@ def reset_service() -> None:
     reset_settings()
     reset_callers()
     reset_state()
+    from shared.limits import reset_limiter
+
+    reset_limiter()

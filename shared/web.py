@@ -121,7 +121,7 @@ async def openai_endpoint(request: Request, op: Operation) -> Response:
 
 
 def _rid(ctx: Context, base: dict[str, str] | None = None) -> dict[str, str]:
-    return {**(base or {}), "x-request-id": ctx.request_id}
+    return {**(base or {}), **ctx.response_headers, "x-request-id": ctx.request_id}
 
 
 async def models_endpoint(request: Request) -> Response:

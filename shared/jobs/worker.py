@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from shared.blocking import run_blocking
+from shared.callers import ANONYMOUS
 from shared.context import Context
 from shared.errors import (
     BackendRateLimited,
@@ -203,6 +204,8 @@ class Worker:
         job_id = line.id or derived_id(text)
         ctx.request_id = job_id
         current = await self._load_or_create(line, job_id)
+        # charged to the caller that submitted it (stored with the job at submit time)
+        ctx.caller = current.record.caller or ANONYMOUS
         if current.record.terminal:
             return Outcome(
                 "ack",
