@@ -406,8 +406,9 @@ async def run(component: str, ctx: Context | None, fn: Callable[[Redis], Awaitab
     if not available():
         raise StateUnavailable("state store cooling down after a failure")
     try:
+        redis = await get_redis()  # built (redis imported) outside the per-call timeout
         async with asyncio.timeout(op_timeout(ctx)):
-            return await fn(await get_redis())
+            return await fn(redis)
     except ConfigError:
         raise
     except Exception as exc:  # redis errors, OSError, TimeoutError: all mean "not now"
