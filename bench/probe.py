@@ -23,8 +23,17 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("openai", "boto3", "botocore", "azure.identity", "azure.storage", "aws_lambda_powertools",
-         "redis", "redisvl", "jwt")
+HEAVY = (
+    "openai",
+    "boto3",
+    "botocore",
+    "azure.identity",
+    "azure.storage",
+    "aws_lambda_powertools",
+    "redis",
+    "redisvl",
+    "jwt",
+)
 CHAT = {
     "model": "local-model",
     "messages": [{"role": "user", "content": "Say hi"}],
