@@ -65,7 +65,7 @@ def request_context(request: Request) -> Context:
     return Context.with_timeout(settings.request_timeout_s, request_id=rid)
 
 
-async def authenticate(request: Request, ctx: Context | None = None) -> str:
+async def authenticate_caller(request: Request, ctx: Context | None = None) -> str:
     """The caller's stable id (``shared.callers``): a key id, a token's caller claim, an IAM
     principal, or ``anonymous`` when no inbound auth is configured; 401 otherwise."""
     from shared.callers import get_authenticator
@@ -103,7 +103,7 @@ async def openai_endpoint(request: Request, op: Operation) -> Response:
     ctx: Context | None = None
     try:
         ctx = request_context(request)
-        ctx.caller = await authenticate(request, ctx)
+        ctx.caller = await authenticate_caller(request, ctx)
         service = get_service()
         raw = await read_body(request, service.settings.max_body_bytes)
         payload = service.validate(op, decode_json(raw))
@@ -128,7 +128,7 @@ async def models_endpoint(request: Request) -> Response:
     """GET /v1/models: the models this deployment routes."""
     try:
         ctx = request_context(request)
-        await authenticate(request, ctx)
+        await authenticate_caller(request, ctx)
         data = await get_service().models(ctx)
         return Response(json.dumps(data).encode(), media_type="application/json")
     except InferenceError as err:

@@ -56,6 +56,7 @@ class AdaptiveLimiter:
         self._ewma: float | None = None
         self._latency = 1.0
         self._freed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -120,6 +121,9 @@ class AdaptiveLimiter:
             if now < self.hold_until:
                 await self._sleep(min(self.hold_until - now, 1.0))
                 continue
+            loop = asyncio.get_running_loop()
+            if loop is not self._loop:  # one limiter per process; an Event binds to one loop
+                self._loop, self._freed = loop, asyncio.Event()
             self._freed.clear()
             wait = 1.0 if until is None else max(0.0, min(1.0, until - now))
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.

@@ -31,7 +31,7 @@ from shared.jobs.model import JOB_ID, JobRecord, MalformedMessage, idempotent_id
 from shared.jobs.store import PreconditionFailed, get_job_store
 from shared.service import get_service
 from shared.web import (
-    authenticate,
+    authenticate_caller,
     decode_json,
     error_response,
     internal_error,
@@ -75,7 +75,7 @@ async def create_job_endpoint(request: Request) -> Response:
     ctx: Context | None = None
     try:
         ctx = request_context(request)
-        caller = await authenticate(request, ctx)
+        caller = await authenticate_caller(request, ctx)
         service = get_service()
         raw = await read_body(request, service.settings.max_body_bytes)
         try:
@@ -134,7 +134,7 @@ def path_job_id(request: Request) -> str:
 async def get_job_endpoint(request: Request, job_id: str | None = None) -> Response:
     """GET /v1/jobs/{id}."""
     try:
-        caller = await authenticate(request)
+        caller = await authenticate_caller(request)
         job_id = job_id or path_job_id(request)
         found = await get_job_store().aget(job_id) if JOB_ID.match(job_id) else None
         if found is None or (found.record.caller or ANONYMOUS) != caller:
