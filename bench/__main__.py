@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["bench.coldstart", "bench.overhead", "bench.queue", "bench.batch", "bench.controls"]
+BENCHES = ["bench.coldstart", "bench.overhead", "bench.queue", "bench.batch", "bench.cache",
+           "bench.controls"]
 
 
 def main() -> None:

@@ -33,6 +33,8 @@ HEAVY = (
     "redis",
     "redisvl",
     "jwt",
+    "numpy",
+    "shared.cache.base",
 )
 CHAT = {
     "model": "local-model",

@@ -28,6 +28,18 @@ class Context:
     caller: str | None = None
     #: Headers the controls add to the answer (``x-ratelimit-*``), merged by shared.web.
     response_headers: dict[str, str] = field(default_factory=dict)
+    #: The request's ``Cache-Control`` header (``no-cache`` / ``no-store`` are honoured).
+    cache_control: str = ""
+    #: Set by the response cache: ``"hit"`` | ``"miss"`` | ``"bypass"`` (None: no cache).
+    #: A hit used no model tokens, so limits charge it nothing.
+    cache_status: str | None = None
+    #: Cosine distance of a semantic hit (``x-cache-distance``).
+    cache_distance: float | None = None
+
+    @property
+    def served_from_cache(self) -> bool:
+        """True when the answer came from the response cache: charge no tokens for it."""
+        return self.cache_status == "hit"
 
     @classmethod
     def with_timeout(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.backends.base import Backend, ByteStream, Result
 from shared.backends.registry import build_backend
+from shared.cache import build_cache
 from shared.context import Context
 from shared.errors import BackendError, DeadlineExceeded, InferenceError
 from shared.retry import call_with_retry
@@ -58,6 +59,7 @@ class Service:
         self.router = router
         # one environment lookup: a function without INFER_LIMITS never imports shared.limits
         self._limits = bool(os.environ.get("INFER_LIMITS", "").strip())
+        self.cache = build_cache(self._complete)  # None unless INFER_CACHE is set
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -84,9 +86,31 @@ class Service:
         return admission
 
     async def complete(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
-        """A whole answer, retried (with failover) within the deadline."""
-        started = time.monotonic()
+        """A whole answer: admitted under the caller's limits, then from the cache or the
+        endpoint (retried, with failover, within the deadline); the real usage is charged
+        afterwards (a cache hit costs no tokens, a failure refunds the estimate)."""
         admission = await self.admit(payload, ctx)
+        if admission is None:
+            return await self._answer(op, payload, ctx)
+        try:
+            result = await self._answer(op, payload, ctx)
+        except BaseException:
+            await asyncio.shield(admission.settle(0, ctx))
+            raise
+        tokens: int | None = 0
+        if not ctx.served_from_cache:
+            total = (result.usage() or {}).get("total_tokens")
+            tokens = total if isinstance(total, int) else None
+        await admission.settle(tokens, ctx)
+        return result
+
+    async def _answer(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
+        if self.cache is not None:
+            return await self.cache.complete(op, payload, ctx, self._complete)
+        return await self._complete(op, payload, ctx)
+
+    async def _complete(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
+        started = time.monotonic()
 
         async def attempt(n: int) -> Result:
             return await self.router.invoke(op, payload, ctx)
@@ -95,22 +119,52 @@ class Service:
             result = await call_with_retry(attempt, ctx, max_retries=self.settings.max_retries)
         except InferenceError as err:
             self._log_failure(op, payload, ctx, err, started)
-            if admission is not None:
-                await admission.settle(0, ctx)  # no answer: the estimate is refunded
             raise
-        except BaseException:
-            if admission is not None:
-                await asyncio.shield(admission.settle(0, ctx))
-            raise
-        if admission is not None:
-            usage = result.usage() or {}
-            total = usage.get("total_tokens")
-            await admission.settle(total if isinstance(total, int) else None, ctx)
         if log.isEnabledFor(logging.INFO):  # reading usage parses the body: only when logged
             self._log_usage(op, payload, ctx, result.backend, result.usage(), started)
         return result
 
     async def stream(
+        self, op: Operation, payload: dict[str, Any], ctx: Context
+    ) -> AsyncIterator[bytes]:
+        """A stream admitted under the caller's limits: a cached answer replayed, or the
+        endpoint's stream (see ``_stream``); charged its real usage when it ends."""
+        admission = await self.admit(payload, ctx)
+        try:
+            if self.cache is not None:
+                body = await self.cache.stream(op, payload, ctx, self._stream)
+            else:
+                body = await self._stream(op, payload, ctx)
+        except BaseException:
+            if admission is not None:
+                await asyncio.shield(admission.settle(0, ctx))
+            raise
+        return body if admission is None else self._charged(body, admission, ctx)
+
+    async def _charged(
+        self, body: AsyncIterator[bytes], admission: Admission, ctx: Context
+    ) -> AsyncIterator[bytes]:
+        """Forward a stream, then charge its usage chunk (else its counted content events;
+        nothing for a cache hit) and free its max_parallel slot, however it ends."""
+        from shared.limits import count_stream_tokens
+
+        tail = b""
+        events = 0
+        try:
+            async for chunk in body:
+                tail = (tail + chunk)[-_USAGE_TAIL:]
+                events += chunk.count(b'"content":') + chunk.count(b'"text":')
+                yield chunk
+        finally:
+            closer = getattr(body, "aclose", None)
+            if closer is not None:
+                await closer()
+            tokens = 0
+            if not ctx.served_from_cache:
+                tokens = count_stream_tokens(usage_from_tail(tail), events, admission.estimate)
+            await admission.settle(tokens)
+
+    async def _stream(
         self, op: Operation, payload: dict[str, Any], ctx: Context
     ) -> AsyncIterator[bytes]:
         """Open a stream (retried until the endpoint accepts it), then forward its bytes.
@@ -119,20 +173,16 @@ class Service:
         after it end the stream with an OpenAI error event, since the status line is gone.
         """
         started = time.monotonic()
-        admission = await self.admit(payload, ctx)
 
         async def attempt(n: int) -> ByteStream:
             return await self.router.open_stream(op, payload, ctx)
 
         try:
             opened = await call_with_retry(attempt, ctx, max_retries=self.settings.max_retries)
-        except BaseException as err:
-            if isinstance(err, InferenceError):
-                self._log_failure(op, payload, ctx, err, started)
-            if admission is not None:
-                await asyncio.shield(admission.settle(0, ctx))
+        except InferenceError as err:
+            self._log_failure(op, payload, ctx, err, started)
             raise
-        return self._forward(opened, op, payload, ctx, started, admission)
+        return self._forward(opened, op, payload, ctx, started)
 
     async def _forward(
         self,
@@ -141,16 +191,12 @@ class Service:
         payload: dict[str, Any],
         ctx: Context,
         started: float,
-        admission: Admission | None = None,
     ) -> AsyncIterator[bytes]:
         tail = b""
-        events = 0
         try:
             async with asyncio.timeout(max(ctx.remaining(), 0.0)):
                 async for chunk in opened:
                     tail = (tail + chunk)[-_USAGE_TAIL:]
-                    if admission is not None:
-                        events += chunk.count(b'"content":') + chunk.count(b'"text":')
                     yield chunk
         except TimeoutError:
             err = DeadlineExceeded("the invocation deadline passed mid-stream")
@@ -167,17 +213,7 @@ class Service:
             return
         finally:
             await opened.aclose()
-            if admission is not None:
-                await self._settle_stream(admission, tail, events)
         self._log_usage(op, payload, ctx, "", usage_from_tail(tail), started)
-
-    @staticmethod
-    async def _settle_stream(admission: Admission, tail: bytes, events: int) -> None:
-        """Charge a stream's real usage: its usage chunk, else counted content events."""
-        from shared.limits import count_stream_tokens
-
-        tokens = count_stream_tokens(usage_from_tail(tail), events, admission.estimate)
-        await admission.settle(tokens)
 
     async def models(self, ctx: Context) -> dict[str, Any]:
         """The public model list: what the settings route, not what endpoints call them."""

@@ -104,6 +104,7 @@ async def openai_endpoint(request: Request, op: Operation) -> Response:
     try:
         ctx = request_context(request)
         ctx.caller = await authenticate_caller(request, ctx)
+        ctx.cache_control = request.headers.get("cache-control", "")
         service = get_service()
         raw = await read_body(request, service.settings.max_body_bytes)
         payload = service.validate(op, decode_json(raw))
@@ -121,7 +122,12 @@ async def openai_endpoint(request: Request, op: Operation) -> Response:
 
 
 def _rid(ctx: Context, base: dict[str, str] | None = None) -> dict[str, str]:
-    return {**(base or {}), **ctx.response_headers, "x-request-id": ctx.request_id}
+    headers = {**(base or {}), **ctx.response_headers, "x-request-id": ctx.request_id}
+    if ctx.cache_status:
+        headers["x-cache"] = ctx.cache_status
+        if ctx.cache_distance is not None:
+            headers["x-cache-distance"] = f"{ctx.cache_distance:.4f}"
+    return headers
 
 
 async def models_endpoint(request: Request) -> Response:

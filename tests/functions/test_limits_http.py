@@ -178,3 +178,27 @@ async def test_a_batch_slows_to_the_callers_limit_instead_of_failing_lines(
     assert len(out) == len(good) and len(err) == bad  # no line failed for the limit
     # 40 lines at 20 per second, from a full bucket of 20: at least a second
     assert time.monotonic() - started >= 0.9
+
+
+async def test_a_cache_hit_costs_no_tokens_but_counts_as_a_request(
+    limits_env: pytest.MonkeyPatch, fake_endpoint: Callable[[Handler], None]
+) -> None:
+    limits_env.setenv("INFER_CACHE", json.dumps({"mode": "exact"}))
+    _limits(limits_env, {"caller": "*", "rpm": 10, "tpm": 1000, "window_s": 86400})
+    calls: list[int] = []
+
+    def answer(req: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(200, json=chat_answer("local-model"))
+
+    fake_endpoint(answer)
+    async with client() as c:
+        miss = await c.post("/v1/chat/completions", json=MSG)
+        assert miss.headers["x-cache"] == "miss"
+        hit = await c.post("/v1/chat/completions", json=MSG)
+        assert hit.headers["x-cache"] == "hit"
+        assert hit.headers["x-ratelimit-remaining-requests"] == "8"
+        after = await c.post("/v1/chat/completions", json=MSG)
+        # the miss was charged its usage (4); the hit's estimate (13) was refunded
+        assert after.headers["x-ratelimit-remaining-tokens"] == str(1000 - 4 - 13)
+    assert len(calls) == 1

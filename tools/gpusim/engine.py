@@ -39,6 +39,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from . import text
 from .config import Config
@@ -156,6 +157,11 @@ class Engine:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.peak_running = 0
         self.peak_waiting = 0
+        self.embedder: Any = None
+        if config.embeddings_model:
+            from .semantic import SentenceEmbedder
+
+            self.embedder = SentenceEmbedder(config.embeddings_model)
 
     # --- knobs turned into seconds ------------------------------------------------------
     def ttft_seconds(self, prompt_tokens: int) -> float:
@@ -281,6 +287,9 @@ class Engine:
         async with self.slot() as arrived:
             self.metrics.record_prompt(model, tokens)
             await asyncio.sleep(self.ttft_seconds(tokens))
-            vectors = [text.embedding(c.seed, model, t, dim) for t in texts]
+            if self.embedder is not None:
+                vectors = await asyncio.to_thread(self.embedder.encode, texts)
+            else:
+                vectors = [text.embedding(c.seed, model, t, dim) for t in texts]
         self.metrics.record_finished(model, 0, "stop", time.monotonic() - arrived, tag)
         return vectors, tokens
