@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from shared.backends.base import Backend, ByteStream, Result
@@ -25,14 +25,18 @@ from shared.retry import call_with_retry
 from shared.router import Router
 from shared.schemas import Operation, validate_payload
 from shared.settings import Settings, get_settings
+from shared.streaming import ForwardStream
 
 if TYPE_CHECKING:
     from shared.limits import Admission
+    from shared.model_list import ModelLister
 
 log = logging.getLogger("shared.service")
 
 #: Bytes of the stream's tail kept to read the usage chunk sent just before [DONE].
 _USAGE_TAIL = 8192
+#: Seconds a readiness report is reused.
+READY_CACHE_S = 5.0
 
 
 def sse_error(err: InferenceError) -> bytes:
@@ -53,6 +57,52 @@ def usage_from_tail(tail: bytes) -> dict[str, Any] | None:
     return None
 
 
+class _Seen:
+    """What a charged stream has forwarded so far: its tail and its content events."""
+
+    tail = b""
+    events = 0
+
+
+class _SettleOnClose:
+    """Closes the inner stream, then charges what it forwarded (once), iterated or not."""
+
+    def __init__(self, inner: ForwardStream, admission: Admission, ctx: Context, seen: _Seen):
+        self._inner = inner
+        self._admission = admission
+        self._ctx = ctx
+        self._seen = seen
+
+    def __aiter__(self) -> AsyncIterator[bytes]:  # a ByteStream; the bytes come from forward()
+        return self._inner.__aiter__()
+
+    async def aclose(self) -> None:
+        from shared.limits import count_stream_tokens
+
+        try:
+            await self._inner.aclose()
+        finally:
+            tokens = 0
+            if not self._ctx.served_from_cache:
+                usage = usage_from_tail(self._seen.tail)
+                tokens = count_stream_tokens(usage, self._seen.events, self._admission.estimate)
+            await self._admission.settle(tokens)
+
+
+def _charged(body: ForwardStream, admission: Admission, ctx: Context) -> ForwardStream:
+    """``body`` forwarded; closing it charges its usage chunk (else its counted content
+    events; nothing for a cache hit) and frees its ``max_parallel`` slot."""
+    seen = _Seen()
+
+    async def forward() -> AsyncGenerator[bytes, None]:
+        async for chunk in body:
+            seen.tail = (seen.tail + chunk)[-_USAGE_TAIL:]
+            seen.events += chunk.count(b'"content":') + chunk.count(b'"text":')
+            yield chunk
+
+    return ForwardStream(forward(), _SettleOnClose(body, admission, ctx, seen))
+
+
 class Service:
     def __init__(self, settings: Settings, router: Router) -> None:
         self.settings = settings
@@ -60,6 +110,8 @@ class Service:
         # one environment lookup: a function without INFER_LIMITS never imports shared.limits
         self._limits = bool(os.environ.get("INFER_LIMITS", "").strip())
         self.cache = build_cache(self._complete)  # None unless INFER_CACHE is set
+        self._lister: ModelLister | None = None
+        self._ready: tuple[float, dict[str, Any]] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -124,11 +176,13 @@ class Service:
             self._log_usage(op, payload, ctx, result.backend, result.usage(), started)
         return result
 
-    async def stream(
-        self, op: Operation, payload: dict[str, Any], ctx: Context
-    ) -> AsyncIterator[bytes]:
+    async def stream(self, op: Operation, payload: dict[str, Any], ctx: Context) -> ForwardStream:
         """A stream admitted under the caller's limits: a cached answer replayed, or the
-        endpoint's stream (see ``_stream``); charged its real usage when it ends."""
+        endpoint's stream (see ``_stream``), charged its real usage when it is closed.
+
+        The caller must ``aclose`` what it gets, iterated or not: that also settles the
+        caller's limits (tokens, and the ``max_parallel`` slot).
+        """
         admission = await self.admit(payload, ctx)
         try:
             if self.cache is not None:
@@ -139,35 +193,13 @@ class Service:
             if admission is not None:
                 await asyncio.shield(admission.settle(0, ctx))
             raise
-        return body if admission is None else self._charged(body, admission, ctx)
+        return body if admission is None else _charged(body, admission, ctx)
 
-    async def _charged(
-        self, body: AsyncIterator[bytes], admission: Admission, ctx: Context
-    ) -> AsyncIterator[bytes]:
-        """Forward a stream, then charge its usage chunk (else its counted content events;
-        nothing for a cache hit) and free its max_parallel slot, however it ends."""
-        from shared.limits import count_stream_tokens
-
-        tail = b""
-        events = 0
-        try:
-            async for chunk in body:
-                tail = (tail + chunk)[-_USAGE_TAIL:]
-                events += chunk.count(b'"content":') + chunk.count(b'"text":')
-                yield chunk
-        finally:
-            closer = getattr(body, "aclose", None)
-            if closer is not None:
-                await closer()
-            tokens = 0
-            if not ctx.served_from_cache:
-                tokens = count_stream_tokens(usage_from_tail(tail), events, admission.estimate)
-            await admission.settle(tokens)
-
-    async def _stream(
-        self, op: Operation, payload: dict[str, Any], ctx: Context
-    ) -> AsyncIterator[bytes]:
+    async def _stream(self, op: Operation, payload: dict[str, Any], ctx: Context) -> ForwardStream:
         """Open a stream (retried until the endpoint accepts it), then forward its bytes.
+
+        The caller must ``aclose`` what it gets, iterated or not (``ClosingStreamingResponse``
+        does): that releases the router's slot and the upstream connection.
 
         Errors before the first byte propagate (the caller answers with a status); errors
         after it end the stream with an OpenAI error event, since the status line is gone.
@@ -182,7 +214,7 @@ class Service:
         except InferenceError as err:
             self._log_failure(op, payload, ctx, err, started)
             raise
-        return self._forward(opened, op, payload, ctx, started)
+        return ForwardStream(self._forward(opened, op, payload, ctx, started), opened)
 
     async def _forward(
         self,
@@ -191,7 +223,7 @@ class Service:
         payload: dict[str, Any],
         ctx: Context,
         started: float,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         tail = b""
         try:
             async with asyncio.timeout(max(ctx.remaining(), 0.0)):
@@ -216,34 +248,32 @@ class Service:
         self._log_usage(op, payload, ctx, "", usage_from_tail(tail), started)
 
     async def models(self, ctx: Context) -> dict[str, Any]:
-        """The public model list: what the settings route, not what endpoints call them."""
-        names: list[str] = []
-        for backend in self.router.backends:
-            for name in backend.config.models:
-                if name != "*" and name not in names:
-                    names.append(name)
-        created = 0
-        return {
-            "object": "list",
-            "data": [
-                {"id": n, "object": "model", "created": created, "owned_by": "serverless-inference"}
-                for n in names
-            ],
-        }
+        """The public model list: configured names, plus what wildcard backends serve."""
+        if self._lister is None:
+            from shared.model_list import ModelLister
+
+            self._lister = ModelLister()
+        return await self._lister.listing(self.router.backends, ctx)
 
     async def ready(self, ctx: Context) -> dict[str, Any]:
-        """Probe every backend once; ready when each model has at least one reachable backend."""
-        status: dict[str, Any] = {}
-        ok_any = False
-        for backend in self.router.backends:
+        """Probe every backend (at once); ready when at least one answers. The report is
+        reused for ``READY_CACHE_S``, so a hammered ``/readyz`` does not call out each time."""
+        cached = self._ready
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+
+        async def probe(backend: Backend) -> dict[str, Any]:
             try:
                 await backend.check_ready(ctx)
             except InferenceError as err:
-                status[backend.name] = {"ready": False, "error": err.message}
-            else:
-                status[backend.name] = {"ready": True}
-                ok_any = True
-        return {"ready": ok_any, "backends": status}
+                return {"ready": False, "error": err.message}
+            return {"ready": True}
+
+        results = await asyncio.gather(*(probe(b) for b in self.router.backends))
+        status = {b.name: r for b, r in zip(self.router.backends, results, strict=True)}
+        report = {"ready": any(r["ready"] for r in results), "backends": status}
+        self._ready = (time.monotonic() + READY_CACHE_S, report)
+        return report
 
     def _log_usage(
         self,

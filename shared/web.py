@@ -15,17 +15,19 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from shared.context import Context
 from shared.errors import (
+    AuthenticationFailed,
     InferenceError,
     InvalidRequest,
     PayloadTooLarge,
 )
-from shared.schemas import Operation
+from shared.schemas import Operation, loads
 from shared.service import get_service
 from shared.settings import get_settings
+from shared.web_stream import ClosingStreamingResponse
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -92,10 +94,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 def decode_json(raw: bytes) -> Any:
     if not raw:
         raise InvalidRequest("request body is empty; expected a JSON object")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    return loads(raw)  # a body nested too deeply is a 400 too, not a RecursionError
 
 
 async def openai_endpoint(request: Request, op: Operation) -> Response:
@@ -110,7 +109,7 @@ async def openai_endpoint(request: Request, op: Operation) -> Response:
         payload = service.validate(op, decode_json(raw))
         if payload.get("stream") and op is not Operation.EMBEDDINGS:
             body = await service.stream(op, payload, ctx)
-            return StreamingResponse(
+            return ClosingStreamingResponse(
                 body, media_type="text/event-stream", headers=_rid(ctx, SSE_HEADERS)
             )
         result = await service.complete(op, payload, ctx)
@@ -149,16 +148,33 @@ async def healthz_endpoint(request: Request) -> Response:
 
 
 async def readyz_endpoint(request: Request) -> Response:
-    """Readiness: settings are valid and at least one backend answers."""
+    """Readiness: settings are valid and at least one backend answers.
+
+    Anyone gets the status (200/503) and ``{"ready": ...}``; the per-backend details (names,
+    errors) only a caller that presents a configured key does. The probe is cached briefly.
+    """
     try:
         ctx = Context.with_timeout(min(get_settings().request_timeout_s, 10.0))
         report = await get_service().ready(ctx)
+        details = await _authenticated(request)
     except InferenceError as err:
         return error_response(err)
     except Exception as exc:
         return internal_error(exc)
     status = 200 if report["ready"] else 503
-    return Response(json.dumps(report).encode(), status_code=status, media_type="application/json")
+    body = report if details else {"ready": report["ready"]}
+    return Response(json.dumps(body).encode(), status_code=status, media_type="application/json")
+
+
+async def _authenticated(request: Request) -> bool:
+    """A caller check is configured and this request passed it (no check: no one has)."""
+    from shared.callers import ANONYMOUS
+
+    try:
+        caller = await authenticate_caller(request)
+    except AuthenticationFailed:
+        return False
+    return caller != ANONYMOUS
 
 
 def create_app(title: str) -> FastAPI:

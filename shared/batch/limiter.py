@@ -122,8 +122,8 @@ class AdaptiveLimiter:
                 await self._sleep(min(self.hold_until - now, 1.0))
                 continue
             loop = asyncio.get_running_loop()
-            if loop is not self._loop:  # one limiter per process; an Event binds to one loop
-                self._loop, self._freed = loop, asyncio.Event()
+            if loop is not self._loop:  # a process may run invocations on successive loops
+                self._freed, self._loop = asyncio.Event(), loop
             self._freed.clear()
             wait = 1.0 if until is None else max(0.0, min(1.0, until - now))
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.

@@ -22,7 +22,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,6 +32,7 @@ from shared.cache.keys import exact_key, scope_of
 from shared.cache.sse import StreamAssembler, replay
 from shared.context import Context
 from shared.schemas import Operation
+from shared.streaming import ForwardStream
 
 log = logging.getLogger("shared.cache")
 
@@ -39,7 +40,7 @@ log = logging.getLogger("shared.cache")
 LOG_EVERY_S = 30.0
 
 Complete = Callable[[Operation, dict[str, Any], Context], Awaitable[Result]]
-OpenStream = Callable[[Operation, dict[str, Any], Context], Awaitable[AsyncIterator[bytes]]]
+OpenStream = Callable[[Operation, dict[str, Any], Context], Awaitable[ForwardStream]]
 
 
 @dataclass
@@ -142,7 +143,7 @@ class ResponseCache:
 
     async def stream(
         self, op: Operation, payload: dict[str, Any], ctx: Context, call: OpenStream
-    ) -> AsyncIterator[bytes]:
+    ) -> ForwardStream:
         req, read = self._begin(op, payload, ctx)
         if req is None:
             return await call(op, payload, ctx)
@@ -154,10 +155,11 @@ class ResponseCache:
             # An entry stored without usage cannot answer a request that wants the usage chunk.
             if hit is not None and body is not None and (body.get("usage") or not include_usage):
                 self._mark_hit(ctx, hit)
-                return replay(body, op, include_usage)
+                return ForwardStream(replay(body, op, include_usage), None)
         self._mark_miss(ctx)
         opened = await call(op, payload, ctx)
-        return self._tee(opened, req)
+        # aclose of the outer stream closes the endpoint's even when the tee never started.
+        return ForwardStream(self._tee(opened, req), opened)
 
     # -- flow -----------------------------------------------------------------------------
 
@@ -191,16 +193,14 @@ class ResponseCache:
             ctx.cache_status = "miss"
             self.stats.misses += 1
 
-    async def _tee(self, opened: AsyncIterator[bytes], req: Lookup) -> AsyncIterator[bytes]:
+    async def _tee(self, opened: ForwardStream, req: Lookup) -> AsyncGenerator[bytes, None]:
         assembler = StreamAssembler(req.op)
         try:
             async for chunk in opened:
                 assembler.feed(chunk)
                 yield chunk
         finally:
-            close = getattr(opened, "aclose", None)
-            if close is not None:
-                await close()
+            await opened.aclose()
         body = assembler.result()
         if body is not None:
             await self._put(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from shared.schemas import Operation
@@ -231,6 +231,8 @@ def replay_events(body: dict[str, Any], op: Operation, include_usage: bool) -> l
     return events
 
 
-async def replay(body: dict[str, Any], op: Operation, include_usage: bool) -> AsyncIterator[bytes]:
+async def replay(
+    body: dict[str, Any], op: Operation, include_usage: bool
+) -> AsyncGenerator[bytes, None]:
     for event in replay_events(body, op, include_usage):
         yield event

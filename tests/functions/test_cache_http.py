@@ -28,9 +28,12 @@ def sim_calls(sim: Gpusim, path: str = CHAT_PATH) -> int:
 @pytest.fixture
 def cached_app(clean_env: pytest.MonkeyPatch, gpusim: Gpusim) -> Callable[..., httpx.AsyncClient]:
     def make(
-        cache: dict[str, Any] | str, state_url: str | None = None, **env: str
+        cache: dict[str, Any] | str,
+        state_url: str | None = None,
+        backends: list[dict[str, Any]] | None = None,
+        **env: str,
     ) -> httpx.AsyncClient:
-        backends = [{"name": "sim", "kind": "openai", "base_url": gpusim.v1}]
+        backends = backends or [{"name": "sim", "kind": "openai", "base_url": gpusim.v1}]
         clean_env.setenv("INFER_BACKENDS", json.dumps(backends))
         clean_env.setenv("INFER_CACHE", cache if isinstance(cache, str) else json.dumps(cache))
         clean_env.setenv("INFER_API_KEYS", ",".join(KEYS))
@@ -294,3 +297,26 @@ async def test_semantic_index_is_created_again_after_redis_lost_it(
         other = await chat(client, max_tokens=5)
         assert other.headers["x-cache"] == "miss"
         assert (await chat(client, max_tokens=5)).headers["x-cache"] == "hit"
+
+
+async def test_semantic_embeddings_go_through_the_router_with_failover(
+    cached_app: Callable[..., httpx.AsyncClient], gpusim: Gpusim, redis_stack_url: str
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # refuses connections
+    backends = [
+        {"name": "chat", "kind": "openai", "base_url": gpusim.v1, "models": ["local-model"]},
+        {"name": "embed-down", "kind": "openai", "base_url": dead, "models": ["embedder"]},
+        {"name": "embed-up", "kind": "openai", "base_url": gpusim.v1, "models": ["embedder"],
+         "served_model": "local-model", "priority": 1},
+    ]  # fmt: skip
+    cache = {
+        "mode": "semantic",
+        "semantic": {"embeddings_model": "embedder", "ignore_system": True},
+    }
+    q = {"role": "user", "content": "What is a GPU?"}
+    async with cached_app(cache, redis_stack_url, backends) as client:
+        first = await chat(client, messages=[{"role": "system", "content": "A"}, q])
+        near = await chat(client, messages=[{"role": "system", "content": "B"}, q])
+        assert first.headers["x-cache"] == "miss" and near.headers["x-cache"] == "hit"
+        assert "x-cache-distance" in near.headers  # the vector query found it
+        assert sim_calls(gpusim, "/v1/embeddings") == 2  # both failed over to embed-up

@@ -15,6 +15,7 @@ import pytest
 
 from functions.chat.app import app as chat_app
 from shared.context import Context
+from shared.schemas import Operation
 from shared.service import reset_service
 from tests.fixtures.core import Handler, chat_answer, sse
 
@@ -202,3 +203,28 @@ async def test_a_cache_hit_costs_no_tokens_but_counts_as_a_request(
         # the miss was charged its usage (4); the hit's estimate (13) was refunded
         assert after.headers["x-ratelimit-remaining-tokens"] == str(1000 - 4 - 13)
     assert len(calls) == 1
+
+
+async def test_a_stream_closed_before_its_first_chunk_frees_its_slot(
+    limits_env: pytest.MonkeyPatch, fake_endpoint: Callable[[Handler], None]
+) -> None:
+    from shared.limits import CallerRateLimited
+    from shared.service import get_service
+
+    _limits(limits_env, {"caller": "*", "max_parallel": 1, "tpm": 1000, "window_s": 86400})
+    body = sse({"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}}]}, "[DONE]")
+    fake_endpoint(
+        lambda req: httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+    )
+    service = get_service()
+    payload = service.validate(Operation.CHAT, {**MSG, "stream": True})
+    for _ in range(5):  # the caller went away before reading anything
+        opened = await service.stream(Operation.CHAT, payload, Context.with_timeout(10))
+        with pytest.raises(CallerRateLimited):  # its slot is still held while open
+            await service.stream(Operation.CHAT, payload, Context.with_timeout(10))
+        await opened.aclose()
+    ctx = Context.with_timeout(10)
+    again = await service.stream(Operation.CHAT, payload, ctx)
+    await again.aclose()
+    # nothing was forwarded: each closed stream was charged only its estimate (13)
+    assert ctx.response_headers["x-ratelimit-remaining-tokens"] == str(1000 - 5 * 13 - 13)

@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures.gpusim import Gpusim, start_gpusim
+from tests.fixtures.gpusim import FAST_FLAGS, Gpusim, gpusim_argv
+from tests.fixtures.procs import ServerProcess, free_port
 
-pytestmark = pytest.mark.semantic
+pytestmark = [pytest.mark.semantic, pytest.mark.timeout(400)]
 
 EMBED_MODEL = "all-MiniLM-L6-v2"
 KEYS = ["key-alpha-0123456789", "key-beta-0123456789"]
@@ -32,9 +33,11 @@ def embedder() -> Iterator[Gpusim]:
         import sentence_transformers  # noqa: F401
     except ImportError:
         pytest.fail("sentence-transformers is missing: pip install -r requirements-semantic.txt")
-    sim = start_gpusim(
-        {"embeddings_model": "minilm", "models": [EMBED_MODEL]}, name="gpusim-minilm"
-    )
+    flags = {**FAST_FLAGS, "embeddings_model": "minilm", "models": [EMBED_MODEL]}
+    port = free_port()
+    server = ServerProcess(gpusim_argv(port, flags), port, ready_path="/health", name="minilm")
+    server.start(timeout=240)  # loading torch and the model takes ~10 s, far more under load
+    sim = Gpusim(server)
     yield sim
     sim.close()
     sim.server.stop()

@@ -28,6 +28,9 @@ class Config:
         ("local-model",), "comma-separated served model names; '*' accepts any model name"
     )
     seed: int = _knob(0, "global seed for generated text and embeddings")
+    vary_answers: bool = _knob(
+        False, "each call gets new text (a per-process call counter joins the seed)"
+    )
     max_num_seqs: int = _knob(64, "sequences running concurrently (the batch)")
     max_waiting: int = _knob(256, "requests allowed to wait for a slot; beyond that: 429")
     ttft_base_ms: float = _knob(30.0, "fixed time to first token")
@@ -54,6 +57,13 @@ class Config:
     retry_after: float = _knob(1.0, "seconds announced in Retry-After on 429/503 (overload too)")
     midstream_chunks: int = _knob(3, "chunks sent before a 'midstream' fault cuts the stream")
     hang_s: float = _knob(600.0, "longest a 'timeout' fault holds a request open")
+    max_body_bytes: int = _knob(
+        32 * 1024 * 1024, "request bodies above this get 413 (read before any parsing)"
+    )
+    max_embedding_inputs: int = _knob(2048, "inputs per embeddings request (OpenAI: 2,048)")
+    shutdown_grace_s: float = _knob(
+        2.0, "on SIGTERM, seconds open requests get to finish before the server exits"
+    )
     access_log: bool = _knob(False, "log every request (costs CPU under load)")
     log_level: str = _knob("warning", "uvicorn log level")
     # --- cloud protocols (azure_openai, azureml, sagemaker): auth they enforce ----------
