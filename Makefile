@@ -12,6 +12,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 help:
 	@echo "make run      set up and start the local stack (Azurite, gpusim, identity, devhost on :7071)"
+	@echo "              REDIS=1 adds redis-server (INFER_STATE_URL), JWT=1 accepts tools/identity tokens"
 	@echo "make test     install everything and run lint, types and the whole test suite"
 	@echo "make test-semantic  only the semantic cache with a real embeddings model"
 	@echo "make bench    run the benchmarks (JSON + PNG in bench/results)"
@@ -49,8 +50,10 @@ redis-server:
 
 setup: $(VENV)/.installed $(AZURITE) $(ACTIONLINT) redis-server
 
+# make run REDIS=1: also redis-server + INFER_STATE_URL; JWT=1: INFER_JWT from tools/identity;
+# CACHE=exact|semantic: Redis with the Query Engine + INFER_CACHE (as STACK_CACHE=…)
 run: setup
-	$(BIN)/python -m tools.stack
+	$(BIN)/python -m tools.stack $(if $(REDIS),--redis) $(if $(JWT),--jwt) $(if $(CACHE),--cache $(CACHE))
 
 lint: $(VENV)/.installed $(ACTIONLINT)
 	$(BIN)/ruff check shared functions tools tests bench function_app.py

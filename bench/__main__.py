@@ -12,6 +12,7 @@ BENCHES = [
     "bench.queue_report",
     "bench.batch",
     "bench.cache",
+    "bench.controls",
 ]
 
 

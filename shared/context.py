@@ -26,6 +26,8 @@ class Context:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     clock: Clock = time.monotonic
     caller: str | None = None
+    #: Headers the controls add to the answer (``x-ratelimit-*``), merged by shared.web.
+    response_headers: dict[str, str] = field(default_factory=dict)
     #: The request's ``Cache-Control`` header (``no-cache`` / ``no-store`` are honoured).
     cache_control: str = ""
     #: Set by the response cache: ``"hit"`` | ``"miss"`` | ``"bypass"`` (None: no cache).

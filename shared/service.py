@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from shared.backends.base import Backend, ByteStream, Result
@@ -27,6 +28,7 @@ from shared.settings import Settings, get_settings
 from shared.streaming import ForwardStream
 
 if TYPE_CHECKING:
+    from shared.limits import Admission
     from shared.model_list import ModelLister
 
 log = logging.getLogger("shared.service")
@@ -55,10 +57,58 @@ def usage_from_tail(tail: bytes) -> dict[str, Any] | None:
     return None
 
 
+class _Seen:
+    """What a charged stream has forwarded so far: its tail and its content events."""
+
+    tail = b""
+    events = 0
+
+
+class _SettleOnClose:
+    """Closes the inner stream, then charges what it forwarded (once), iterated or not."""
+
+    def __init__(self, inner: ForwardStream, admission: Admission, ctx: Context, seen: _Seen):
+        self._inner = inner
+        self._admission = admission
+        self._ctx = ctx
+        self._seen = seen
+
+    def __aiter__(self) -> AsyncIterator[bytes]:  # a ByteStream; the bytes come from forward()
+        return self._inner.__aiter__()
+
+    async def aclose(self) -> None:
+        from shared.limits import count_stream_tokens
+
+        try:
+            await self._inner.aclose()
+        finally:
+            tokens = 0
+            if not self._ctx.served_from_cache:
+                usage = usage_from_tail(self._seen.tail)
+                tokens = count_stream_tokens(usage, self._seen.events, self._admission.estimate)
+            await self._admission.settle(tokens)
+
+
+def _charged(body: ForwardStream, admission: Admission, ctx: Context) -> ForwardStream:
+    """``body`` forwarded; closing it charges its usage chunk (else its counted content
+    events; nothing for a cache hit) and frees its ``max_parallel`` slot."""
+    seen = _Seen()
+
+    async def forward() -> AsyncGenerator[bytes, None]:
+        async for chunk in body:
+            seen.tail = (seen.tail + chunk)[-_USAGE_TAIL:]
+            seen.events += chunk.count(b'"content":') + chunk.count(b'"text":')
+            yield chunk
+
+    return ForwardStream(forward(), _SettleOnClose(body, admission, ctx, seen))
+
+
 class Service:
     def __init__(self, settings: Settings, router: Router) -> None:
         self.settings = settings
         self.router = router
+        # one environment lookup: a function without INFER_LIMITS never imports shared.limits
+        self._limits = bool(os.environ.get("INFER_LIMITS", "").strip())
         self.cache = build_cache(self._complete)  # None unless INFER_CACHE is set
         self._lister: ModelLister | None = None
         self._ready: tuple[float, dict[str, Any]] | None = None
@@ -71,8 +121,42 @@ class Service:
     def validate(self, op: Operation, data: Any) -> dict[str, Any]:
         return validate_payload(op, data, max_tokens_cap=self.settings.max_tokens_cap)
 
+    async def admit(self, payload: dict[str, Any], ctx: Context) -> Admission | None:
+        """Admit the request under its caller's limits (``INFER_LIMITS``); ``None`` when no
+        limits are configured. A refusal raises ``CallerRateLimited`` (429)."""
+        if not self._limits:
+            return None
+        from shared.callers import ANONYMOUS
+        from shared.limits import get_limiter
+
+        limiter = get_limiter()
+        if limiter is None:
+            return None
+        model = str(payload.get("model") or "")
+        admission = await limiter.admit(ctx.caller or ANONYMOUS, model, payload, ctx)
+        ctx.response_headers.update(admission.headers)
+        return admission
+
     async def complete(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
-        """A whole answer: from the cache, or retried (with failover) within the deadline."""
+        """A whole answer: admitted under the caller's limits, then from the cache or the
+        endpoint (retried, with failover, within the deadline); the real usage is charged
+        afterwards (a cache hit costs no tokens, a failure refunds the estimate)."""
+        admission = await self.admit(payload, ctx)
+        if admission is None:
+            return await self._answer(op, payload, ctx)
+        try:
+            result = await self._answer(op, payload, ctx)
+        except BaseException:
+            await asyncio.shield(admission.settle(0, ctx))
+            raise
+        tokens: int | None = 0
+        if not ctx.served_from_cache:
+            total = (result.usage() or {}).get("total_tokens")
+            tokens = total if isinstance(total, int) else None
+        await admission.settle(tokens, ctx)
+        return result
+
+    async def _answer(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
         if self.cache is not None:
             return await self.cache.complete(op, payload, ctx, self._complete)
         return await self._complete(op, payload, ctx)
@@ -93,13 +177,23 @@ class Service:
         return result
 
     async def stream(self, op: Operation, payload: dict[str, Any], ctx: Context) -> ForwardStream:
-        """A cached answer replayed as a stream, or the endpoint's stream (see ``_stream``).
+        """A stream admitted under the caller's limits: a cached answer replayed, or the
+        endpoint's stream (see ``_stream``), charged its real usage when it is closed.
 
-        The caller must ``aclose`` what it gets, iterated or not.
+        The caller must ``aclose`` what it gets, iterated or not: that also settles the
+        caller's limits (tokens, and the ``max_parallel`` slot).
         """
-        if self.cache is not None:
-            return await self.cache.stream(op, payload, ctx, self._stream)
-        return await self._stream(op, payload, ctx)
+        admission = await self.admit(payload, ctx)
+        try:
+            if self.cache is not None:
+                body = await self.cache.stream(op, payload, ctx, self._stream)
+            else:
+                body = await self._stream(op, payload, ctx)
+        except BaseException:
+            if admission is not None:
+                await asyncio.shield(admission.settle(0, ctx))
+            raise
+        return body if admission is None else _charged(body, admission, ctx)
 
     async def _stream(self, op: Operation, payload: dict[str, Any], ctx: Context) -> ForwardStream:
         """Open a stream (retried until the endpoint accepts it), then forward its bytes.
@@ -249,8 +343,15 @@ def get_service() -> Service:
 def reset_service() -> None:
     """Forget the service and settings (tests; devhost after changing the environment)."""
     global _service
+    from shared.callers import reset_callers
     from shared.settings import reset_settings
+    from shared.state import reset_state
 
     with _lock:
         _service = None
     reset_settings()
+    reset_callers()
+    reset_state()
+    from shared.limits import reset_limiter
+
+    reset_limiter()

@@ -8,14 +8,13 @@ Any invalid value raises ``ConfigError`` whose message names the setting (and fo
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
 
@@ -112,7 +111,6 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INFER_", extra="ignore", frozen=True)
 
     backends: list[BackendConfig] = Field(default_factory=default_backends)
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     cache_url: str = "memory://"
     cache_ttl_s: float = Field(default=300.0, ge=0)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
@@ -122,16 +120,6 @@ class Settings(BaseSettings):
     max_retries: int = Field(default=2, ge=0, le=10)
     bucket: str | None = None
     queue_url: str | None = None
-
-    @field_validator("api_keys", mode="before")
-    @classmethod
-    def _split_keys(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [k.strip() for k in text.split(",") if k.strip()]
-        return value
 
     @field_validator("backends")
     @classmethod

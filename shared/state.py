@@ -8,8 +8,8 @@ setting:
 - ``INFER_STATE_AUTH=entra`` (Azure Managed Redis / Azure Cache for Redis with Entra ID): the
   managed identity's token for ``https://redis.azure.com/.default`` is the password, its
   object id (``oid`` claim) the user name (or ``INFER_STATE_USER``). A token is valid for
-  hours; the client is rebuilt (a new pool) before the token expires, so no connection ever
-  outlives its token.
+  hours; the client is rebuilt (a new pool) 4 minutes before the token expires, so no
+  connection outlives its token.
 - ``INFER_STATE_AUTH=aws_iam`` (ElastiCache / MemoryDB IAM auth): the password is a SigV4
   presigned ``connect`` request for the cache's user id (``INFER_STATE_USER`` or the URL's
   user name), signed with the function's role. A token opens connections for 15 minutes, so
@@ -59,8 +59,9 @@ REDIS_SCOPE = "https://redis.azure.com/.default"
 #: ElastiCache and MemoryDB accept an IAM token for 15 minutes; sign a new one well before.
 AWS_TOKEN_REFRESH_S = 600.0
 AWS_TOKEN_EXPIRES_S = 900
-#: Rebuild an Entra client this long before its token expires.
-ENTRA_ROTATE_MARGIN_S = 600.0
+#: Rebuild an Entra client this long before its token expires: less than the token source's
+#: own refresh margin (5 min), so the rebuilt pool signs in with a fresh token.
+ENTRA_ROTATE_MARGIN_S = 240.0
 _LOG_EVERY_S = 30.0
 
 StateAuth = Literal["none", "entra", "aws_iam"]
@@ -285,7 +286,7 @@ class StateClient:
                 service=settings.aws_service,
                 serverless=settings.aws_serverless,
             )
-        self._clients: dict[int, tuple[Redis, float]] = {}
+        self._clients: dict[int, tuple[asyncio.AbstractEventLoop, Redis, float]] = {}
         self.down_until = 0.0
 
     def _build(self) -> Redis:
@@ -314,11 +315,17 @@ class StateClient:
         return client
 
     async def client(self) -> Redis:
-        loop = id(asyncio.get_running_loop())
+        running = asyncio.get_running_loop()
+        loop = id(running)
         entry = self._clients.get(loop)
+        if entry is not None and entry[0] is not running:
+            entry = None  # an id reused by a new loop
         now = time.time()
-        if entry is not None and now < entry[1]:
-            return entry[0]
+        if entry is not None and now < entry[2]:
+            return entry[1]
+        # a client belongs to the loop that built it: forget those of loops that are gone
+        for key in [k for k, (lp, _, _) in self._clients.items() if lp.is_closed()]:
+            del self._clients[key]
         rotate_at = float("inf")
         if isinstance(self._source, EntraCredentials):
             _, _, expires = await self._source.credentials()
@@ -326,10 +333,15 @@ class StateClient:
             if rotate_at <= now:  # a short-lived token: keep it until half its life is left
                 rotate_at = now + max(1.0, (expires - now) / 2)
         client = self._build()
-        self._clients[loop] = (client, rotate_at)
+        self._clients[loop] = (running, client, rotate_at)
         if entry is not None:  # connections of the old pool used the old token: let them go
-            asyncio.get_running_loop().create_task(_close_later(entry[0]))
+            task = running.create_task(_close_later(entry[1]))
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
         return client
+
+
+_closing: set[asyncio.Task[None]] = set()
 
 
 async def _close_later(client: Redis) -> None:
@@ -406,8 +418,9 @@ async def run(component: str, ctx: Context | None, fn: Callable[[Redis], Awaitab
     if not available():
         raise StateUnavailable("state store cooling down after a failure")
     try:
+        redis = await get_redis()  # built (redis imported) outside the per-call timeout
         async with asyncio.timeout(op_timeout(ctx)):
-            return await fn(await get_redis())
+            return await fn(redis)
     except ConfigError:
         raise
     except Exception as exc:  # redis errors, OSError, TimeoutError: all mean "not now"

@@ -10,8 +10,6 @@ platforms.
 
 from __future__ import annotations
 
-import hmac
-import inspect
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -69,21 +67,13 @@ def request_context(request: Request) -> Context:
     return Context.with_timeout(settings.request_timeout_s, request_id=rid)
 
 
-def authenticate(request: Request) -> str | None:
-    """Check the caller's key when ``INFER_API_KEYS`` is set; return the key id (or None)."""
-    keys = get_settings().api_keys
-    if not keys:
-        return None
-    auth = request.headers.get("authorization", "")
-    given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-    given = given or request.headers.get("api-key", "")
-    if given:
-        for i, key in enumerate(keys):
-            if hmac.compare_digest(given.encode(), key.encode()):
-                return f"key{i}"
-    raise AuthenticationFailed(
-        "Missing or invalid API key: send 'Authorization: Bearer <key>' or 'api-key: <key>'"
-    )
+async def authenticate_caller(request: Request, ctx: Context | None = None) -> str:
+    """The caller's stable id (``shared.callers``): a key id, a token's caller claim, an IAM
+    principal, or ``anonymous`` when no inbound auth is configured; 401 otherwise."""
+    from shared.callers import get_authenticator
+
+    wait_s = min(5.0, max(ctx.remaining(), 0.1)) if ctx is not None else 5.0
+    return await get_authenticator().caller(request, wait_s)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -112,7 +102,7 @@ async def openai_endpoint(request: Request, op: Operation) -> Response:
     ctx: Context | None = None
     try:
         ctx = request_context(request)
-        ctx.caller = authenticate(request)
+        ctx.caller = await authenticate_caller(request, ctx)
         ctx.cache_control = request.headers.get("cache-control", "")
         service = get_service()
         raw = await read_body(request, service.settings.max_body_bytes)
@@ -131,7 +121,7 @@ async def openai_endpoint(request: Request, op: Operation) -> Response:
 
 
 def _rid(ctx: Context, base: dict[str, str] | None = None) -> dict[str, str]:
-    headers = {**(base or {}), "x-request-id": ctx.request_id}
+    headers = {**(base or {}), **ctx.response_headers, "x-request-id": ctx.request_id}
     if ctx.cache_status:
         headers["x-cache"] = ctx.cache_status
         if ctx.cache_distance is not None:
@@ -143,7 +133,7 @@ async def models_endpoint(request: Request) -> Response:
     """GET /v1/models: the models this deployment routes."""
     try:
         ctx = request_context(request)
-        authenticate(request)
+        await authenticate_caller(request, ctx)
         data = await get_service().models(ctx)
         return Response(json.dumps(data).encode(), media_type="application/json")
     except InferenceError as err:
@@ -178,13 +168,13 @@ async def readyz_endpoint(request: Request) -> Response:
 
 async def _authenticated(request: Request) -> bool:
     """A caller check is configured and this request passed it (no check: no one has)."""
+    from shared.callers import ANONYMOUS
+
     try:
-        caller: Any = authenticate(request)
-        if inspect.isawaitable(caller):  # the check may need I/O (a token's signing keys)
-            caller = await caller
+        caller = await authenticate_caller(request)
     except AuthenticationFailed:
         return False
-    return caller not in (None, "anonymous")
+    return caller != ANONYMOUS
 
 
 def create_app(title: str) -> FastAPI:

@@ -40,6 +40,9 @@ class BatchSettings(BaseSettings):
     queue: str = "batch-shards"
     #: SQS queue URL for those messages on AWS.
     queue_url: str | None = None
+    #: The caller id a batch file's lines are charged to (``INFER_LIMITS``), recorded in
+    #: the run's plan when the file arrives (whoever may write the input container submits).
+    caller: str = Field(default="batch", min_length=1)
 
 
 _cached = CachedSettings(BatchSettings)

@@ -112,8 +112,11 @@ class ShardRunner:
         settings: BatchSettings,
         deadline: float,
         on_commit: Any = None,
+        caller: str | None = None,
     ) -> None:
         self.run = run
+        #: Lines are charged to this caller's limits (``INFER_LIMITS``).
+        self.caller = caller
         self.shard = shard
         self.ckpt = checkpoint
         self.etag = etag
@@ -238,7 +241,9 @@ class ShardRunner:
                 self.limiter.on_abandon()
 
         while True:
-            ctx = Context(deadline=self.line_deadline, request_id=f"{rid}-{attempt}")
+            ctx = Context(
+                deadline=self.line_deadline, request_id=f"{rid}-{attempt}", caller=self.caller
+            )
             started = time.monotonic()
             self.calls += 1
             try:
@@ -249,13 +254,16 @@ class ShardRunner:
             except InferenceError as err:
                 release(err)
                 self._observe_router()
-                if err.retryable and attempt < self.settings.line_retries:
+                # over the caller's own limit: wait and retry without using up the line's
+                # attempts (the limiter above paused every line for the Retry-After)
+                throttled = getattr(err, "caller_limit", False)
+                if err.retryable and (throttled or attempt < self.settings.line_retries):
                     delay = retry_delay(err.retry_after, attempt, random.random())
                     if delay is not None:
                         if time.monotonic() + delay + MIN_ATTEMPT_S >= self.line_deadline:
                             return  # no time to retry here: the next invocation will
                         await asyncio.sleep(delay)
-                        attempt += 1
+                        attempt += 0 if throttled else 1
                         if not await self.limiter.acquire(until=self.line_deadline):
                             return
                         held[0] = True

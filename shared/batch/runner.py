@@ -121,7 +121,7 @@ class Batch:
             self.stores.work,
             run.key("plan.json"),
             {"name": name, "etag": run.etag, "size": run.size, "shards": shards,
-             "created_at": now(), "enqueued": False},
+             "created_at": now(), "enqueued": False, "caller": self.settings.caller},
         )  # fmt: skip
         await run_blocking(self._begin_status, run, len(plan["shards"]))
         if len(plan["shards"]) == 1:
@@ -173,6 +173,7 @@ class Batch:
                 run, shard, ckpt, etag,
                 stores=self.stores, service=self.service, limiter=self._limiter(),
                 settings=self.settings, deadline=ctx.deadline, on_commit=on_commit,
+                caller=str(plan.get("caller") or self.settings.caller),
             )  # fmt: skip
             try:
                 result = await runner.run_unit()

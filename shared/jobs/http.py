@@ -24,14 +24,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.blocking import run_blocking
+from shared.callers import ANONYMOUS
 from shared.context import Context
 from shared.errors import InferenceError, InvalidRequest, NotFound
 from shared.jobs.model import JOB_ID, JobRecord, MalformedMessage, idempotent_id, parse_line
 from shared.jobs.store import PreconditionFailed, get_job_store
 from shared.service import get_service
-from shared.settings import get_settings
 from shared.web import (
-    authenticate,
+    authenticate_caller,
     decode_json,
     error_response,
     internal_error,
@@ -86,7 +86,7 @@ async def create_job_endpoint(request: Request) -> Response:
     ctx: Context | None = None
     try:
         ctx = request_context(request)
-        caller = authenticate(request)
+        caller = await authenticate_caller(request, ctx)
         service = get_service()
         raw = await read_body(request, service.settings.max_body_bytes)
         try:
@@ -149,10 +149,10 @@ def path_job_id(request: Request) -> str:
 async def get_job_endpoint(request: Request, job_id: str | None = None) -> Response:
     """GET /v1/jobs/{id}."""
     try:
-        caller = authenticate(request)
+        caller = await authenticate_caller(request)
         job_id = job_id or path_job_id(request)
         found = await get_job_store().aget(job_id) if JOB_ID.match(job_id) else None
-        if found is None or (get_settings().api_keys and found.record.caller != caller):
+        if found is None or (found.record.caller or ANONYMOUS) != caller:
             raise NotFound(f"No job with id '{job_id}'", code="job_not_found", param="id")
         return _json(found.record.public(), 200)
     except InferenceError as err:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from shared.blocking import run_blocking
+from shared.callers import ANONYMOUS
 from shared.context import Context
 from shared.errors import (
     BackendError,
@@ -286,6 +287,8 @@ class Worker:
         if isinstance(claim, Outcome):
             return claim
         held.append(claim)
+        # charged to the caller that submitted it (stored with the job at submit time)
+        ctx.caller = claim.record.caller or ANONYMOUS
         return await self._run(line, payload, claim, attempt, ctx)
 
     async def _ensure_record(self, line: JobLine, job_id: str) -> None:

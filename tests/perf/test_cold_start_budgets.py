@@ -126,3 +126,30 @@ def test_the_cache_imports_only_what_its_mode_uses(
     result = probe("functions.chat.aws", "aws", gpusim_server, **env)
     assert result["status"] == 200
     assert result["heavy_modules"] == expected, result
+
+
+LIMITS = json.dumps([{"caller": "*", "rpm": 1000, "tpm": 100000}])
+
+
+def test_controls_import_only_what_they_use(gpusim_server: Gpusim, redis_url: str) -> None:
+    """No controls: none of redis/redisvl/jwt (checked above, HEAVY). In-process limits:
+    still none. Limits in Redis: redis, never jwt. JWT callers: jwt, never redis."""
+    local = probe("functions.chat.aws", "aws", gpusim_server, INFER_LIMITS=LIMITS)
+    assert local["status"] == 200 and local["heavy_modules"] == [], local
+    shared_state = probe(
+        "functions.chat.aws",
+        "aws",
+        gpusim_server,
+        INFER_LIMITS=LIMITS,
+        INFER_STATE_URL=redis_url,
+    )
+    assert shared_state["status"] == 200
+    assert shared_state["heavy_modules"] == ["redis"], shared_state
+    jwt_only = probe(
+        "functions.chat.aws",
+        "aws",
+        gpusim_server,
+        INFER_JWT=json.dumps({"issuer": "https://issuer.example", "audience": "api://x"}),
+    )
+    assert jwt_only["status"] == 401  # no token sent: refused, without fetching any key
+    assert jwt_only["heavy_modules"] == [], jwt_only  # jwt is imported only to check a token

@@ -150,3 +150,33 @@ def test_aws_iam_token_is_a_sigv4_presigned_connect(
     finally:
         admin.execute_command("ACL", "DELUSER", "cache-user")  # type: ignore[attr-defined]
         state.reset_state()
+
+
+def test_entra_client_is_rebuilt_before_its_token_expires(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    monkeypatch.setenv("INFER_STATE_URL", f"{redis_url}?auth=entra&user=some-oid")
+    state.reset_state()
+    client = state.state()
+    expiry = [time.time() + 3600]
+
+    async def credentials() -> tuple[str, str, float]:
+        return "some-oid", "token", expiry[0]
+
+    monkeypatch.setattr(client._source, "credentials", credentials)
+
+    async def main() -> None:
+        first = await state.get_redis()
+        assert await state.get_redis() is first  # reused while the token is fresh
+        expiry[0] = time.time() + state.ENTRA_ROTATE_MARGIN_S  # now within the margin
+        client._clients[id(asyncio.get_running_loop())] = (
+            asyncio.get_running_loop(),
+            first,
+            time.time() - 1,
+        )
+        second = await state.get_redis()
+        assert second is not first  # a new pool, signed in with the current token
+        assert await state.get_redis() is second
+
+    asyncio.run(main())
+    state.reset_state()

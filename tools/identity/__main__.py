@@ -49,9 +49,31 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     return parser
 
 
+def token_command(argv: Sequence[str]) -> None:
+    """``python -m tools.identity token --aud api://infer --client-id my-app``: print a token."""
+    from .oidc import fetch_token
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.identity token",
+        description="Print an RS256 app token from a running identity server's OIDC issuer "
+        "(for INFER_JWT callers).",
+    )
+    parser.add_argument("--aud", required=True, help="audience (app id URI), e.g. api://infer")
+    parser.add_argument("--client-id", default="local-app", help="the calling app's client id")
+    parser.add_argument("--tenant", default="local", help="tenant path segment of the issuer")
+    port = os.environ.get("IDENTITY_PORT", "8082")
+    parser.add_argument("--url", default=f"http://127.0.0.1:{port}", help="identity server")
+    args = parser.parse_args(argv)
+    print(fetch_token(args.url, args.tenant, args.client_id, args.aud))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import uvicorn
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["token"]:
+        token_command(argv[1:])
+        return
     args = build_parser().parse_args(argv)
     if args.lifetime_s <= 0:
         sys.exit("identity: --lifetime-s must be positive")

@@ -11,6 +11,8 @@
   a token whose JWT is already expired while ``expires_on`` looks fine (a revoked or skewed
   token), ``wrong_audience`` one for another audience. ``DELETE`` clears, ``GET`` shows.
 - ``GET /health``.
+- An OpenID Connect issuer shaped like Entra ID's (``tools.identity.oidc``): discovery, JWKS
+  and RS256 app tokens for ``INFER_JWT`` callers, under ``/{tenant}/...``.
 """
 
 from __future__ import annotations
@@ -158,7 +160,10 @@ def build_app(config: IdentityConfig | None = None) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    from .oidc import routes as oidc_routes
+
     routes = [Route(p, token, methods=["GET"]) for p in TOKEN_PATHS]
+    routes += oidc_routes(state, state.next_fault, state.config.lifetime_s)
     routes += [
         Route("/admin/stats", stats, methods=["GET"]),
         Route("/admin/reset", reset, methods=["POST"]),

@@ -5,7 +5,15 @@
 
 Starts Azurite (blob 10000, queue 10001, table 10002; data in .local/azurite), the GPU
 endpoint simulator, the local managed-identity endpoint and devhost serving function_app.py
-on 127.0.0.1:7071. Settings come from local.settings.json; variables already set in the
+on 127.0.0.1:7071.
+
+``--redis`` (``make run REDIS=1``) also starts Debian's redis-server on 127.0.0.1:6380 and
+sets ``INFER_STATE_URL`` to it (unless already set), so limits and the cache use Redis.
+``--jwt`` (``make run JWT=1``) sets ``INFER_JWT`` to the identity server's OIDC issuer
+(audience ``api://serverless-inference``); get a token with
+``.venv/bin/python -m tools.identity token --aud api://serverless-inference``.
+
+Settings come from local.settings.json; variables already set in the
 environment win (``INFER_BACKENDS=... make run`` points the stack at a real endpoint, and then
 no simulator is needed but it is started anyway for comparison). Every child's output goes to
 .local/logs/<name>.log. A child that dies stops the stack with its log tail.
@@ -126,6 +134,19 @@ def main() -> None:
     parser.add_argument("--identity-port", type=int, default=8082)
     parser.add_argument("--no-azurite", action="store_true", help="use an Azurite you run yourself")
     parser.add_argument(
+        "--redis",
+        action="store_true",
+        default=os.environ.get("STACK_REDIS") == "1",
+        help="start redis-server and set INFER_STATE_URL [env STACK_REDIS=1]",
+    )
+    parser.add_argument("--redis-port", type=int, default=6380)
+    parser.add_argument(
+        "--jwt",
+        action="store_true",
+        default=os.environ.get("STACK_JWT") == "1",
+        help="accept bearer tokens from the identity server's OIDC issuer [env STACK_JWT=1]",
+    )
+    parser.add_argument(
         "--cache",
         choices=["exact", "semantic"],
         default=os.environ.get("STACK_CACHE") or None,
@@ -143,6 +164,23 @@ def main() -> None:
         env = {**env, **cache_env(args.cache, args.redis_stack_port, env)}
         if args.cache == "semantic":
             gpusim_extra = ["--embeddings-model", "minilm"]
+    if args.redis and not args.cache:  # --cache's Redis serves limits too
+        import shutil
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("redis-server is not installed: run `make setup`")
+        data = ROOT / ".local" / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        redis_argv = [binary, "--port", str(args.redis_port), "--bind", "127.0.0.1",
+                      "--save", "", "--appendonly", "no", "--dir", str(data)]  # fmt: skip
+        children.append(Child("redis", redis_argv, args.redis_port, env))
+        env.setdefault("INFER_STATE_URL", f"redis://127.0.0.1:{args.redis_port}/0")
+    if args.jwt:
+        issuer = f"http://127.0.0.1:{args.identity_port}/local/v2.0"
+        env.setdefault(
+            "INFER_JWT", f'{{"issuer": "{issuer}", "audience": "api://serverless-inference"}}'
+        )
     if not args.no_azurite:
         if not AZURITE.exists():
             raise SystemExit("Azurite is not installed: run `make setup` (or `make run`)")
@@ -224,7 +262,19 @@ def main() -> None:
             f"  OpenAI-compatible API  {base}/v1   (model: local-model)\n"
             f"  health                 {base}/healthz  {base}/readyz\n"
             f"  GPU simulator          http://127.0.0.1:{args.gpusim_port}/metrics\n"
-            f"{cache_line}\n"
+            + (
+                f"  shared state (Redis)   {env['INFER_STATE_URL']}\n"
+                if args.redis and not args.cache
+                else ""
+            )
+            + (
+                "  JWT callers            TOKEN=$(.venv/bin/python -m tools.identity token "
+                "--aud api://serverless-inference)\n"
+                if args.jwt
+                else ""
+            )
+            + cache_line
+            + "\n"
             f"Try:\n  curl -s {base}/v1/chat/completions -H 'content-type: application/json' \\\n"
             f"    -d '{HELLO}'\n\n"
             "Ctrl-C stops everything.",

@@ -1,0 +1,328 @@
+"""The limiter: which counters a request touches, admission, settlement, refusals, headers.
+
+A request's checks are built from the rules (``config``), then handed to a provider that
+decides all of them at once, atomically: either every counter is charged or none is.
+
+- ``rate`` (rpm, tpm): GCRA, a token bucket kept as one "theoretical arrival time" per
+  counter. A bucket holds ``limit`` units and refills at ``limit / window``. A request is
+  admitted when its cost fits (a request larger than the whole bucket is admitted into an
+  empty one); ``Retry-After`` is exactly the time until it would fit.
+- ``quota`` (token_quota): a counter per calendar period, refused until the period ends.
+- ``parallel`` (max_parallel): the request ids in flight, each with an expiry at its deadline
+  (a crashed instance's slots free themselves).
+
+Tokens: admission charges the estimated prompt tokens (``estimate_prompt_tokens``);
+:meth:`Admission.settle` then charges the difference to the real usage (prompt +
+completion, read from the answer or the stream's usage chunk, counted when the endpoint
+sends none) and releases the parallel slot. Settlement runs once, on every exit.
+
+A provider that cannot reach its store raises ``StateUnavailable``: the request is admitted
+(fail open), logged and counted (``shared.state.failures["limits"]``).
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from shared.errors import BackendRateLimited
+from shared.limits.config import LimitRule, QuotaPeriod
+
+if TYPE_CHECKING:
+    from shared.context import Context
+
+log = logging.getLogger("shared.limits")
+
+CheckKind = Literal["rate", "quota", "parallel"]
+#: How long a refused max_parallel request is told to wait (in-flight requests end unseen).
+PARALLEL_RETRY_MS = 1000
+#: Characters per token for the admission estimate (OpenAI's rule of thumb for English).
+CHARS_PER_TOKEN = 4
+
+
+@dataclass(frozen=True)
+class Check:
+    kind: CheckKind
+    key: str
+    limit: int
+    span_ms: int  # rate: window; quota: until the period ends; parallel: hold (deadline)
+    cost: int
+    metric: str  # "requests" | "tokens" | "quota" | "parallel"
+
+
+@dataclass
+class Decision:
+    refused: int | None  # index of the refusing check, None when admitted
+    retry_ms: int
+    remaining: list[int]
+    reset_ms: list[int]
+
+
+class Provider(Protocol):
+    name: str
+
+    async def acquire(self, checks: Sequence[Check], request_id: str, ctx: Context) -> Decision:
+        """Decide and (when admitted) charge every check atomically."""
+        ...
+
+    async def settle(
+        self, checks: Sequence[Check], deltas: Sequence[int], request_id: str, ctx: Context | None
+    ) -> None:
+        """Charge ``deltas`` (tokens beyond the estimate, may be negative); free slots."""
+        ...
+
+
+def format_duration(ms: float) -> str:
+    """OpenAI's reset format: ``12ms``, ``1.5s``, ``1m30s``, ``6m0s``, ``1h0m0s``."""
+    ms = max(0, math.ceil(ms))
+    if ms < 1000:
+        return f"{ms}ms"
+    total_s = ms / 1000.0
+    hours, rest = divmod(int(total_s), 3600)
+    minutes, secs = divmod(rest, 60)
+    frac = total_s - int(total_s)
+    sec_text = f"{secs + frac:.3f}".rstrip("0").rstrip(".") if frac >= 0.001 else str(secs)
+    if hours:
+        return f"{hours}h{minutes}m{sec_text}s"
+    if minutes:
+        return f"{minutes}m{sec_text}s"
+    return f"{sec_text}s"
+
+
+def period_bounds(period: QuotaPeriod, now: float) -> tuple[str, float]:
+    """(period id, seconds until it ends) for a UTC calendar period containing ``now``."""
+    t = dt.datetime.fromtimestamp(now, dt.UTC)
+    if period == "hour":
+        start = t.replace(minute=0, second=0, microsecond=0)
+        end = start + dt.timedelta(hours=1)
+        ident = start.strftime("%Y%m%dT%H")
+    elif period == "day":
+        start = t.replace(hour=0, minute=0, second=0, microsecond=0)
+        end = start + dt.timedelta(days=1)
+        ident = start.strftime("%Y%m%d")
+    else:
+        start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        days = calendar.monthrange(start.year, start.month)[1]
+        end = start + dt.timedelta(days=days)
+        ident = start.strftime("%Y%m")
+    return ident, (end - t).total_seconds()
+
+
+def _text_len(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        total = 0
+        for item in value:
+            if isinstance(item, dict):
+                total += _text_len(item.get("text") or "")
+            elif isinstance(item, int):  # a token id
+                total += CHARS_PER_TOKEN
+            else:
+                total += _text_len(item)
+        return total
+    if value is None:
+        return 0
+    return len(json.dumps(value))
+
+
+def estimate_prompt_tokens(payload: dict[str, Any]) -> int:
+    """A cheap estimate of a request's prompt tokens (charged at admission)."""
+    if "messages" in payload:
+        messages = payload.get("messages") or []
+        chars = sum(_text_len(m.get("content")) for m in messages if isinstance(m, dict))
+        overhead = 4 * len(messages)
+        if payload.get("tools"):
+            chars += len(json.dumps(payload["tools"]))
+    else:
+        chars = _text_len(payload.get("prompt", payload.get("input")))
+        overhead = 1
+    return max(1, math.ceil(chars / CHARS_PER_TOKEN) + overhead)
+
+
+def count_stream_tokens(tail_usage: dict[str, Any] | None, content_events: int, prompt: int) -> int:
+    """Real usage of a stream: the usage chunk's total, else prompt estimate + one token per
+    content event (what vLLM and TGI send)."""
+    if tail_usage:
+        total = tail_usage.get("total_tokens")
+        if isinstance(total, int):
+            return total
+        parts = [tail_usage.get("prompt_tokens"), tail_usage.get("completion_tokens")]
+        if all(isinstance(p, int) for p in parts):
+            return int(sum(parts))  # type: ignore[arg-type]
+    return prompt + content_events
+
+
+class CallerRateLimited(BackendRateLimited):
+    """Over the caller's rpm/tpm/max_parallel: a 429 the caller retries after Retry-After
+    (queue jobs wait, batches slow down; never a failed line)."""
+
+    type = "rate_limit_exceeded"
+    code = "rate_limit_exceeded"
+    #: Marks a refusal of the caller's own limits (not the endpoint's): batches wait it out.
+    caller_limit = True
+
+    def __init__(self, message: str, *, retry_ms: int, headers: dict[str, str]) -> None:
+        super().__init__(message, retry_after=retry_ms / 1000.0)
+        self.retry_ms = retry_ms
+        self.limit_headers = headers
+
+    def headers(self) -> dict[str, str]:
+        seconds = max(1, math.ceil(self.retry_ms / 1000.0))
+        return {
+            **self.limit_headers,
+            "Retry-After": str(seconds),
+            "retry-after-ms": str(max(1, self.retry_ms)),
+        }
+
+
+class CallerQuotaExceeded(CallerRateLimited):
+    """Over the caller's token quota for the period: 429 ``insufficient_quota``."""
+
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+@dataclass
+class Admission:
+    """What admission charged; :meth:`settle` (once) charges the real usage, frees slots."""
+
+    limiter: Limiter | None
+    checks: list[Check] = field(default_factory=list)
+    request_id: str = ""
+    estimate: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    settled: bool = False
+
+    async def settle(self, tokens: int | None, ctx: Context | None = None) -> None:
+        """Charge ``tokens`` (None: keep the estimate; 0: refund it, e.g. a cache hit or a
+        failed call) and release the parallel slot."""
+        if self.settled or self.limiter is None or not self.checks:
+            self.settled = True
+            return
+        self.settled = True
+        delta = 0 if tokens is None else tokens - self.estimate
+        deltas = [
+            delta if c.metric in ("tokens", "quota") else 0 for c in self.checks
+        ]  # requests stay charged; parallel slots are released by the provider
+        if not any(deltas) and not any(c.kind == "parallel" for c in self.checks):
+            return
+        await self.limiter.settle(self, deltas, ctx)
+
+
+NOOP = Admission(limiter=None, settled=True)
+
+
+class Limiter:
+    """Rules plus a provider (in-process, or Redis when ``INFER_STATE_URL`` is set)."""
+
+    def __init__(self, rules: Sequence[LimitRule], provider: Provider, *, clock: Any) -> None:
+        self.rules = list(rules)
+        self.provider = provider
+        self.named = {r.caller for r in self.rules if r.caller != "*"}
+        self._wall = clock
+        self.failed_open = 0
+
+    def applicable(self, caller: str, model: str) -> list[LimitRule]:
+        own = caller in self.named
+        return [
+            r
+            for r in self.rules
+            if (r.caller == caller if own else r.caller == "*")
+            and (r.model in (None, "*") or r.model == model)
+        ]
+
+    def checks(self, caller: str, model: str, estimate: int, hold_ms: int) -> list[Check]:
+        from shared.state import key as state_key
+
+        out: list[Check] = []
+        for rule in self.applicable(caller, model):
+            scope = model if rule.model == "*" else (rule.model or "*")
+            base = f"{{{caller}}}:{rule.rule_id}:{scope}"
+            window = int(rule.window_s * 1000)
+            if rule.rpm:
+                k = state_key("lim", base, "rpm")
+                out.append(Check("rate", k, rule.rpm, window, 1, "requests"))
+            if rule.tpm:
+                k = state_key("lim", base, "tpm")
+                out.append(Check("rate", k, rule.tpm, window, estimate, "tokens"))
+            if rule.token_quota:
+                ident, left_s = period_bounds(rule.period, self._wall())
+                k = state_key("lim", base, "quota", ident)
+                out.append(
+                    Check("quota", k, rule.token_quota, int(left_s * 1000) + 1, estimate, "quota")
+                )
+            if rule.max_parallel:
+                k = state_key("lim", base, "par")
+                out.append(Check("parallel", k, rule.max_parallel, hold_ms, 1, "parallel"))
+        return out
+
+    async def admit(
+        self, caller: str, model: str, payload: dict[str, Any], ctx: Context
+    ) -> Admission:
+        from shared.state import StateUnavailable
+
+        estimate = estimate_prompt_tokens(payload)
+        hold_ms = int(max(ctx.remaining(), 1.0) * 1000) + 5000
+        checks = self.checks(caller, model, estimate, hold_ms)
+        if not checks:
+            return NOOP
+        try:
+            decision = await self.provider.acquire(checks, ctx.request_id, ctx)
+        except StateUnavailable:
+            self.failed_open += 1
+            return NOOP  # fail open: logged and counted by shared.state
+        headers = rate_headers(checks, decision)
+        if decision.refused is not None:
+            refused = checks[decision.refused]
+            retry_ms = max(1, decision.retry_ms)
+            wait = format_duration(retry_ms)
+            if refused.kind == "quota":
+                raise CallerQuotaExceeded(
+                    f"You exceeded your token quota of {refused.limit} for this period; "
+                    f"it resets in {wait}.",
+                    retry_ms=retry_ms,
+                    headers=headers,
+                )
+            what = {"requests": "requests", "tokens": "tokens", "parallel": "requests in flight"}
+            raise CallerRateLimited(
+                f"Rate limit reached for {model} ({what[refused.metric]}: limit "
+                f"{refused.limit}). Please try again in {wait}.",
+                retry_ms=retry_ms,
+                headers=headers,
+            )
+        return Admission(self, checks, ctx.request_id, estimate, headers)
+
+    async def settle(self, admission: Admission, deltas: list[int], ctx: Context | None) -> None:
+        from shared.state import StateUnavailable
+
+        try:
+            await self.provider.settle(admission.checks, deltas, admission.request_id, ctx)
+        except StateUnavailable:
+            self.failed_open += 1
+        except Exception:  # settlement never fails a request that already got its answer
+            log.exception("limits: settlement failed request_id=%s", admission.request_id)
+
+
+def rate_headers(checks: Sequence[Check], decision: Decision) -> dict[str, str]:
+    """OpenAI's ``x-ratelimit-*``, from the tightest requests and tokens counters."""
+    headers: dict[str, str] = {}
+    for metric in ("requests", "tokens"):
+        found = [
+            (decision.remaining[i], decision.reset_ms[i], c)
+            for i, c in enumerate(checks)
+            if c.metric == metric
+        ]
+        if not found:
+            continue
+        remaining, reset_ms, check = min(found, key=lambda f: f[0])
+        headers[f"x-ratelimit-limit-{metric}"] = str(check.limit)
+        headers[f"x-ratelimit-remaining-{metric}"] = str(max(0, remaining))
+        headers[f"x-ratelimit-reset-{metric}"] = format_duration(reset_ms)
+    return headers

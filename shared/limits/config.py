@@ -1,0 +1,83 @@
+"""``INFER_LIMITS``: rate limits, concurrency and token quotas per caller, model, or both.
+
+A JSON list of rules ``{"caller": id | "*", "model"?: name | "*", "rpm"?, "tpm"?,
+"max_parallel"?, "token_quota"?, "quota_period"?: "hour" | "day" | "month", "window_s"?}``.
+
+- ``caller``: a caller id (``shared.callers``) or ``"*"``: every caller gets its own counters.
+  A caller named by any rule is governed by its own rules only; ``"*"`` rules are the default
+  for every other caller.
+- ``model``: absent: one counter for all models; a name: that model only; ``"*"``: each
+  model its own counter.
+- ``rpm`` / ``tpm``: requests / tokens per ``window_s`` seconds (60 by default, so per
+  minute), replenished continuously (a token bucket: GCRA). ``max_parallel``: requests in
+  flight. ``token_quota`` per ``quota_period`` (calendar hour/day/month, UTC).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.settings import CachedSettings
+
+QuotaPeriod = Literal["hour", "day", "month"]
+
+
+class LimitRule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    caller: str = Field(default="*", min_length=1)
+    model: str | None = None
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    max_parallel: int | None = Field(default=None, ge=1)
+    token_quota: int | None = Field(default=None, ge=1)
+    quota_period: QuotaPeriod | None = None
+    window_s: float = Field(default=60.0, gt=0, le=86400)
+
+    @model_validator(mode="after")
+    def _something(self) -> LimitRule:
+        if not any((self.rpm, self.tpm, self.max_parallel, self.token_quota)):
+            raise ValueError("a rule needs at least one of rpm, tpm, max_parallel, token_quota")
+        if self.quota_period is not None and self.token_quota is None:
+            raise ValueError("quota_period needs token_quota")
+        return self
+
+    @property
+    def period(self) -> QuotaPeriod:
+        return self.quota_period or "month"
+
+    @property
+    def rule_id(self) -> str:
+        """Stable across reordering: a digest of the rule itself."""
+        text = json.dumps(self.model_dump(exclude_none=True), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+class LimitSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INFER_", extra="ignore", frozen=True)
+
+    limits: Annotated[list[LimitRule], NoDecode] = Field(default_factory=list)
+
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text else []
+        return [value] if isinstance(value, dict) else value
+
+
+_cached = CachedSettings(LimitSettings)
+get_limit_settings = _cached.get
+reset_limit_settings = _cached.reset
+
+
+def limits_configured() -> bool:
+    """Cheap check (no parsing) used on the hot path before anything is imported."""
+    return bool(os.environ.get("INFER_LIMITS", "").strip())

@@ -1,0 +1,184 @@
+"""Counters in Redis: exact across every instance of every function.
+
+Each decision is one Lua script run on the server (``EVALSHA``): it reads the server's own
+clock (``TIME``, so instances' clocks never matter), checks every counter of the request,
+and charges all of them or none. Settlement is a second script. The function never reads a
+counter and writes it back. A request's keys share the caller's hash tag (``{caller}``), so
+the scripts also run on a clustered Redis (Azure Managed Redis OSS cluster policy,
+ElastiCache cluster mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from shared.limits.base import PARALLEL_RETRY_MS, Check, Decision
+
+if TYPE_CHECKING:
+    from shared.context import Context
+
+ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rid = ARGV[1]
+local n = #KEYS
+local out = {0, 0}
+local refused = 0
+local refused_quota = false
+local retry = 0
+local newv = {}
+for i = 1, n do
+  local b = 1 + (i - 1) * 4
+  local kind = ARGV[b + 1]
+  local limit = tonumber(ARGV[b + 2])
+  local span = tonumber(ARGV[b + 3])
+  local cost = tonumber(ARGV[b + 4])
+  local remaining, reset = 0, 0
+  if kind == 'rate' then
+    local per = span / limit
+    local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+    if tat < now then tat = now end
+    local need = math.min(cost, limit) * per
+    if tat - now + need > span then
+      local wait = tat - now + need - span
+      remaining = math.floor((span - (tat - now)) / per)
+      reset = math.ceil(tat - now)
+      if refused == 0 or (not refused_quota and wait > retry) then
+        refused, retry = i, wait
+      end
+      newv[i] = tat
+    else
+      local new = tat + cost * per
+      newv[i] = new
+      remaining = math.floor((span - (new - now)) / per)
+      reset = math.ceil(new - now)
+    end
+  elseif kind == 'quota' then
+    local used = tonumber(redis.call('GET', KEYS[i]) or 0)
+    if used + math.min(cost, limit) > limit then
+      remaining = limit - used
+      if not refused_quota then refused, retry, refused_quota = i, span, true end
+    else
+      remaining = limit - used - cost
+    end
+    reset = span
+  else
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+    local held = redis.call('ZCARD', KEYS[i])
+    if held >= limit and not redis.call('ZSCORE', KEYS[i], rid) then
+      remaining = 0
+      if refused == 0 or (not refused_quota and ARGV_PAR > retry) then
+        refused, retry = i, ARGV_PAR
+      end
+    else
+      remaining = limit - held - 1
+    end
+  end
+  out[#out + 1] = remaining
+  out[#out + 1] = reset
+end
+if refused == 0 then
+  for i = 1, n do
+    local b = 1 + (i - 1) * 4
+    local kind = ARGV[b + 1]
+    local span = tonumber(ARGV[b + 3])
+    local cost = tonumber(ARGV[b + 4])
+    if kind == 'rate' then
+      redis.call('SET', KEYS[i], tostring(newv[i]), 'PX', math.ceil(newv[i] - now) + 1000)
+    elseif kind == 'quota' then
+      redis.call('INCRBY', KEYS[i], cost)
+      redis.call('PEXPIRE', KEYS[i], span + 60000)
+    else
+      redis.call('ZADD', KEYS[i], now + span, rid)
+      redis.call('PEXPIRE', KEYS[i], span + 60000)
+    end
+  end
+end
+out[1] = refused
+out[2] = math.ceil(retry)
+return out
+""".replace("ARGV_PAR", str(PARALLEL_RETRY_MS))
+
+SETTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rid = ARGV[1]
+for i = 1, #KEYS do
+  local b = 1 + (i - 1) * 4
+  local kind = ARGV[b + 1]
+  local limit = tonumber(ARGV[b + 2])
+  local span = tonumber(ARGV[b + 3])
+  local delta = tonumber(ARGV[b + 4])
+  if kind == 'rate' and delta ~= 0 then
+    local per = span / limit
+    local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+    if tat < now then tat = now end
+    local new = tat + delta * per
+    if new <= now then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('SET', KEYS[i], tostring(new), 'PX', math.ceil(new - now) + 1000)
+    end
+  elseif kind == 'quota' and delta ~= 0 then
+    local used = redis.call('INCRBY', KEYS[i], delta)
+    if used < 0 then redis.call('SET', KEYS[i], 0, 'KEEPTTL') end
+    if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], span + 60000) end
+  elseif kind == 'parallel' then
+    redis.call('ZREM', KEYS[i], rid)
+  end
+end
+return 1
+"""
+
+
+def _argv(request_id: str, checks: Sequence[Check], values: Sequence[int]) -> list[Any]:
+    argv: list[Any] = [request_id]
+    for c, v in zip(checks, values, strict=True):
+        argv += [c.kind, c.limit, c.span_ms, v]
+    return argv
+
+
+class RedisProvider:
+    name = "redis"
+
+    def __init__(self) -> None:
+        self._scripts: dict[int, tuple[Any, Any]] = {}
+
+    def _bound(self, redis: Any) -> tuple[Any, Any]:
+        found = self._scripts.get(id(redis))
+        if found is None:  # register_script: EVALSHA, loading the script once on NOSCRIPT
+            found = (redis.register_script(ACQUIRE), redis.register_script(SETTLE))
+            self._scripts = {id(redis): found}
+        return found
+
+    async def acquire(self, checks: Sequence[Check], request_id: str, ctx: Context) -> Decision:
+        from shared.state import run
+
+        keys = [c.key for c in checks]
+        argv = _argv(request_id, checks, [c.cost for c in checks])
+
+        async def call(redis: Any) -> list[int]:
+            acquire, _ = self._bound(redis)
+            return list(await acquire(keys=keys, args=argv))
+
+        out = await run("limits", ctx, call)
+        refused = int(out[0])
+        remaining = [int(v) for v in out[2::2]]
+        reset = [int(v) for v in out[3::2]]
+        return Decision(refused - 1 if refused else None, int(out[1]), remaining, reset)
+
+    async def settle(
+        self, checks: Sequence[Check], deltas: Sequence[int], request_id: str, ctx: Context | None
+    ) -> None:
+        from shared.state import run
+
+        keys = [c.key for c in checks]
+        argv = _argv(request_id, checks, deltas)
+
+        async def call(redis: Any) -> None:
+            _, settle = self._bound(redis)
+            await settle(keys=keys, args=argv)
+
+        # after the answer: bounded by INFER_STATE_TIMEOUT_S, not by a deadline already spent
+        await run("limits", None, call)

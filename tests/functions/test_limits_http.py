@@ -1,0 +1,230 @@
+"""Limits through the functions: headers, 429s the openai SDK retries, streams charged by
+their usage, queue jobs deferred and batch lines slowed instead of failed."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from functions.chat.app import app as chat_app
+from shared.context import Context
+from shared.schemas import Operation
+from shared.service import reset_service
+from tests.fixtures.core import Handler, chat_answer, sse
+
+MSG = {"model": "local-model", "messages": [{"role": "user", "content": "x" * 36}]}  # 13 tokens
+
+
+def client() -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=chat_app)  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=transport, base_url="http://fn")
+
+
+@pytest.fixture(params=["memory", "redis"])
+def limits_env(request: pytest.FixtureRequest, clean_env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    if request.param == "redis":
+        clean_env.setenv("INFER_STATE_URL", request.getfixturevalue("redis_url"))
+        clean_env.setenv("INFER_STATE_TIMEOUT_S", "5")  # a loaded machine must not fail open
+    reset_service()
+    return clean_env
+
+
+def _limits(env: pytest.MonkeyPatch, *rules: dict[str, Any]) -> None:
+    env.setenv("INFER_LIMITS", json.dumps(list(rules)))
+    reset_service()
+
+
+async def test_admitted_answers_carry_openai_rate_headers(
+    limits_env: pytest.MonkeyPatch, fake_endpoint: Callable[[Handler], None]
+) -> None:
+    # a day-long window: the bucket refills too slowly to blur the exact counts below
+    _limits(limits_env, {"caller": "*", "rpm": 5, "tpm": 1000, "window_s": 86400})
+    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    async with client() as c:
+        r = await c.post("/v1/chat/completions", json=MSG)
+        assert r.status_code == 200
+        assert r.headers["x-ratelimit-limit-requests"] == "5"
+        assert r.headers["x-ratelimit-remaining-requests"] == "4"
+        assert r.headers["x-ratelimit-reset-requests"] == "4h48m0s"  # one request: 86400 s / 5
+        assert r.headers["x-ratelimit-limit-tokens"] == "1000"
+        assert r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 13)
+        r = await c.post("/v1/chat/completions", json=MSG)
+        # the first answer's real usage (4 tokens) replaced its estimate (13)
+        assert r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 4 - 13)
+
+
+async def test_refusal_is_a_429_the_openai_sdk_retries_after(
+    limits_env: pytest.MonkeyPatch, fake_endpoint: Callable[[Handler], None]
+) -> None:
+    _limits(limits_env, {"caller": "*", "rpm": 1, "window_s": 1})
+    calls: list[float] = []
+
+    def answer(req: httpx.Request) -> httpx.Response:
+        calls.append(time.monotonic())
+        return httpx.Response(200, json=chat_answer("local-model"))
+
+    fake_endpoint(answer)
+    async with client() as c:
+        assert (await c.post("/v1/chat/completions", json=MSG)).status_code == 200
+        r = await c.post("/v1/chat/completions", json=MSG)
+        assert r.status_code == 429
+        assert r.json()["error"]["code"] == "rate_limit_exceeded"
+        assert r.headers["retry-after"] == "1"
+        assert 0 < int(r.headers["retry-after-ms"]) <= 1000
+        assert r.headers["x-ratelimit-remaining-requests"] == "0"
+        sdk = openai.AsyncOpenAI(api_key="unused", base_url="http://fn/v1", http_client=c)
+        started = time.monotonic()
+        out = await sdk.chat.completions.create(**MSG)  # type: ignore[call-overload]
+        assert out.choices[0].message.content == "hello"
+        # the SDK was refused at least once and waited the Retry-After it was given
+        assert time.monotonic() - started >= 0.2
+    assert len(calls) == 2  # refusals never reached the endpoint
+
+
+async def test_a_stream_is_charged_its_usage_chunk_and_frees_its_slot(
+    limits_env: pytest.MonkeyPatch, fake_endpoint: Callable[[Handler], None]
+) -> None:
+    _limits(limits_env, {"caller": "*", "tpm": 1000, "max_parallel": 1, "window_s": 86400})
+    usage = {"prompt_tokens": 13, "completion_tokens": 87, "total_tokens": 100}
+    body = sse(
+        {"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}}]},
+        {"id": "c", "choices": [], "usage": usage},
+        "[DONE]",
+    )
+    fake_endpoint(
+        lambda req: httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+    )
+    stream = {**MSG, "stream": True, "stream_options": {"include_usage": True}}
+    async with client() as c:
+        r = await c.post("/v1/chat/completions", json=stream)
+        assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
+        assert r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 13)
+        r = await c.post("/v1/chat/completions", json=stream)  # slot released: admitted
+        assert r.status_code == 200
+        assert r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 100 - 13)
+
+
+async def test_a_stream_without_usage_is_counted(
+    limits_env: pytest.MonkeyPatch, fake_endpoint: Callable[[Handler], None]
+) -> None:
+    _limits(limits_env, {"caller": "*", "tpm": 1000, "window_s": 86400})
+    events = [{"id": "c", "choices": [{"index": 0, "delta": {"content": "t"}}]}] * 20
+    body = sse(*events, "[DONE]")
+    fake_endpoint(
+        lambda req: httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+    )
+    async with client() as c:
+        await c.post("/v1/chat/completions", json={**MSG, "stream": True})
+        r = await c.post("/v1/chat/completions", json={**MSG, "stream": True})
+        # estimate 13 + 20 content events charged for the first stream
+        assert r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 33 - 13)
+
+
+async def test_a_throttled_job_is_deferred_by_the_retry_after_not_failed(
+    job_env: Path, fake_endpoint: Callable[[Handler], None], clean_env: pytest.MonkeyPatch
+) -> None:
+    from shared.jobs.model import JobRecord, parse_line
+    from shared.jobs.store import get_job_store
+    from shared.jobs.worker import Attempt, process_message
+
+    clean_env.setenv("INFER_LIMITS", json.dumps([{"caller": "team-a", "rpm": 1}]))
+    reset_service()
+    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    for job_id in ("job-1", "job-2"):
+        line = parse_line({"id": job_id, "url": "/v1/chat/completions", "body": MSG})
+        get_job_store().create(JobRecord.new(line, job_id, caller="team-a"))
+    first = json.dumps({"id": "job-1", "url": "/v1/chat/completions", "body": MSG}).encode()
+    second = json.dumps({"id": "job-2", "url": "/v1/chat/completions", "body": MSG}).encode()
+    assert (await process_message(first, Attempt(1, 5), Context.with_timeout(10))).action == "ack"
+    out = await process_message(second, Attempt(1, 5), Context.with_timeout(10))
+    assert out.action == "defer" and out.status == "queued"
+    assert out.delay_s is not None and 55 <= out.delay_s <= 60
+    # an anonymous job (no rule names it) is not limited
+    other = json.dumps({"id": "job-3", "url": "/v1/chat/completions", "body": MSG}).encode()
+    assert (await process_message(other, Attempt(1, 5), Context.with_timeout(10))).action == "ack"
+
+
+async def test_a_batch_slows_to_the_callers_limit_instead_of_failing_lines(
+    fake_endpoint: Callable[[Handler], None], clean_env: pytest.MonkeyPatch, memory_stores: Any
+) -> None:
+    from shared.batch.config import BatchSettings
+    from shared.batch.runner import Batch
+    from shared.service import get_service
+    from tests.fixtures.batch import make_input, read_jsonl
+
+    clean_env.setenv(
+        "INFER_LIMITS", json.dumps([{"caller": "batch-team", "rpm": 20, "window_s": 1}])
+    )
+    reset_service()
+    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    data, good, bad = make_input(40)
+    memory_stores.inp.put("lim.jsonl", data, content_type="application/jsonl")
+    settings = BatchSettings(
+        checkpoint_s=0.05, status_s=0.05, handoff_margin_s=0.2, caller="batch-team",
+        line_retries=0,
+    )  # fmt: skip
+    b = Batch(stores=memory_stores, service=get_service(), send=lambda m: None, settings=settings)
+    started = time.monotonic()
+    outcome = await b.start("batch-in/lim.jsonl", Context.with_timeout(30))
+    assert "completed" in outcome
+    out = read_jsonl(memory_stores.out.get("lim.output.jsonl").data)
+    err = read_jsonl(memory_stores.out.get("lim.errors.jsonl").data)
+    assert len(out) == len(good) and len(err) == bad  # no line failed for the limit
+    # 40 lines at 20 per second, from a full bucket of 20: at least a second
+    assert time.monotonic() - started >= 0.9
+
+
+async def test_a_cache_hit_costs_no_tokens_but_counts_as_a_request(
+    limits_env: pytest.MonkeyPatch, fake_endpoint: Callable[[Handler], None]
+) -> None:
+    limits_env.setenv("INFER_CACHE", json.dumps({"mode": "exact"}))
+    _limits(limits_env, {"caller": "*", "rpm": 10, "tpm": 1000, "window_s": 86400})
+    calls: list[int] = []
+
+    def answer(req: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(200, json=chat_answer("local-model"))
+
+    fake_endpoint(answer)
+    async with client() as c:
+        miss = await c.post("/v1/chat/completions", json=MSG)
+        assert miss.headers["x-cache"] == "miss"
+        hit = await c.post("/v1/chat/completions", json=MSG)
+        assert hit.headers["x-cache"] == "hit"
+        assert hit.headers["x-ratelimit-remaining-requests"] == "8"
+        after = await c.post("/v1/chat/completions", json=MSG)
+        # the miss was charged its usage (4); the hit's estimate (13) was refunded
+        assert after.headers["x-ratelimit-remaining-tokens"] == str(1000 - 4 - 13)
+    assert len(calls) == 1
+
+
+async def test_a_stream_closed_before_its_first_chunk_frees_its_slot(
+    limits_env: pytest.MonkeyPatch, fake_endpoint: Callable[[Handler], None]
+) -> None:
+    from shared.limits import CallerRateLimited
+    from shared.service import get_service
+
+    _limits(limits_env, {"caller": "*", "max_parallel": 1, "tpm": 1000, "window_s": 86400})
+    body = sse({"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}}]}, "[DONE]")
+    fake_endpoint(
+        lambda req: httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+    )
+    service = get_service()
+    payload = service.validate(Operation.CHAT, {**MSG, "stream": True})
+    for _ in range(5):  # the caller went away before reading anything
+        opened = await service.stream(Operation.CHAT, payload, Context.with_timeout(10))
+        with pytest.raises(CallerRateLimited):  # its slot is still held while open
+            await service.stream(Operation.CHAT, payload, Context.with_timeout(10))
+        await opened.aclose()
+    ctx = Context.with_timeout(10)
+    again = await service.stream(Operation.CHAT, payload, ctx)
+    await again.aclose()
+    # nothing was forwarded: each closed stream was charged only its estimate (13)
+    assert ctx.response_headers["x-ratelimit-remaining-tokens"] == str(1000 - 5 * 13 - 13)
