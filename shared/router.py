@@ -62,6 +62,12 @@ class Circuit:
         self.failures = 0
         self.probing = False
 
+    def trip(self, now: float, hold_s: float) -> None:
+        """Open now for ``hold_s`` (a failed health probe), whatever the failure count."""
+        self.probing = False
+        self.failures += 1
+        self.open_until = max(self.open_until, now + max(hold_s, 0.001))
+
     def record_failure(self, err: InferenceError, now: float) -> None:
         self.probing = False
         self.failures += 1
@@ -133,6 +139,10 @@ class Router:
         self.slots = [Slot(b) for b in backends]
         self._clock = clock
         self._rand = rand
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     @property
     def backends(self) -> list[Backend]:

@@ -36,6 +36,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-queues", action="store_true", help="do not poll queue triggers")
     p.add_argument("--no-blobs", action="store_true", help="do not scan blob triggers")
+    p.add_argument("--no-timers", action="store_true", help="do not run timer triggers")
     p.add_argument(
         "--poll-interval",
         type=float,
@@ -78,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app_dir=app_dir,
         queues=not args.no_queues,
         blobs=not args.no_blobs,
+        timers=not args.no_timers,
         poll_interval_s=args.poll_interval,
         blob_poll_interval_s=args.blob_poll_interval,
         queue_lease_s=args.queue_lease,

@@ -20,6 +20,7 @@ from tools.devhost.invoke import Invoker, check_supported
 from tools.devhost.queues import DEFAULT_LEASE_S, QueueListener
 from tools.devhost.registry import FunctionSpec, IndexingError
 from tools.devhost.storage import Storage
+from tools.devhost.timers import HOSTS_CONTAINER, TimerListener, host_id
 
 log = logging.getLogger("devhost")
 
@@ -31,6 +32,7 @@ class Options:
     app_dir: Path = Path()
     queues: bool = True
     blobs: bool = True
+    timers: bool = True
     poll_interval_s: float = 0.1
     blob_poll_interval_s: float = 1.0
     queue_lease_s: int = DEFAULT_LEASE_S
@@ -45,7 +47,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-Listener = QueueListener | BlobListener
+Listener = QueueListener | BlobListener | TimerListener
 
 
 def build_listeners(
@@ -80,7 +82,19 @@ def build_listeners(
                 poll_s=options.blob_poll_interval_s,
             )
             listeners.append(listener)
+        elif spec.trigger_type == "timerTrigger" and options.timers:
+            listeners.append(timer_listener(spec, storage, invoker))
     return listeners
+
+
+def timer_listener(spec: FunctionSpec, storage: Storage, invoker: Invoker) -> TimerListener:
+    """A timer whose schedule status lives in AzureWebJobsStorage (when monitored)."""
+    return TimerListener(
+        spec,
+        invoker,
+        status_store=lambda: storage.container(None, HOSTS_CONTAINER),
+        host=host_id(),
+    )
 
 
 def banner(app: HttpApp, specs: list[FunctionSpec], options: Options) -> str:
@@ -97,7 +111,7 @@ def banner(app: HttpApp, specs: list[FunctionSpec], options: Options) -> str:
 async def serve(specs: list[FunctionSpec], config: HostConfig, options: Options) -> int:
     for spec in specs:
         check_supported(spec)
-        if spec.trigger_type not in ("httpTrigger", "queueTrigger", "blobTrigger"):
+        if spec.trigger_type not in ("httpTrigger", "queueTrigger", "blobTrigger", "timerTrigger"):
             raise IndexingError(
                 f"function {spec.name!r}: trigger {spec.trigger_type} is not supported"
             )
