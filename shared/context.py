@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from shared.errors import DeadlineExceeded
 
@@ -26,6 +27,12 @@ class Context:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     clock: Clock = time.monotonic
     caller: str | None = None
+    #: The caller's W3C ``traceparent`` (HTTP header, queue message or batch line).
+    traceparent: str | None = None
+    #: What started the invocation: ``http`` | ``queue`` | ``batch`` | ``internal``.
+    entry: str = "internal"
+    #: The request's telemetry record (``shared.telemetry``), set when telemetry is on.
+    telemetry: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
     def with_timeout(

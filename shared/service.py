@@ -23,6 +23,8 @@ from shared.retry import call_with_retry
 from shared.router import Router
 from shared.schemas import Operation, validate_payload
 from shared.settings import Settings, get_settings
+from shared.telemetry import log_request
+from shared.telemetry import start as start_telemetry
 
 log = logging.getLogger("shared.service")
 
@@ -64,15 +66,19 @@ class Service:
     async def complete(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
         """A whole answer, retried (with failover) within the deadline."""
         started = time.monotonic()
+        rec = start_telemetry(op, payload, ctx)
 
         async def attempt(n: int) -> Result:
             return await self.router.invoke(op, payload, ctx)
 
         try:
             result = await call_with_retry(attempt, ctx, max_retries=self.settings.max_retries)
-        except InferenceError as err:
-            self._log_failure(op, payload, ctx, err, started)
+        except BaseException as err:
+            rec.end(error=err)
+            if isinstance(err, InferenceError):
+                self._log_failure(op, payload, ctx, err, started)
             raise
+        rec.end(result=result)
         if log.isEnabledFor(logging.INFO):  # reading usage parses the body: only when logged
             self._log_usage(op, payload, ctx, result.backend, result.usage(), started)
         return result
@@ -86,14 +92,17 @@ class Service:
         after it end the stream with an OpenAI error event, since the status line is gone.
         """
         started = time.monotonic()
+        rec = start_telemetry(op, payload, ctx, stream=True)
 
         async def attempt(n: int) -> ByteStream:
             return await self.router.open_stream(op, payload, ctx)
 
         try:
             opened = await call_with_retry(attempt, ctx, max_retries=self.settings.max_retries)
-        except InferenceError as err:
-            self._log_failure(op, payload, ctx, err, started)
+        except BaseException as err:
+            rec.end(error=err)
+            if isinstance(err, InferenceError):
+                self._log_failure(op, payload, ctx, err, started)
             raise
         return self._forward(opened, op, payload, ctx, started)
 
@@ -106,27 +115,38 @@ class Service:
         started: float,
     ) -> AsyncIterator[bytes]:
         tail = b""
+        rec = ctx.telemetry or start_telemetry(op, payload, ctx, stream=True)
+        backend = str(getattr(opened, "backend", ""))
         try:
             async with asyncio.timeout(max(ctx.remaining(), 0.0)):
                 async for chunk in opened:
                     tail = (tail + chunk)[-_USAGE_TAIL:]
+                    rec.chunk(chunk)
                     yield chunk
         except TimeoutError:
             err = DeadlineExceeded("the invocation deadline passed mid-stream")
-            self._log_failure(op, payload, ctx, err, started)
+            rec.end(error=err)
+            self._log_failure(op, payload, ctx, err, started, backend)
             yield sse_error(err)
             return
         except InferenceError as err:
-            self._log_failure(op, payload, ctx, err, started)
+            rec.end(error=err)
+            self._log_failure(op, payload, ctx, err, started, backend)
             yield sse_error(err)
             return
         except Exception as exc:  # never leak internals into the stream
+            rec.end(error=exc)
             log.exception("stream failed request_id=%s", ctx.request_id)
             yield sse_error(BackendError(f"stream failed: {type(exc).__name__}"))
             return
+        except BaseException as exc:  # the caller went away (cancelled)
+            rec.end(error=exc)
+            raise
         finally:
             await opened.aclose()
-        self._log_usage(op, payload, ctx, "", usage_from_tail(tail), started)
+        usage = usage_from_tail(tail)
+        rec.end(usage=usage, tail=tail)
+        self._log_usage(op, payload, ctx, backend, usage, started)
 
     async def models(self, ctx: Context) -> dict[str, Any]:
         """The public model list: what the settings route, not what endpoints call them."""
@@ -167,17 +187,18 @@ class Service:
         usage: dict[str, Any] | None,
         started: float,
     ) -> None:
-        if not log.isEnabledFor(logging.INFO):
-            return
-        log.info(
-            "inference ok op=%s model=%s backend=%s request_id=%s ms=%.1f usage=%s%s",
-            op.value,
-            payload.get("model"),
-            backend,
-            ctx.request_id,
-            (time.monotonic() - started) * 1000,
-            json.dumps(usage) if usage else "-",
-            self._prompt_suffix(payload),
+        log_request(
+            log,
+            logging.INFO,
+            ctx,
+            payload,
+            event="inference",
+            outcome="ok",
+            op=op.value,
+            model=payload.get("model"),
+            backend=backend,
+            ms=round((time.monotonic() - started) * 1000, 1),
+            usage=usage,
         )
 
     def _log_failure(
@@ -187,26 +208,24 @@ class Service:
         ctx: Context,
         err: InferenceError,
         started: float,
+        backend: str = "",
     ) -> None:
         level = logging.WARNING if err.status >= 500 or err.status == 429 else logging.INFO
-        log.log(
+        log_request(
+            log,
             level,
-            "inference failed op=%s model=%s request_id=%s status=%s code=%s ms=%.1f: %s%s",
-            op.value,
-            payload.get("model"),
-            ctx.request_id,
-            err.status,
-            err.code,
-            (time.monotonic() - started) * 1000,
-            err.message,
-            self._prompt_suffix(payload),
+            ctx,
+            payload,
+            event="inference",
+            outcome="error",
+            op=op.value,
+            model=payload.get("model"),
+            backend=backend,
+            ms=round((time.monotonic() - started) * 1000, 1),
+            status=err.status,
+            code=err.code,
+            error=err.message,
         )
-
-    def _prompt_suffix(self, payload: dict[str, Any]) -> str:
-        if not self.settings.log_prompts:
-            return ""
-        prompt = payload.get("messages") or payload.get("prompt") or payload.get("input")
-        return f" prompt={json.dumps(prompt)[:2000]}"
 
 
 _lock = threading.Lock()

@@ -28,6 +28,7 @@ from shared.errors import (
 from shared.schemas import Operation
 from shared.service import get_service
 from shared.settings import get_settings
+from shared.telemetry import flush, flushing
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -63,8 +64,11 @@ def request_context(request: Request) -> Context:
         ctx = Context.from_lambda(lambda_context, request_id=rid)
         if ctx.remaining() > settings.request_timeout_s:
             ctx.deadline = ctx.clock() + settings.request_timeout_s
-        return ctx
-    return Context.with_timeout(settings.request_timeout_s, request_id=rid)
+    else:
+        ctx = Context.with_timeout(settings.request_timeout_s, request_id=rid)
+    ctx.traceparent = request.headers.get("traceparent")
+    ctx.entry = "http"
+    return ctx
 
 
 def authenticate(request: Request) -> str | None:
@@ -118,15 +122,18 @@ async def openai_endpoint(request: Request, op: Operation) -> Response:
         raw = await read_body(request, service.settings.max_body_bytes)
         payload = service.validate(op, decode_json(raw))
         if payload.get("stream") and op is not Operation.EMBEDDINGS:
-            body = await service.stream(op, payload, ctx)
+            body = flushing(await service.stream(op, payload, ctx), ctx)
             return StreamingResponse(
                 body, media_type="text/event-stream", headers=_rid(ctx, SSE_HEADERS)
             )
         result = await service.complete(op, payload, ctx)
+        await flush(ctx)
         return Response(result.content, media_type="application/json", headers=_rid(ctx))
     except InferenceError as err:
+        await flush(ctx)
         return error_response(err, ctx.request_id if ctx else None)
     except Exception as exc:
+        await flush(ctx)
         return internal_error(exc, ctx.request_id if ctx else None)
 
 

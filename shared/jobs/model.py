@@ -118,6 +118,7 @@ class JobLine:
     custom_id: str | None = None
     body_ref: str | None = None
     callback_url: str | None = None
+    traceparent: str | None = None
 
     def digest(self) -> str:
         canon = {"custom_id": self.custom_id, "url": self.url, "body": self.body}
@@ -135,6 +136,8 @@ class JobLine:
             out["body"] = self.body
         if self.callback_url:
             out["callback_url"] = self.callback_url
+        if self.traceparent:
+            out["traceparent"] = self.traceparent
         return out
 
 
@@ -174,6 +177,7 @@ def parse_line(data: Any) -> JobLine:
     callback = _opt_str(data, "callback_url", job_id)
     if callback is not None and not callback.startswith(("http://", "https://")):
         raise MalformedMessage("'callback_url' must be an http(s) URL", job_id)
+    parent = data.get("traceparent")
     return JobLine(
         op=URL_TO_OP[url],
         url=url,
@@ -182,6 +186,7 @@ def parse_line(data: Any) -> JobLine:
         custom_id=_opt_str(data, "custom_id", job_id),
         body_ref=body_ref,
         callback_url=callback,
+        traceparent=parent if isinstance(parent, str) and len(parent) < 256 else None,
     )
 
 

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from shared import telemetry
 from shared.blocking import run_blocking
 from shared.context import Context
 from shared.errors import (
@@ -202,6 +203,8 @@ class Worker:
             return await self._malformed(f"message is not valid JSON: {exc}", None, text)
         job_id = line.id or derived_id(text)
         ctx.request_id = job_id
+        ctx.traceparent = line.traceparent or ctx.traceparent
+        ctx.entry = "queue"
         current = await self._load_or_create(line, job_id)
         if current.record.terminal:
             return Outcome(
@@ -237,6 +240,10 @@ class Worker:
         ctx: Context,
     ) -> Outcome:
         job_id = claim.record.id
+        ctx.caller = claim.record.caller
+        telemetry.record_job_start(
+            ctx, self.clock() - claim.record.created_at, line.op, str(payload.get("model", ""))
+        )
         try:
             result = await self.service.complete(line.op, payload, ctx)
         except InferenceError as err:

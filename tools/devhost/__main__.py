@@ -68,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     app_dir: Path = args.app_dir
     try:
         apply_local_settings(app_dir / args.settings, os.environ)
+        # The local view: telemetry on as Prometheus text at /metrics (0 turns it off).
+        os.environ.setdefault("INFER_METRICS_PROMETHEUS", "1")
         config = load_host_json(app_dir / args.host_json)
         specs = load_app(args.app_module, app_dir)
     except (ConfigError, IndexingError) as exc:
