@@ -38,6 +38,7 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared import telemetry
 from shared.backends.base import Backend
 from shared.context import Context
 from shared.errors import BackendError, DeadlineExceeded, InferenceError
@@ -196,6 +197,14 @@ async def probe_backend(
         slot.in_flight -= 1
     now = clock()
     _update_circuit(slot, err, settings.open_s, now)
+    telemetry.record_probe(
+        backend,
+        mode=mode,
+        model=probe_model(backend),
+        available=err is None,
+        ttft_s=ttft,
+        error_type=None if err is None else type(err).__name__,
+    )
     return BackendReport(
         backend=backend.name,
         kind=backend.config.kind,
@@ -254,5 +263,7 @@ async def run_scheduled_probe(*, past_due: bool = False) -> dict[str, Any]:
 
     settings = get_probe_settings()
     ctx = Context.with_timeout(settings.timeout_s + 2.0)
-    report = await run_probe(get_service().router, ctx, settings, past_due=past_due)
-    return report
+    try:
+        return await run_probe(get_service().router, ctx, settings, past_due=past_due)
+    finally:
+        await telemetry.flush(ctx)  # a frozen process exports nothing

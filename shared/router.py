@@ -70,7 +70,10 @@ class Circuit:
         """Open now for ``hold_s`` (a failed health probe), whatever the failure count."""
         self.probing = False
         self.failures += 1
+        was_open = self.state(now) == "open"
         self.open_until = max(self.open_until, now + max(hold_s, 0.001))
+        if not was_open:
+            telemetry.record_circuit(self.name, "open")
 
     def record_failure(self, err: InferenceError, now: float) -> None:
         self.probing = False

@@ -48,6 +48,7 @@ __all__ = [
     "record_failover",
     "record_job_start",
     "record_limit",
+    "record_probe",
     "record_queue_time",
     "record_retry",
     "record_throttle",
@@ -662,6 +663,32 @@ def record_batch(batch: str, *, ok: int, failed: int, rate: float, limit: int) -
             t.record(N.BATCH_LINES, failed, {**base, "infer.outcome": "failed"})
         t.record(N.BATCH_RATE, rate, base)
         t.record(N.BATCH_LIMIT, limit, base)
+
+
+def record_probe(
+    backend: Backend,
+    *,
+    mode: str,
+    model: str,
+    available: bool,
+    ttft_s: float | None,
+    error_type: str | None = None,
+) -> None:
+    """One scheduled probe of ``backend`` (shared/probe.py)."""
+    t = _get()
+    if t is not None:
+        attrs = _clean(
+            {
+                **t.backend_attrs(backend),
+                "gen_ai.operation.name": "chat" if mode in ("stream", "chat") else mode,
+                "gen_ai.request.model": model,
+                "infer.probe.mode": mode,
+                "error.type": error_type,
+            }
+        )
+        t.record(N.PROBE_AVAILABILITY, 1 if available else 0, attrs)
+        if ttft_s is not None:
+            t.record(N.PROBE_TTFT, ttft_s, attrs)
 
 
 async def flush(ctx: Context | None, *, default_s: float = 5.0) -> None:

@@ -118,6 +118,19 @@ BATCH_RATE = Metric(
 BATCH_LIMIT = Metric(
     "infer.batch.in_flight_limit", "gauge", "{request}", "The batch's adaptive concurrency limit"
 )
+PROBE_AVAILABILITY = Metric(
+    "infer.probe.availability",
+    "gauge",
+    "1",
+    "Scheduled probe per backend: 1 it answered, 0 it did not (infer.probe.mode)",
+)
+PROBE_TTFT = Metric(
+    "infer.probe.time_to_first_token",
+    "histogram",
+    "s",
+    "Scheduled probe per backend: time to the first content chunk of a one-token chat",
+    TTFT_BUCKETS,
+)
 
 ALL: tuple[Metric, ...] = (
     CLIENT_DURATION,
@@ -137,4 +150,6 @@ ALL: tuple[Metric, ...] = (
     BATCH_LINES,
     BATCH_RATE,
     BATCH_LIMIT,
+    PROBE_AVAILABILITY,
+    PROBE_TTFT,
 )

@@ -4,6 +4,7 @@ running on schedule against one healthy gpusim backend and one dead one."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -160,3 +161,22 @@ def test_probe_runs_on_schedule_and_records_availability(
     # ("quiet" shares the simulator but is not probed)
     wait_for(lambda: gpusim.stats()["completed"] >= 3, timeout=30)
     assert proc.log().count("trigger=timer") >= 3
+    # and the telemetry devhost serves at /metrics (the local view reads it)
+    metrics = httpx.get(proc.url + "/metrics", timeout=5).text
+    availability = prom_values(metrics, "infer_probe_availability")
+    assert availability["up"] == 1.0 and availability["down"] == 0.0, metrics[:3000]
+    ttft_count = prom_values(metrics, "infer_probe_time_to_first_token_seconds_count")
+    assert ttft_count["up"] >= 1 and "down" not in ttft_count
+
+
+def prom_values(text: str, name: str) -> dict[str, float]:
+    """``{backend: value}`` of the samples of ``name`` (summed over other labels)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        labels, _, value = line[len(name) + 1 :].rpartition("} ")
+        backend = re.search(r'infer_backend="([^"]*)"', labels)
+        if backend:
+            out[backend[1]] = out.get(backend[1], 0.0) + float(value)
+    return out
