@@ -16,6 +16,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from tools.devhost.invoke import Invoker, annotation_of
 from tools.devhost.registry import FunctionSpec
 from tools.devhost.routes import RouteTemplate
+from tools.devhost.view import PREFIX as VIEW_PREFIX
+from tools.devhost.view import view_response
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -154,6 +156,8 @@ class HttpApp:
         if not matched:
             if path == "/metrics" and method == "GET":
                 await metrics_response()(scope, receive, send)
+            elif path.startswith(VIEW_PREFIX) and method == "GET":
+                await view_response(path)(scope, receive, send)
             elif path in ("", "/"):
                 await PlainTextResponse("devhost: Functions app is up and running")(
                     scope, receive, send

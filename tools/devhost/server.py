@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Generator
@@ -21,6 +22,7 @@ from tools.devhost.queues import DEFAULT_LEASE_S, QueueListener
 from tools.devhost.registry import FunctionSpec, IndexingError
 from tools.devhost.storage import Storage
 from tools.devhost.timers import HOSTS_CONTAINER, TimerListener, host_id
+from tools.devhost.view import VIEW_PATH
 
 log = logging.getLogger("devhost")
 
@@ -105,6 +107,9 @@ def banner(app: HttpApp, specs: list[FunctionSpec], options: Options) -> str:
     for spec in specs:
         if spec.trigger_type != "httpTrigger":
             lines.append(f"        {spec.name}: {spec.trigger_type}")
+    if os.environ.get("INFER_METRICS_PROMETHEUS", "").strip().lower() in ("1", "true", "yes", "on"):
+        base = f"http://{options.host}:{options.port}"
+        lines += ["", f"Local view: {base}{VIEW_PATH}  (Prometheus text: {base}/metrics)"]
     return "\n".join([*lines, ""])
 
 
