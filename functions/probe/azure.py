@@ -8,8 +8,6 @@ import logging
 
 import azure.functions as func
 
-from shared.probe import run_scheduled_probe
-
 bp = func.Blueprint()
 log = logging.getLogger("functions.probe")
 
@@ -18,6 +16,8 @@ log = logging.getLogger("functions.probe")
     schedule="%INFER_PROBE_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True
 )
 async def probe(timer: func.TimerRequest) -> None:
+    from shared.probe import run_scheduled_probe  # on first run: no cost to the app's cold start
+
     report = await run_scheduled_probe(past_due=timer.past_due)
     log.info(
         "probe done past_due=%s available=%d/%d",
