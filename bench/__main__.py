@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["bench.coldstart", "bench.overhead", "bench.queue", "bench.batch"]
+BENCHES = ["bench.coldstart", "bench.overhead", "bench.queue", "bench.batch", "bench.telemetry"]
 
 
 def main() -> None:

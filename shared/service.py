@@ -246,7 +246,9 @@ def reset_service() -> None:
     """Forget the service and settings (tests; devhost after changing the environment)."""
     global _service
     from shared.settings import reset_settings
+    from shared.telemetry import reset as reset_telemetry
 
     with _lock:
         _service = None
     reset_settings()
+    reset_telemetry()

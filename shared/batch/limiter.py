@@ -56,6 +56,7 @@ class AdaptiveLimiter:
         self._ewma: float | None = None
         self._latency = 1.0
         self._freed = asyncio.Event()
+        self._freed_loop: asyncio.AbstractEventLoop | None = None
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -120,10 +121,20 @@ class AdaptiveLimiter:
             if now < self.hold_until:
                 await self._sleep(min(self.hold_until - now, 1.0))
                 continue
-            self._freed.clear()
+            freed = self._event()
+            freed.clear()
             wait = 1.0 if until is None else max(0.0, min(1.0, until - now))
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
-                    await self._freed.wait()
+                    await freed.wait()
         return True
+
+    def _event(self) -> asyncio.Event:
+        """The wake-up event of the running loop: the limiter lives as long as the process,
+        and an invocation may run on a new event loop (``asyncio.run`` per message)."""
+        loop = asyncio.get_running_loop()
+        if self._freed_loop is not loop:
+            self._freed = asyncio.Event()
+            self._freed_loop = loop
+        return self._freed

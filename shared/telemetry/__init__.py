@@ -754,7 +754,7 @@ def log_request(
     record: Attrs = {
         "request_id": ctx.request_id,
         "trace_id": trace_id(ctx),
-        "caller": ctx.caller,
+        "caller": ctx.caller or "anonymous",
         **fields,
     }
     redactor = capture()

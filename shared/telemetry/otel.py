@@ -97,7 +97,7 @@ class Otel:
             from azure.monitor.opentelemetry.exporter import AzureMonitorMetricExporter
 
             exporter = AzureMonitorMetricExporter(
-                connection_string=appinsights, credential=credential
+                connection_string=appinsights, credential=credential, disable_offline_storage=True
             )
             readers.append(PeriodicExportingMetricReader(exporter))
             self.push = True
@@ -136,7 +136,11 @@ class Otel:
 
             processors.append(
                 BatchSpanProcessor(
-                    AzureMonitorTraceExporter(connection_string=appinsights, credential=credential)
+                    AzureMonitorTraceExporter(
+                        connection_string=appinsights,
+                        credential=credential,
+                        disable_offline_storage=True,
+                    )
                 )
             )
         if processors:

@@ -27,11 +27,13 @@ EMAIL_MASK = "[EMAIL]"
 
 class Redactor:
     def __init__(self, extra: Sequence[str] = ()) -> None:
-        self._secrets = re.compile("|".join(f"(?:{p})" for p in (*SECRETS, *extra)))
+        self._secrets = [re.compile(p) for p in (*SECRETS, *extra)]
         self._email = re.compile(EMAIL)
 
     def __call__(self, text: str) -> str:
-        return self._email.sub(EMAIL_MASK, self._secrets.sub(MASK, text))
+        for pattern in self._secrets:
+            text = pattern.sub(MASK, text)
+        return self._email.sub(EMAIL_MASK, text)
 
 
 def parse_patterns(raw: str | None) -> list[str]:

@@ -173,5 +173,11 @@ def configure_logging() -> None:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     root.propagate = False
+    # The functions' own logs at Information, as the Functions host collects them.
+    for name in ("shared", "functions"):
+        app_log = logging.getLogger(name)
+        app_log.addHandler(handler)
+        app_log.setLevel(logging.INFO)
+        app_log.propagate = False
     # The storage SDK logs every request (with headers) at INFO: keep it quiet.
     logging.getLogger("azure").setLevel(logging.WARNING)

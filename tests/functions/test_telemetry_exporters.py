@@ -1,0 +1,129 @@
+"""Exporters chosen by the environment, through the real entry points against gpusim:
+
+- Application Insights (``APPLICATIONINSIGHTS_CONNECTION_STRING``) through the FastAPI app,
+  its ``IngestionEndpoint`` a loopback receiver that records the Track requests;
+- CloudWatch EMF on stdout (``INFER_METRICS_EMF``) through the Lambda handler;
+- nothing configured: no telemetry module imported, the caller's ``traceparent`` still
+  reaches the endpoint unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.events import LambdaContext, load_event
+from tests.fixtures.gpusim import Gpusim
+from tests.fixtures.jobs import CountingProxy
+from tests.fixtures.otlp import Receiver
+from tests.fixtures.procs import PYTHON, ROOT
+
+CHAT = {"model": "local-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.fixture
+def sim_env(clean_env: pytest.MonkeyPatch, gpusim: Gpusim) -> pytest.MonkeyPatch:
+    for key in ("OTEL_EXPORTER_OTLP_ENDPOINT", "APPLICATIONINSIGHTS_CONNECTION_STRING"):
+        clean_env.delenv(key, raising=False)
+    backends = [{"name": "sim", "kind": "openai", "base_url": gpusim.v1}]
+    clean_env.setenv("INFER_BACKENDS", json.dumps(backends))
+    return clean_env
+
+
+async def _post(body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
+    from functions.chat.app import app
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://fn") as client:
+        return await client.post("/v1/chat/completions", json=body, headers=headers or {})
+
+
+async def test_application_insights_receives_metrics_and_spans_before_the_answer(
+    otlp_receiver: Receiver, sim_env: pytest.MonkeyPatch
+) -> None:
+    sim_env.setenv(
+        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        "InstrumentationKey=00000000-0000-0000-0000-000000000001;"
+        f"IngestionEndpoint={otlp_receiver.url}/",
+    )
+    sim_env.setenv("APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL", "true")
+    r = await _post(CHAT, {"traceparent": TRACEPARENT})
+    assert r.status_code == 200, r.text
+    # The invocation flushed before answering: the Track requests are already there.
+    items = otlp_receiver.track_items()
+    kinds = {i["data"]["baseType"] for i in items}
+    assert {"MetricData", "RequestData", "RemoteDependencyData"} <= kinds, kinds
+    metrics = {m["name"] for i in items if i["data"]["baseType"] == "MetricData"
+               for m in i["data"]["baseData"]["metrics"]}  # fmt: skip
+    assert {"gen_ai.client.operation.duration", "gen_ai.server.request.duration"} <= metrics
+    assert "gen_ai.client.token.usage" in metrics
+    request = next(i for i in items if i["data"]["baseType"] == "RequestData")
+    assert request["data"]["baseData"]["name"] == "chat local-model"
+    assert request["tags"]["ai.operation.id"] == TRACEPARENT.split("-")[1]
+    props = request["data"]["baseData"]["properties"]
+    assert props["gen_ai.operation.name"] == "chat" and props["infer.backend"] == "sim"
+
+
+def test_lambda_handler_writes_cloudwatch_emf_to_stdout(
+    sim_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sim_env.setenv("INFER_METRICS_EMF", "true")
+    sim_env.setenv("INFER_METRICS_NAMESPACE", "InferTest")
+    from functions.chat.aws import handler
+
+    out = handler(load_event("apigw_v2_chat"), LambdaContext())
+    assert out["statusCode"] == 200
+    usage = json.loads(out["body"])["usage"]
+    docs = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"_aws"' in x]
+    assert docs, "no EMF document on stdout"
+    doc = next(d for d in docs if "gen_ai.server.request.duration" in d)
+    spec = doc["_aws"]["CloudWatchMetrics"][0]
+    assert spec["Namespace"] == "InferTest"
+    assert spec["Dimensions"] == [["operation", "model", "backend"]]
+    assert (doc["operation"], doc["model"], doc["backend"]) == ("chat", "local-model", "sim")
+    units = {m["Name"]: m["Unit"] for m in spec["Metrics"]}
+    assert units["gen_ai.client.operation.duration"] == "Seconds"
+    assert units["gen_ai.client.token.usage.output"] == "Count"
+    assert doc["gen_ai.client.token.usage.output"] == usage["completion_tokens"]
+    assert doc["gen_ai.client.token.usage.input"] == usage["prompt_tokens"]
+    assert isinstance(doc["_aws"]["Timestamp"], int)
+
+
+def test_off_imports_nothing_and_passes_the_callers_traceparent_on(
+    gpusim: Gpusim, counting_proxy: Callable[[str], CountingProxy]
+) -> None:
+    proxy = counting_proxy(gpusim.url)
+    code = f"""
+import asyncio, json, sys, httpx
+from functions.chat.app import app
+async def main():
+    t = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=t, base_url="http://fn") as c:
+        r = await c.post("/v1/chat/completions", json={CHAT!r},
+                         headers={{"traceparent": "{TRACEPARENT}"}})
+        assert r.status_code == 200, r.text
+asyncio.run(main())
+# fastapi itself imports the OpenTelemetry *API* (its native, no-op-by-default telemetry);
+# the SDK, the exporters and the project's providers must stay out.
+heavy = ("opentelemetry.sdk", "opentelemetry.exporter", "opentelemetry.proto",
+         "azure.monitor", "prometheus_client", "google.protobuf", "requests",
+         "shared.telemetry.otel", "shared.telemetry.emf", "shared.telemetry.redact")
+bad = sorted(m for m in sys.modules if m.startswith(heavy))
+print(json.dumps(bad))
+"""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "INFER_BACKENDS": json.dumps([{"name": "sim", "kind": "openai", "base_url": proxy.v1}]),
+    }
+    out = subprocess.run(
+        [PYTHON, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    assert [tp for _, tp in proxy.traces] == [TRACEPARENT]
