@@ -137,3 +137,5 @@ def test_alarms_notify_the_optional_topic(cfn: dict[str, Any]) -> None:
 def test_functions_write_emf_to_the_dashboard_namespace(sam: dict[str, Any]) -> None:
     env = sam["Globals"]["Function"]["Environment"]["Variables"]
     assert env["INFER_METRICS_NAMESPACE"] == {"Ref": "MetricsNamespace"}
+    assert env["INFER_METRICS_EMF"] == {"Ref": "MetricsEmf"}
+    assert sam["Parameters"]["MetricsEmf"]["Default"] == "true"
