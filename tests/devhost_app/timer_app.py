@@ -23,6 +23,7 @@ app = func.FunctionApp()
 def tick(timer: func.TimerRequest) -> None:
     record = {
         "t": time.time(),
+        "pid": os.getpid(),
         "type": type(timer).__name__,
         "past_due": timer.past_due,
         "schedule_status": timer.schedule_status,

@@ -101,6 +101,24 @@ def test_missed_occurrence_runs_past_due_at_start(
     assert datetime.fromisoformat(saved["Next"]) > now
 
 
+def test_one_host_runs_a_timer_until_it_dies(
+    devhost_factory: DevhostFactory, azurite: Azurite, tmp_path: Path
+) -> None:
+    """The listener lock: a second host on the same storage waits, then takes over."""
+    host = f"h{uuid.uuid4().hex[:12]}"
+    env = timer_env(azurite, tmp_path, "*/1 * * * * *", host)
+    first = devhost_factory(app_module="timer_app", env=env)
+    wait_for(lambda: len(ticks(tmp_path)) >= 2, timeout=20)
+    owner = ticks(tmp_path)[0]["pid"]
+    devhost_factory(app_module="timer_app", env=env)
+    seen = len(ticks(tmp_path))
+    wait_for(lambda: len(ticks(tmp_path)) >= seen + 3, timeout=20)
+    assert {t["pid"] for t in ticks(tmp_path)} == {owner}
+    first.kill()  # SIGKILL: its lease runs out instead of being released
+    taken = wait_for(lambda: [t for t in ticks(tmp_path) if t["pid"] != owner], timeout=45)
+    assert isinstance(taken, list) and taken
+
+
 def probe_backends(sim: Gpusim, dead_port: int) -> str:
     return json.dumps(
         [

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
+from azure.storage.blob import ContainerClient
 
 from tools.devhost.blobs import POISON_QUEUE, RECEIPTS_CONTAINER, BlobListener, BlobPath
 from tools.devhost.config import HostConfig
@@ -91,12 +92,11 @@ def build_listeners(
 
 def timer_listener(spec: FunctionSpec, storage: Storage, invoker: Invoker) -> TimerListener:
     """A timer whose schedule status lives in AzureWebJobsStorage (when monitored)."""
-    return TimerListener(
-        spec,
-        invoker,
-        status_store=lambda: storage.container(None, HOSTS_CONTAINER),
-        host=host_id(),
-    )
+
+    def hosts() -> ContainerClient:
+        return storage.container(None, HOSTS_CONTAINER)
+
+    return TimerListener(spec, invoker, status_store=hosts, lock_store=hosts, host=host_id())
 
 
 def banner(app: HttpApp, specs: list[FunctionSpec], options: Options) -> str:

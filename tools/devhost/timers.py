@@ -11,6 +11,10 @@
   ``TimerRequest.schedule_status``. At start-up an occurrence missed while the host was down
   (the recorded ``Next`` is in the past) runs at once with ``past_due`` true.
 - ``runOnStartup``: when nothing is past due, one invocation right after start.
+- One host at a time runs a timer (the host's singleton listener lock): a 15 s blob lease on
+  ``azure-webjobs-hosts/locks/{hostId}/Host.Functions.{function}.Listener``, renewed while
+  the listener runs. Another devhost on the same storage and host id waits, and takes over
+  (start-up logic included) when the lease is released or runs out.
 - One invocation at a time per function; the next occurrence is computed after it ends (an
   occurrence that passed meanwhile runs at once, later ones are not queued). A failed
   invocation is logged and not retried; the schedule goes on.
@@ -34,10 +38,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.functions import meta
 from azure.functions.timer import TimerRequestConverter
-from azure.storage.blob import ContainerClient
+from azure.storage.blob import BlobLeaseClient, ContainerClient
 
 from tools.devhost.config import ConfigError, parse_timespan, resolve_setting_expressions
 from tools.devhost.invoke import Invoker
@@ -46,6 +50,9 @@ from tools.devhost.registry import FunctionSpec
 log = logging.getLogger("devhost")
 
 HOSTS_CONTAINER = "azure-webjobs-hosts"
+LOCK_LEASE_S = 15  # the shortest lease Blob storage grants
+LOCK_RENEW_S = 5.0
+LOCK_POLL_S = 5.0
 #: ScheduleStatus values below this count as unset (the host's DefaultDateTimeThreshold).
 _UNSET = datetime(1971, 1, 1).astimezone()
 
@@ -279,6 +286,40 @@ def timer_request(status: ScheduleStatus | None, *, past_due: bool) -> Any:
     )
 
 
+class ListenerLock:
+    """The singleton listener lock: a blob lease only one host holds at a time."""
+
+    def __init__(self, container: Callable[[], ContainerClient], blob_name: str) -> None:
+        self._container = container
+        self.blob_name = blob_name
+        self._lease: BlobLeaseClient | None = None
+
+    def try_acquire(self) -> bool:
+        """True when this host now holds the lease; False when another one does."""
+        blob = self._container().get_blob_client(self.blob_name)
+        with contextlib.suppress(ResourceExistsError):
+            blob.upload_blob(b"", overwrite=False)
+        lease = BlobLeaseClient(blob)
+        try:
+            lease.acquire(lease_duration=LOCK_LEASE_S)
+        except HttpResponseError as exc:
+            if exc.status_code == 409:  # LeaseAlreadyPresent
+                return False
+            raise
+        self._lease = lease
+        return True
+
+    def renew(self) -> None:
+        assert self._lease is not None
+        self._lease.renew()
+
+    def release(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            with contextlib.suppress(Exception):
+                lease.release()
+
+
 class TimerListener:
     """Runs one timer-triggered function on its schedule until ``stop`` is set."""
 
@@ -289,6 +330,7 @@ class TimerListener:
         *,
         status_store: Callable[[], ContainerClient] | None,
         host: str,
+        lock_store: Callable[[], ContainerClient] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now().astimezone(),
     ) -> None:
         self.spec = spec
@@ -304,6 +346,12 @@ class TimerListener:
         self._store_factory = status_store if self.use_monitor else None
         self._store: ContainerClient | None = None
         self.blob_name = f"timers/{host}/Host.Functions.{spec.name}/status"
+        self.lock = (
+            ListenerLock(lock_store, f"locks/{host}/Host.Functions.{spec.name}.Listener")
+            if lock_store is not None
+            else None
+        )
+        self._halt = asyncio.Event()  # stop, or the lock was lost
         self.status: ScheduleStatus | None = None
 
     # -------------------------------------------------------------- schedule status
@@ -336,6 +384,55 @@ class TimerListener:
 
     # -------------------------------------------------------------- running
     async def run(self, stop: asyncio.Event) -> None:
+        """Hold the listener lock and run the schedule; wait for the lock again if lost."""
+        while not stop.is_set():
+            if self.lock is None:
+                self._halt = stop
+                await self._listen(stop)
+                return
+            if not await self._acquire(stop):
+                return
+            self._halt = asyncio.Event()
+            renewing = asyncio.create_task(self._renew(stop))
+            try:
+                await self._listen(stop)
+            finally:
+                renewing.cancel()
+                await asyncio.gather(renewing, return_exceptions=True)
+                await asyncio.to_thread(self.lock.release)
+
+    async def _acquire(self, stop: asyncio.Event) -> bool:
+        assert self.lock is not None
+        waiting_logged = False
+        while not stop.is_set():
+            try:
+                if await asyncio.to_thread(self.lock.try_acquire):
+                    return True
+                if not waiting_logged:
+                    log.info("timer %s: another host holds its lock; waiting", self.spec.name)
+                    waiting_logged = True
+            except Exception as exc:  # storage down: keep trying, say why
+                log.warning("timer %s: lock unavailable: %s", self.spec.name, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=LOCK_POLL_S)
+        return False
+
+    async def _renew(self, stop: asyncio.Event) -> None:
+        assert self.lock is not None
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=LOCK_RENEW_S)
+            if stop.is_set():
+                break
+            try:
+                await asyncio.to_thread(self.lock.renew)
+            except Exception as exc:
+                log.warning("timer %s: lost its lock: %s", self.spec.name, exc)
+                self._halt.set()
+                return
+        self._halt.set()
+
+    async def _listen(self, stop: asyncio.Event) -> None:
         now = self.clock()
         past_due = False
         stored: ScheduleStatus | None = None
@@ -363,16 +460,16 @@ class TimerListener:
         elif self.run_on_startup:
             log.info("timer %s: runOnStartup, invoking now", self.spec.name)
             await self._invoke(stop, past_due=False, unscheduled=True)
-        while not stop.is_set():
+        while not self._halt.is_set():
             wait = (self.status.next - self.clock()).total_seconds()
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=wait)
+                    await asyncio.wait_for(self._halt.wait(), timeout=wait)
                 continue
             await self._invoke(stop, past_due=False, unscheduled=False)
 
     async def _invoke(self, stop: asyncio.Event, *, past_due: bool, unscheduled: bool) -> None:
-        if stop.is_set():
+        if stop.is_set() or self._halt.is_set():
             return
         assert self.status is not None
         invoked_at = self.clock()
