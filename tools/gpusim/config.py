@@ -28,6 +28,9 @@ class Config:
         ("local-model",), "comma-separated served model names; '*' accepts any model name"
     )
     seed: int = _knob(0, "global seed for generated text and embeddings")
+    vary_answers: bool = _knob(
+        False, "each call gets new text (a per-process call counter joins the seed)"
+    )
     max_num_seqs: int = _knob(64, "sequences running concurrently (the batch)")
     max_waiting: int = _knob(256, "requests allowed to wait for a slot; beyond that: 429")
     ttft_base_ms: float = _knob(30.0, "fixed time to first token")

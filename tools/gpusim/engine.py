@@ -156,6 +156,7 @@ class Engine:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.peak_running = 0
         self.peak_waiting = 0
+        self.calls = 0  # generations planned (counts only with --vary-answers)
 
     # --- knobs turned into seconds ------------------------------------------------------
     def ttft_seconds(self, prompt_tokens: int) -> float:
@@ -230,11 +231,15 @@ class Engine:
         c = self.config
         room = max(0, c.max_model_len - request.prompt_tokens)
         limit = room if request.max_tokens is None else min(request.max_tokens, room)
+        request_seed = request.seed
+        if c.vary_answers:  # the same request answered differently on every call
+            self.calls += 1
+            request_seed = self.calls if request.seed is None else request.seed ^ (self.calls << 40)
         return text.plan_output(
             seed=c.seed,
             model=request.model,
             prompt=request.prompt,
-            request_seed=request.seed,
+            request_seed=request_seed,
             min_tokens=c.min_output_tokens,
             max_tokens=c.max_output_tokens,
             limit=limit,
