@@ -12,10 +12,21 @@ import pytest
 from functions.probe.aws import handler
 from shared import telemetry
 from shared.probe import last_report, reset_probe_settings
+from shared.service import reset_service
 from tests.fixtures.events import LambdaContext, azure_bindings, azure_function
 from tests.fixtures.gpusim import Gpusim
+from tests.fixtures.identity import Server
 from tests.fixtures.procs import free_port
+from tests.iam_policy import Call
 from tools.devhost.timers import timer_request
+
+
+@pytest.fixture(autouse=True)
+def usable_event_loop_after() -> Iterator[None]:
+    """asyncio.run leaves the main thread without an event loop; Mangum, in later tests,
+    needs one."""
+    yield
+    asyncio.set_event_loop_policy(None)
 
 
 @pytest.fixture
@@ -72,3 +83,22 @@ def test_aws_handler_returns_the_report_and_writes_emf(
     (up,) = [d for d in docs if d.get("backend") == "up" and "infer.probe.availability" in d]
     assert up["infer.probe.time_to_first_token"] > 0
     assert up["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "ServerlessInference"
+
+
+@pytest.mark.usefixtures("cloud_env")
+def test_sagemaker_probe_is_one_invoke_endpoint_the_role_allows(
+    monkeypatch: pytest.MonkeyPatch, cloudsim: Server, aws_permissions: list[Call]
+) -> None:
+    """SageMaker's default probe is a buffered one-token chat (serverless endpoints do not
+    stream); the IAM check (tests/fixtures/iam.py) holds it to ProbeFunction's role."""
+    backends = [{"name": "sm", "kind": "sagemaker", "endpoint_name": "llm-endpoint",
+                 "region": "us-east-1", "endpoint_url": cloudsim.url}]  # fmt: skip
+    monkeypatch.setenv("INFER_BACKENDS", json.dumps(backends))
+    reset_probe_settings()
+    reset_service()
+    report = handler({}, LambdaContext(name="probe"))
+    (sm,) = report["backends"]
+    assert sm["available"] and sm["mode"] == "chat" and sm["ttft_s"] > 0
+    assert {str(c) for c in aws_permissions if c.function == "ProbeFunction"} == {
+        "sagemaker-runtime.InvokeEndpoint"
+    }
