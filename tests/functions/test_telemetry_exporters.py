@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import Callable
@@ -77,6 +78,9 @@ def test_lambda_handler_writes_cloudwatch_emf_to_stdout(
     sim_env.setenv("INFER_METRICS_NAMESPACE", "InferTest")
     from functions.chat.aws import handler
 
+    # Mangum runs on the thread's event loop, as in the Lambda runtime; an async test before
+    # this one may have left none set.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     out = handler(load_event("apigw_v2_chat"), LambdaContext())
     assert out["statusCode"] == 200
     usage = json.loads(out["body"])["usage"]
