@@ -4,13 +4,17 @@ Exactly-once output comes from one rule: a line's result becomes part of the out
 through a checkpoint, and a checkpoint only moves forward by compare-and-swap.
 
 - Results are committed in contiguous runs: every ``checkpoint_s`` the longest finished
-  prefix of lines after ``next`` is written as a part file (named by its byte range), then
-  the checkpoint ``{next, parts, counts}`` is replaced with ``if_match`` on its etag.
+  prefix of lines after ``next`` is written as a part file, then the checkpoint
+  ``{next, parts, counts}`` is replaced with ``if_match`` on its etag. A part's key holds
+  its byte range and a random id of the invocation that wrote it, so it is written once
+  and never replaced: only the keys a checkpoint lists are committed output.
 - A killed or timed-out invocation loses at most the uncommitted lines; its successor
   resumes at ``next`` and calls the model again for those (at-least-once calls,
   exactly-once lines).
 - Two invocations on the same shard (a redelivery while the first still runs): the first
-  failed compare-and-swap tells the loser to stop without committing anything.
+  failed compare-and-swap tells the loser to stop without committing anything. The part it
+  wrote for that commit has its own key, so the winner's committed part is untouched; the
+  loser deletes it (anything left over goes with the work prefix when the batch completes).
 - Lines still in flight when the time budget ends are left uncommitted; ``run`` returns
   ``"handoff"`` and the caller enqueues a continuation.
 """
@@ -23,6 +27,7 @@ import functools
 import logging
 import random
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,6 +126,7 @@ class ShardRunner:
         self.stop_at = deadline - settings.handoff_margin_s
         self.line_deadline = deadline - max(0.5, 0.2 * settings.handoff_margin_s)
         self.on_commit = on_commit
+        self.writer = uuid.uuid4().hex[:12]  # names this invocation's part files
         self.lost = False
         self.calls = 0
         self._order: list[L.Line] = []
@@ -327,7 +333,7 @@ class ShardRunner:
                 part: dict[str, Any] = {"from": first, "to": last, "out": None, "err": None}
                 for kind, data in (("out", out), ("err", err)):
                     if data:
-                        key = self.run.part_key(self.shard, first, last, kind)
+                        key = self.run.part_key(self.shard, first, last, kind, self.writer)
                         await run_blocking(
                             self.stores.work.put, key, data, content_type="application/jsonl"
                         )
@@ -370,6 +376,11 @@ class ShardRunner:
                 self.lost = True
                 for task in self._tasks:
                     task.cancel()
+                if outcomes:  # never committed: ours alone (its key is), so drop it
+                    for key in (part["out"], part["err"]):
+                        if key:
+                            with contextlib.suppress(Exception):
+                                await run_blocking(self.stores.work.delete, key)
                 return
             self.ckpt = ckpt
             if self.on_commit is not None:

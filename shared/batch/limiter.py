@@ -56,7 +56,7 @@ class AdaptiveLimiter:
         self._ewma: float | None = None
         self._latency = 1.0
         self._freed = asyncio.Event()
-        self._freed_loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -121,20 +121,13 @@ class AdaptiveLimiter:
             if now < self.hold_until:
                 await self._sleep(min(self.hold_until - now, 1.0))
                 continue
-            freed = self._event()
-            freed.clear()
+            loop = asyncio.get_running_loop()
+            if loop is not self._loop:  # a process may run invocations on successive loops
+                self._freed, self._loop = asyncio.Event(), loop
+            self._freed.clear()
             wait = 1.0 if until is None else max(0.0, min(1.0, until - now))
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
-                    await freed.wait()
+                    await self._freed.wait()
         return True
-
-    def _event(self) -> asyncio.Event:
-        """The wake-up event of the running loop: the limiter lives as long as the process,
-        and an invocation may run on a new event loop (``asyncio.run`` per message)."""
-        loop = asyncio.get_running_loop()
-        if self._freed_loop is not loop:
-            self._freed = asyncio.Event()
-            self._freed_loop = loop
-        return self._freed

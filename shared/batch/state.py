@@ -8,7 +8,9 @@ same name is a new run (new etag, new work prefix). Under ``batch-work/{name}/{r
 
     plan.json                 {"shards": [[start, end], ...], "enqueued": bool, ...}
     shard-00003.json          checkpoint {"next", "parts", "completed", "failed", "usage", "done"}
-    parts/00003-<from>-<to>.out.jsonl / .err.jsonl   committed results of lines [from, to)
+    parts/00003-<from>-<to>-<writer>.out.jsonl / .err.jsonl   results of lines [from, to)
+                              written by one invocation (``writer``); only the parts a
+                              checkpoint lists are committed, any other is ignored
     merge.json                {"done": [shard, ...]}: the last shard to add itself merges
 """
 
@@ -62,8 +64,10 @@ class RunRef:
     def ckpt_key(self, shard: int) -> str:
         return self.key(f"shard-{shard:05d}.json")
 
-    def part_key(self, shard: int, start: int, end: int, kind: str) -> str:
-        return self.key(f"parts/{shard:05d}-{start:014d}-{end:014d}.{kind}.jsonl")
+    def part_key(self, shard: int, start: int, end: int, kind: str, writer: str) -> str:
+        """Unique per invocation (``writer``): a duplicate invocation that loses the
+        checkpoint's compare-and-swap can never overwrite the part the winner committed."""
+        return self.key(f"parts/{shard:05d}-{start:014d}-{end:014d}-{writer}.{kind}.jsonl")
 
 
 def output_key(name: str) -> str:

@@ -382,8 +382,9 @@ class Request:
             attrs["gen_ai.response.model"] = response_model
         if error is not None:
             attrs["error.type"] = _error_type(error)
-        if self.cache:
-            attrs["infer.cache"] = self.cache
+        cache = self.cache or getattr(self.ctx, "cache_status", None)
+        if cache:
+            attrs["infer.cache"] = cache
         if self.limit:
             attrs["infer.limit"] = self.limit
         return attrs

@@ -202,26 +202,40 @@ def _statements(cfn: dict[str, Any], function: str) -> list[dict[str, Any]]:
     return out
 
 
-def test_inline_policies_are_scoped_to_the_stack_resources(
-    sam: dict[str, Any], cfn: dict[str, Any]
-) -> None:
-    bucket_name = cfn["Resources"]["DataBucket"]["Properties"]["BucketName"]
-    for function in functions(sam):
-        for st in _statements(cfn, function):
-            resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
-            assert "*" not in resources, (function, st)
-            actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
-            if any(a.startswith("s3:") for a in actions):
-                for r in resources:
-                    assert r["Fn::Sub"][1]["bucketName"] == bucket_name
-            if any(a.startswith("sqs:") for a in actions):
-                # The batch functions touch only the shards queue; the rest only the jobs queue.
-                queue = (
-                    "BatchShardsQueue" if function.startswith("Batch") else "InferenceRequestsQueue"
-                )
-                assert resources[0]["Fn::Sub"][1]["queueName"] == {
-                    "Fn::GetAtt": [queue, "QueueName"]
-                }
+def test_inline_policies_are_scoped_to_the_stack_resources(cfn: dict[str, Any]) -> None:
+    """Each inline statement names this stack's bucket, queues or the SageMaker endpoint only:
+    the batch functions touch the shards queue, the queue worker its queue and DLQ."""
+    from tests.iam_policy import SAGEMAKER_ENDPOINT, Stack
+
+    stack = Stack(cfn)
+    (bucket,) = stack.buckets()
+    queues = {
+        "jobs": f"arn:aws:sqs:us-east-1:123456789012:{stack.queue_name('InferenceRequestsQueue')}",
+        "dlq": f"arn:aws:sqs:us-east-1:123456789012:{stack.queue_name('InferenceRequestsDLQ')}",
+        "shards": f"arn:aws:sqs:us-east-1:123456789012:{stack.queue_name('BatchShardsQueue')}",
+    }
+    for function in stack.functions():
+        role = cfn["Resources"][f"{function}Role"]["Properties"]
+        for policy in stack.resolve(role.get("Policies", [])):
+            for st in policy["PolicyDocument"]["Statement"]:
+                resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+                assert "*" not in resources, (function, st)
+                for arn in resources:
+                    if arn.startswith("arn:aws:s3:::"):
+                        assert arn == f"arn:aws:s3:::{bucket}" or arn.startswith(
+                            f"arn:aws:s3:::{bucket}/"
+                        ), (function, arn)
+                    elif arn.startswith("arn:aws:sqs:"):
+                        allowed = (
+                            {queues["shards"]}
+                            if function.startswith("Batch")
+                            else {queues["jobs"], queues["dlq"]}
+                            if function == "QueueWorkerFunction"
+                            else {queues["jobs"]}
+                        )
+                        assert arn in allowed, (function, arn)
+                    else:
+                        assert arn == SAGEMAKER_ENDPOINT, (function, arn)
 
 
 def test_sagemaker_invoke_is_granted_on_the_endpoint_arn_only(cfn: dict[str, Any]) -> None:
@@ -229,10 +243,8 @@ def test_sagemaker_invoke_is_granted_on_the_endpoint_arn_only(cfn: dict[str, Any
         sm = [s for s in _statements(cfn, function) if "sagemaker:InvokeEndpoint" in s["Action"]]
         assert len(sm) == 1, function
         assert sm[0]["Resource"] == {"Ref": "SageMakerEndpointArn"}
-        assert set(sm[0]["Action"]) <= {
-            "sagemaker:InvokeEndpoint",
-            "sagemaker:InvokeEndpointWithResponseStream",
-        }
+        # InvokeEndpointWithResponseStream is authorised as sagemaker:InvokeEndpoint.
+        assert sm[0]["Action"] == ["sagemaker:InvokeEndpoint"]
     for function in ("ModelsFunction", "HealthFunction", "JobsFunction"):
         assert not [s for s in _statements(cfn, function) if "sagemaker" in str(s["Action"])]
 

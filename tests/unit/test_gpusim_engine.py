@@ -134,3 +134,15 @@ async def test_embed_is_admitted_and_counted() -> None:
     vectors, tokens = await e.embed("m", ["a b", "c"], tag="emb", dimensions=4)
     assert tokens == 3 and [len(v) for v in vectors] == [4, 4]
     assert e.metrics.stat_generations == {"emb": 1} and e.running == 0
+
+
+def test_vary_answers_gives_each_call_new_text() -> None:
+    fixed, varying = engine(max_output_tokens=40), engine(max_output_tokens=40, vary_answers=True)
+    assert len({fixed.plan(req("same")).text for _ in range(5)}) == 1
+    texts = [varying.plan(req("same")).text for _ in range(5)]
+    assert len(set(texts)) == 5
+    seeded = [varying.plan(req("same", seed=7)).text for _ in range(3)]
+    assert len(set(seeded)) == 3
+    # reproducible across processes: a fresh engine gives the same sequence
+    again = engine(max_output_tokens=40, vary_answers=True)
+    assert [again.plan(req("same")).text for _ in range(5)] == texts

@@ -39,10 +39,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from . import text
 from .config import Config
 from .metrics import Metrics
+
+#: Texts embedded per worker-thread hop.
+EMBED_CHUNK = 64
 
 
 class Overloaded(Exception):
@@ -156,6 +160,12 @@ class Engine:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.peak_running = 0
         self.peak_waiting = 0
+        self.calls = 0  # generations planned (counts only with --vary-answers)
+        self.embedder: Any = None
+        if config.embeddings_model:
+            from .semantic import SentenceEmbedder
+
+            self.embedder = SentenceEmbedder(config.embeddings_model)
 
     # --- knobs turned into seconds ------------------------------------------------------
     def ttft_seconds(self, prompt_tokens: int) -> float:
@@ -230,11 +240,15 @@ class Engine:
         c = self.config
         room = max(0, c.max_model_len - request.prompt_tokens)
         limit = room if request.max_tokens is None else min(request.max_tokens, room)
+        request_seed = request.seed
+        if c.vary_answers:  # the same request answered differently on every call
+            self.calls += 1
+            request_seed = self.calls if request.seed is None else request.seed ^ (self.calls << 40)
         return text.plan_output(
             seed=c.seed,
             model=request.model,
             prompt=request.prompt,
-            request_seed=request.seed,
+            request_seed=request_seed,
             min_tokens=c.min_output_tokens,
             max_tokens=c.max_output_tokens,
             limit=limit,
@@ -277,10 +291,23 @@ class Engine:
         defaults to ``embedding_dim``."""
         c = self.config
         dim = dimensions or c.embedding_dim
-        tokens = sum(text.count_tokens(t) for t in texts)
+        tokens = await asyncio.to_thread(lambda: sum(text.count_tokens(t) for t in texts))
         async with self.slot() as arrived:
             self.metrics.record_prompt(model, tokens)
             await asyncio.sleep(self.ttft_seconds(tokens))
-            vectors = [text.embedding(c.seed, model, t, dim) for t in texts]
+            # CPU-bound: in a thread, so the loop keeps serving other requests and signals
+            # while a big batch is embedded. Chunked, so a cancelled request (shutdown,
+            # disconnect) stops between chunks.
+            vectors: list[list[float]] = []
+            embedder = self.embedder
+
+            def embed_part(part: Sequence[str]) -> list[list[float]]:
+                if embedder is not None:
+                    encoded: list[list[float]] = embedder.encode(part)
+                    return encoded
+                return [text.embedding(c.seed, model, t, dim) for t in part]
+
+            for i in range(0, len(texts), EMBED_CHUNK):
+                vectors += await asyncio.to_thread(embed_part, texts[i : i + EMBED_CHUNK])
         self.metrics.record_finished(model, 0, "stop", time.monotonic() - arrived, tag)
         return vectors, tokens
