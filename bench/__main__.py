@@ -5,7 +5,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["bench.coldstart", "bench.overhead", "bench.queue", "bench.batch", "bench.telemetry"]
+BENCHES = [
+    "bench.coldstart",
+    "bench.overhead",
+    "bench.queue",
+    "bench.batch",
+    "bench.cache",
+    "bench.telemetry",
+]
 
 
 def main() -> None:

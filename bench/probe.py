@@ -37,6 +37,11 @@ HEAVY = (
     "prometheus_client",
     "google.protobuf",
     "requests",
+    "redis",
+    "redisvl",
+    "jwt",
+    "numpy",
+    "shared.cache.base",
 )
 CHAT = {
     "model": "local-model",

@@ -164,6 +164,7 @@ def main() -> None:
                 "AzureWebJobsStorage": conn,
                 "INFER_BACKENDS": json.dumps(backends),
                 "INFER_JOBS_CONTAINER": container,
+                "INFER_AUTH_LEVEL": "ANONYMOUS",
             },
         )  # fmt: skip
 

@@ -33,6 +33,18 @@ class Context:
     entry: str = "internal"
     #: The request's telemetry record (``shared.telemetry``), set when telemetry is on.
     telemetry: Any = field(default=None, repr=False, compare=False)
+    #: The request's ``Cache-Control`` header (``no-cache`` / ``no-store`` are honoured).
+    cache_control: str = ""
+    #: Set by the response cache: ``"hit"`` | ``"miss"`` | ``"bypass"`` (None: no cache).
+    #: A hit used no model tokens, so limits charge it nothing.
+    cache_status: str | None = None
+    #: Cosine distance of a semantic hit (``x-cache-distance``).
+    cache_distance: float | None = None
+
+    @property
+    def served_from_cache(self) -> bool:
+        """True when the answer came from the response cache: charge no tokens for it."""
+        return self.cache_status == "hit"
 
     @classmethod
     def with_timeout(

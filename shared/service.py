@@ -12,24 +12,31 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any
 
 from shared.backends.base import Backend, ByteStream, Result
 from shared.backends.registry import build_backend
+from shared.cache import build_cache
 from shared.context import Context
 from shared.errors import BackendError, DeadlineExceeded, InferenceError
 from shared.retry import call_with_retry
 from shared.router import Router
 from shared.schemas import Operation, validate_payload
 from shared.settings import Settings, get_settings
-from shared.telemetry import log_request
+from shared.streaming import ForwardStream
+from shared.telemetry import log_request, record_cache
 from shared.telemetry import start as start_telemetry
+
+if TYPE_CHECKING:
+    from shared.model_list import ModelLister
 
 log = logging.getLogger("shared.service")
 
 #: Bytes of the stream's tail kept to read the usage chunk sent just before [DONE].
 _USAGE_TAIL = 8192
+#: Seconds a readiness report is reused.
+READY_CACHE_S = 5.0
 
 
 def sse_error(err: InferenceError) -> bytes:
@@ -54,6 +61,9 @@ class Service:
     def __init__(self, settings: Settings, router: Router) -> None:
         self.settings = settings
         self.router = router
+        self.cache = build_cache(self._complete)  # None unless INFER_CACHE is set
+        self._lister: ModelLister | None = None
+        self._ready: tuple[float, dict[str, Any]] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -64,7 +74,15 @@ class Service:
         return validate_payload(op, data, max_tokens_cap=self.settings.max_tokens_cap)
 
     async def complete(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
-        """A whole answer, retried (with failover) within the deadline."""
+        """A whole answer: from the cache, or retried (with failover) within the deadline."""
+        if self.cache is not None:
+            result = await self.cache.complete(op, payload, ctx, self._complete)
+            if ctx.cache_status:
+                record_cache(ctx, ctx.cache_status)
+            return result
+        return await self._complete(op, payload, ctx)
+
+    async def _complete(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
         started = time.monotonic()
         rec = start_telemetry(op, payload, ctx)
 
@@ -83,10 +101,23 @@ class Service:
             self._log_usage(op, payload, ctx, result.backend, result.usage(), started)
         return result
 
-    async def stream(
-        self, op: Operation, payload: dict[str, Any], ctx: Context
-    ) -> AsyncIterator[bytes]:
+    async def stream(self, op: Operation, payload: dict[str, Any], ctx: Context) -> ForwardStream:
+        """A cached answer replayed as a stream, or the endpoint's stream (see ``_stream``).
+
+        The caller must ``aclose`` what it gets, iterated or not.
+        """
+        if self.cache is not None:
+            stream = await self.cache.stream(op, payload, ctx, self._stream)
+            if ctx.cache_status:
+                record_cache(ctx, ctx.cache_status)
+            return stream
+        return await self._stream(op, payload, ctx)
+
+    async def _stream(self, op: Operation, payload: dict[str, Any], ctx: Context) -> ForwardStream:
         """Open a stream (retried until the endpoint accepts it), then forward its bytes.
+
+        The caller must ``aclose`` what it gets, iterated or not (``ClosingStreamingResponse``
+        does): that releases the router's slot and the upstream connection.
 
         Errors before the first byte propagate (the caller answers with a status); errors
         after it end the stream with an OpenAI error event, since the status line is gone.
@@ -104,7 +135,7 @@ class Service:
             if isinstance(err, InferenceError):
                 self._log_failure(op, payload, ctx, err, started)
             raise
-        return self._forward(opened, op, payload, ctx, started)
+        return ForwardStream(self._forward(opened, op, payload, ctx, started, rec), opened)
 
     async def _forward(
         self,
@@ -113,9 +144,10 @@ class Service:
         payload: dict[str, Any],
         ctx: Context,
         started: float,
-    ) -> AsyncIterator[bytes]:
+        rec: Any = None,
+    ) -> AsyncGenerator[bytes, None]:
         tail = b""
-        rec = ctx.telemetry or start_telemetry(op, payload, ctx, stream=True)
+        rec = rec or start_telemetry(op, payload, ctx, stream=True)
         backend = str(getattr(opened, "backend", ""))
         try:
             async with asyncio.timeout(max(ctx.remaining(), 0.0)):
@@ -139,7 +171,7 @@ class Service:
             log.exception("stream failed request_id=%s", ctx.request_id)
             yield sse_error(BackendError(f"stream failed: {type(exc).__name__}"))
             return
-        except BaseException as exc:  # the caller went away (cancelled)
+        except BaseException as exc:  # the caller went away (cancelled, closed)
             rec.end(error=exc)
             raise
         finally:
@@ -149,34 +181,32 @@ class Service:
         self._log_usage(op, payload, ctx, backend, usage, started)
 
     async def models(self, ctx: Context) -> dict[str, Any]:
-        """The public model list: what the settings route, not what endpoints call them."""
-        names: list[str] = []
-        for backend in self.router.backends:
-            for name in backend.config.models:
-                if name != "*" and name not in names:
-                    names.append(name)
-        created = 0
-        return {
-            "object": "list",
-            "data": [
-                {"id": n, "object": "model", "created": created, "owned_by": "serverless-inference"}
-                for n in names
-            ],
-        }
+        """The public model list: configured names, plus what wildcard backends serve."""
+        if self._lister is None:
+            from shared.model_list import ModelLister
+
+            self._lister = ModelLister()
+        return await self._lister.listing(self.router.backends, ctx)
 
     async def ready(self, ctx: Context) -> dict[str, Any]:
-        """Probe every backend once; ready when each model has at least one reachable backend."""
-        status: dict[str, Any] = {}
-        ok_any = False
-        for backend in self.router.backends:
+        """Probe every backend (at once); ready when at least one answers. The report is
+        reused for ``READY_CACHE_S``, so a hammered ``/readyz`` does not call out each time."""
+        cached = self._ready
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+
+        async def probe(backend: Backend) -> dict[str, Any]:
             try:
                 await backend.check_ready(ctx)
             except InferenceError as err:
-                status[backend.name] = {"ready": False, "error": err.message}
-            else:
-                status[backend.name] = {"ready": True}
-                ok_any = True
-        return {"ready": ok_any, "backends": status}
+                return {"ready": False, "error": err.message}
+            return {"ready": True}
+
+        results = await asyncio.gather(*(probe(b) for b in self.router.backends))
+        status = {b.name: r for b, r in zip(self.router.backends, results, strict=True)}
+        report = {"ready": any(r["ready"] for r in results), "backends": status}
+        self._ready = (time.monotonic() + READY_CACHE_S, report)
+        return report
 
     def _log_usage(
         self,

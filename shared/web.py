@@ -11,12 +11,14 @@ platforms.
 from __future__ import annotations
 
 import hmac
+import inspect
 import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from shared.context import Context
 from shared.errors import (
@@ -25,10 +27,12 @@ from shared.errors import (
     InvalidRequest,
     PayloadTooLarge,
 )
-from shared.schemas import Operation
+from shared.schemas import Operation, loads
 from shared.service import get_service
 from shared.settings import get_settings
-from shared.telemetry import flush, flushing
+from shared.telemetry import enabled as telemetry_enabled
+from shared.telemetry import flush
+from shared.web_stream import ClosingStreamingResponse
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -106,10 +110,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 def decode_json(raw: bytes) -> Any:
     if not raw:
         raise InvalidRequest("request body is empty; expected a JSON object")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    return loads(raw)  # a body nested too deeply is a 400 too, not a RecursionError
 
 
 async def openai_endpoint(request: Request, op: Operation) -> Response:
@@ -118,13 +119,17 @@ async def openai_endpoint(request: Request, op: Operation) -> Response:
     try:
         ctx = request_context(request)
         ctx.caller = authenticate(request)
+        ctx.cache_control = request.headers.get("cache-control", "")
         service = get_service()
         raw = await read_body(request, service.settings.max_body_bytes)
         payload = service.validate(op, decode_json(raw))
         if payload.get("stream") and op is not Operation.EMBEDDINGS:
-            body = flushing(await service.stream(op, payload, ctx), ctx)
-            return StreamingResponse(
-                body, media_type="text/event-stream", headers=_rid(ctx, SSE_HEADERS)
+            body = await service.stream(op, payload, ctx)
+            return ClosingStreamingResponse(
+                body,
+                media_type="text/event-stream",
+                headers=_rid(ctx, SSE_HEADERS),
+                background=BackgroundTask(flush, ctx) if telemetry_enabled() else None,
             )
         result = await service.complete(op, payload, ctx)
         await flush(ctx)
@@ -138,7 +143,12 @@ async def openai_endpoint(request: Request, op: Operation) -> Response:
 
 
 def _rid(ctx: Context, base: dict[str, str] | None = None) -> dict[str, str]:
-    return {**(base or {}), "x-request-id": ctx.request_id}
+    headers = {**(base or {}), "x-request-id": ctx.request_id}
+    if ctx.cache_status:
+        headers["x-cache"] = ctx.cache_status
+        if ctx.cache_distance is not None:
+            headers["x-cache-distance"] = f"{ctx.cache_distance:.4f}"
+    return headers
 
 
 async def models_endpoint(request: Request) -> Response:
@@ -160,16 +170,33 @@ async def healthz_endpoint(request: Request) -> Response:
 
 
 async def readyz_endpoint(request: Request) -> Response:
-    """Readiness: settings are valid and at least one backend answers."""
+    """Readiness: settings are valid and at least one backend answers.
+
+    Anyone gets the status (200/503) and ``{"ready": ...}``; the per-backend details (names,
+    errors) only a caller that presents a configured key does. The probe is cached briefly.
+    """
     try:
         ctx = Context.with_timeout(min(get_settings().request_timeout_s, 10.0))
         report = await get_service().ready(ctx)
+        details = await _authenticated(request)
     except InferenceError as err:
         return error_response(err)
     except Exception as exc:
         return internal_error(exc)
     status = 200 if report["ready"] else 503
-    return Response(json.dumps(report).encode(), status_code=status, media_type="application/json")
+    body = report if details else {"ready": report["ready"]}
+    return Response(json.dumps(body).encode(), status_code=status, media_type="application/json")
+
+
+async def _authenticated(request: Request) -> bool:
+    """A caller check is configured and this request passed it (no check: no one has)."""
+    try:
+        caller: Any = authenticate(request)
+        if inspect.isawaitable(caller):  # the check may need I/O (a token's signing keys)
+            caller = await caller
+    except AuthenticationFailed:
+        return False
+    return caller not in (None, "anonymous")
 
 
 def create_app(title: str) -> FastAPI:

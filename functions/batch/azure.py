@@ -4,8 +4,12 @@ Deployed, the trigger's source is Event Grid (fast, no container scans);
 ``INFER_BATCH_BLOB_SOURCE=LogsAndContainerScan`` selects the polling trigger instead (read
 once, when the module is indexed). devhost scans Azurite either way.
 
-The input is not read through the trigger's stream: the engine downloads it by byte ranges
-(``download_blob(offset=).chunks()``), so a redelivery or a shard resumes mid-file.
+The trigger parameter is an SDK type (``BlobRef``, a deferred binding): the host sends only
+the blob's name and connection, never its content. (With ``func.InputStream`` the Python
+worker receives the whole blob in memory before the function starts, so a large batch file
+could run an instance out of memory.) The engine then streams the input by byte ranges
+(``download_blob(offset=).chunks()``), so a redelivery or a shard resumes mid-file and at
+most one chunk per reader is held.
 """
 
 import logging
@@ -13,6 +17,7 @@ import os
 
 import azure.functions as func
 
+from functions.batch.blobref import BlobRef
 from shared.batch import get_batch, invocation_context
 from shared.telemetry import flush
 
@@ -33,10 +38,10 @@ _SOURCE = (
     connection="AzureWebJobsStorage",
     source=_SOURCE,
 )
-async def batch(blob: func.InputStream) -> None:
+async def batch(blob: BlobRef) -> None:
     ctx = invocation_context()
     try:
-        outcome = await get_batch().start(blob.name or "", ctx)
+        outcome = await get_batch().start(blob.name, ctx)
     finally:
         await flush(ctx)
     log.info("batch %s: %s", blob.name, outcome)

@@ -7,12 +7,13 @@ takes the FastAPI extension's Request and returns a Starlette Response.
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
+from functions.http_auth import AUTH_LEVEL
 from shared.schemas import Operation
 from shared.web import openai_endpoint
 
 bp = func.Blueprint()
 
 
-@bp.route(route="v1/chat/completions", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.route(route="v1/chat/completions", methods=["POST"], auth_level=AUTH_LEVEL)
 async def chat(req: Request) -> Response:
     return await openai_endpoint(req, Operation.CHAT)

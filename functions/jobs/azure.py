@@ -3,16 +3,17 @@
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
+from functions.http_auth import AUTH_LEVEL
 from shared.jobs.http import create_job_endpoint, get_job_endpoint, path_job_id
 
 bp = func.Blueprint()
 
 
-@bp.route(route="v1/jobs", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.route(route="v1/jobs", methods=["POST"], auth_level=AUTH_LEVEL)
 async def jobs_create(req: Request) -> Response:
     return await create_job_endpoint(req)
 
 
-@bp.route(route="v1/jobs/{id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.route(route="v1/jobs/{id}", methods=["GET"], auth_level=AUTH_LEVEL)
 async def jobs_get(req: Request) -> Response:
     return await get_job_endpoint(req, path_job_id(req))

@@ -7,11 +7,12 @@ takes the FastAPI extension's Request and returns a Starlette Response.
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
+from functions.http_auth import AUTH_LEVEL
 from shared.web import models_endpoint
 
 bp = func.Blueprint()
 
 
-@bp.route(route="v1/models", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.route(route="v1/models", methods=["GET"], auth_level=AUTH_LEVEL)
 async def models(req: Request) -> Response:
     return await models_endpoint(req)

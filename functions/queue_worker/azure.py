@@ -1,7 +1,9 @@
 """Azure Functions entry of `queue_worker`: Storage-queue trigger on `inference-requests`.
 
-A retryable failure raises ``RetryLater``; the deployed host then waits host.json
-``visibilityTimeout`` (devhost honours the exception's ``visibility_timeout``, the backoff).
+A throttled job (429/503 with Retry-After) is re-enqueued as a new message that becomes visible
+after the computed delay, and this one completes; any other retryable failure raises
+``RetryLater`` and the host (deployed, or devhost) waits host.json's fixed
+``visibilityTimeout`` before the next delivery.
 """
 
 import azure.functions as func

@@ -16,12 +16,15 @@ reaches the caller as a 400 with Azure's ``innererror``.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+from urllib.parse import quote
 
 from shared.backends.azure_auth import COGNITIVE_SERVICES_SCOPE, send_authorized, token_source
 from shared.backends.base import ByteStream, Result
 from shared.backends.http import LineBlockStream, SSEPassThrough
 from shared.context import Context
+from shared.errors import InvalidRequest
 from shared.schemas import Operation
 from shared.settings import AzureOpenAIBackendConfig
 
@@ -49,6 +52,22 @@ def drop_prompt_filter_events(block: bytes) -> bytes:
     return kept.replace(b"\n\n\n", b"\n\n").lstrip(b"\n")
 
 
+#: What Azure accepts as a deployment name: letters, digits, ``.``, ``_``, ``-``, 64 at most.
+DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def deployment_name(model: object) -> str:
+    """The caller's ``model`` as a deployment name for the URL path, or a 400 naming it (a
+    ``/``, ``?``, ``%`` or ``..`` would otherwise reach another path on the resource)."""
+    if not isinstance(model, str) or not DEPLOYMENT_NAME.fullmatch(model):
+        raise InvalidRequest(
+            "model: not a valid Azure OpenAI deployment name (1-64 letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit)",
+            param="model",
+        )
+    return model
+
+
 class AzureOpenAIBackend:
     def __init__(self, config: AzureOpenAIBackendConfig) -> None:
         self.name = config.name
@@ -62,12 +81,13 @@ class AzureOpenAIBackend:
         )
 
     def _url_and_body(self, op: Operation, payload: dict[str, Any]) -> tuple[str, bytes]:
-        deployment = self.config.deployment or str(payload.get("model", ""))
+        deployment = self.config.deployment or deployment_name(payload.get("model"))
         if self.config.api_style == "v1":
             return f"{self._base}/v1/{op.value}", json.dumps(
                 {**payload, "model": deployment}
             ).encode()
-        url = f"{self._base}/deployments/{deployment}/{op.value}?api-version={self._api_version}"
+        path = quote(deployment, safe="")
+        url = f"{self._base}/deployments/{path}/{op.value}?api-version={self._api_version}"
         return url, json.dumps(payload).encode()
 
     def _headers(self, ctx: Context, *, stream: bool = False) -> dict[str, str]:

@@ -4,7 +4,13 @@ Calls go through boto3's ``sagemaker-runtime`` client (SigV4 with the function's
 one client per process per (region, endpoint_url, timeout), built on first use. botocore's
 own retries are off (``max_attempts: 1``): the project's retry policy and router decide,
 and botocore would not retry ModelError or ModelNotReady anyway. boto3 is synchronous, so
-each call runs in a worker thread of a pool sized for the backends' concurrency.
+each call runs in a worker thread of the shared blocking-I/O pool.
+
+A call never outlives its invocation by much: a thread cannot be cancelled, so each call's
+botocore read timeout is the backend's ``timeout_s`` or, when less time remains, the
+largest of ``TIMEOUT_BUCKETS`` that fits (one cached client per bucket). At most
+``MAX_IN_FLIGHT`` calls run at once per process; more wait, without a thread, for one to
+end (until their deadline), so a burst of slow calls cannot take every pool thread.
 
 Payloads: ``messages`` sends OpenAI chat (the container's Messages API) and passes its JSON
 and SSE through; ``tgi`` converts to and from TGI's ``{"inputs", "parameters"}``
@@ -54,6 +60,58 @@ DONE = b"data: [DONE]\n\n"
 _lock = threading.Lock()
 _clients: dict[tuple[str, str | None, float], Any] = {}
 
+#: Read timeouts (s) used when less than ``timeout_s`` remains: few clients, little waste.
+TIMEOUT_BUCKETS = (0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50,
+                   60, 75, 90, 120, 150, 180, 240, 300, 450, 600, 900)  # fmt: skip
+#: SageMaker calls running at once per process (half the pool: storage calls keep theirs).
+MAX_IN_FLIGHT = POOL_WORKERS // 2
+GATE_POLL_S = 0.005
+
+
+def read_timeout(timeout_s: float, remaining: float) -> float:
+    """The read timeout for a call: ``timeout_s``, or a bucket no longer than ``remaining``."""
+    if timeout_s <= remaining:
+        return timeout_s
+    fitting = [b for b in TIMEOUT_BUCKETS if b <= remaining]
+    if fitting:
+        return float(fitting[-1])
+    return max(0.05, int(remaining * 20) / 20)  # under 0.25 s: 50 ms steps
+
+
+class CallGate:
+    """Counts SageMaker calls whose thread is running (not just awaited) and caps them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def try_enter(self) -> bool:
+        with self._lock:
+            if self.running >= self.limit:
+                return False
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self.running -= 1
+
+
+_gate: CallGate | None = None
+
+
+def gate() -> CallGate:
+    """The process's gate, built on first use with ``MAX_IN_FLIGHT``."""
+    global _gate
+    if _gate is None:
+        with _lock:
+            if _gate is None:
+                _gate = CallGate(MAX_IN_FLIGHT)
+    return _gate
+
 
 def get_client(region: str, endpoint_url: str | None, timeout_s: float) -> Any:
     """The process's ``sagemaker-runtime`` client for this region/endpoint_url/timeout."""
@@ -81,9 +139,11 @@ def get_client(region: str, endpoint_url: str | None, timeout_s: float) -> Any:
 
 
 def reset_clients() -> None:
-    """Forget cached clients (tests; after credentials or endpoints change)."""
+    """Forget cached clients and the call gate (tests; after credentials or endpoints change)."""
+    global _gate
     with _lock:
         _clients.clear()
+        _gate = None
 
 
 class LineBuffer:
@@ -214,16 +274,32 @@ class SageMakerBackend:
         self.name = config.name
         self.config = config
 
-    def _client(self) -> Any:
+    def _client(self, ctx: Context) -> Any:
+        """The client whose read timeout fits what remains of the invocation."""
         c = self.config
-        return get_client(c.region, c.endpoint_url, c.timeout_s)
+        return get_client(c.region, c.endpoint_url, read_timeout(c.timeout_s, ctx.check()))
 
     async def _call(self, fn: Callable[..., T], *args: Any, ctx: Context, **kwargs: Any) -> T:
-        """Run a blocking boto3 call in the pool, never waiting past the deadline."""
-        from functools import partial
+        """Run a blocking boto3 call in the pool, never waiting past the deadline; the call
+        counts against ``MAX_IN_FLIGHT`` until its thread is done, not just until we stop
+        waiting for it."""
+        calls = gate()
+        while not calls.try_enter():
+            ctx.check()
+            await asyncio.sleep(GATE_POLL_S)
+
+        def run() -> T:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                calls.leave()
 
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(executor(), partial(fn, *args, **kwargs))
+        try:
+            future = loop.run_in_executor(executor(), run)
+        except BaseException:
+            calls.leave()
+            raise
         try:
             return await asyncio.wait_for(future, timeout=ctx.check())
         except TimeoutError:
@@ -259,7 +335,7 @@ class SageMakerBackend:
         return params
 
     async def invoke(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
-        client = self._client()
+        client = self._client(ctx)
         params = self._params(op, payload, stream=False)
         _trace(params, ctx)
 
@@ -278,7 +354,7 @@ class SageMakerBackend:
         return Result(content=content, backend=self.name)
 
     async def open_stream(self, op: Operation, payload: dict[str, Any], ctx: Context) -> ByteStream:
-        client = self._client()
+        client = self._client(ctx)
         params = self._params(op, payload, stream=True)
         _trace(params, ctx)
         response = await self._call(client.invoke_endpoint_with_response_stream, ctx=ctx, **params)
@@ -296,7 +372,7 @@ class SageMakerBackend:
     async def check_ready(self, ctx: Context) -> None:
         """SageMaker has no data-plane health call: check the client builds and credentials
         resolve (the IAM role on Lambda), without invoking the model."""
-        self._client()
+        self._client(ctx)
 
         def credentials() -> Any:
             import boto3

@@ -95,7 +95,7 @@ def parse(line: Line, validate: Any) -> Request | None:
         return None
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # too deep a line is invalid too
         raise LineError("invalid_json", f"line is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise LineError("invalid_request", "line must be a JSON object")

@@ -163,7 +163,7 @@ def parse_line(data: Any) -> JobLine:
     url = data.get("url")
     if not url:
         raise MalformedMessage("missing 'url'", job_id)
-    if url not in URL_TO_OP:
+    if not isinstance(url, str) or url not in URL_TO_OP:
         raise MalformedMessage(
             f"unknown url {url!r}; expected one of {', '.join(URL_TO_OP)}", job_id
         )

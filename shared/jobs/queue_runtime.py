@@ -2,13 +2,16 @@
 
 Azure Storage queue (``run_storage_queue_message``):
   ack -> return (the host deletes the message).
-  defer -> the same message is sent again with the delay, then acked (throttling does not
-    use up maxDequeueCount).
-  retry -> raise ``RetryLater``: the host makes the message visible again. Its
-    ``visibility_timeout`` attribute (the backoff or Retry-After) is honoured by devhost; the
-    deployed host uses host.json ``visibilityTimeout`` for every retry instead. On the last
-    dequeue the job is already marked failed and the host moves the message to
-    ``inference-requests-poison``.
+  defer -> the same message is sent again with the delay (``visibility_timeout`` on the new
+    message: the only way to delay a redelivery, since the host ignores any delay a function
+    computes), then acked, so throttling does not use up maxDequeueCount.
+  retry -> raise ``RetryLater``: the host (and devhost, which behaves the same) makes the
+    message visible again after host.json's fixed ``visibilityTimeout``; the exception's
+    ``visibility_timeout`` is informational only. On the last dequeue the job is already
+    marked failed and the host moves the message to ``inference-requests-poison``.
+  retry while another delivery holds the job's lease (``Outcome.requeue``) -> handled as a
+    defer: re-enqueued with the wait for that lease, then acked, so a redelivery after a crash
+    does not burn through maxDequeueCount while the dead delivery's lease runs out.
   poison -> the message is written to ``inference-requests-poison`` by the worker itself as
     ``{"reason", "job_id", "message"}`` (so the reason travels with it), then acked: raising
     five times would only delay the inevitable.
@@ -82,6 +85,10 @@ async def _storage_queue_message(
     attempt = Attempt(max(1, dequeue_count), max_attempts)
     outcome = await process_message(body, attempt, ctx)
     _log(outcome, attempt)
+    if outcome.action == "retry" and outcome.requeue:
+        # The host would ignore the delay (another delivery's lease) and redeliver after its
+        # fixed visibilityTimeout, using up maxDequeueCount: re-enqueue with the delay instead.
+        outcome = Outcome("defer", outcome.job_id, outcome.delay_s, outcome.reason, outcome.status)
     if outcome.action == "retry":
         raise RetryLater(outcome.reason, outcome.delay_s, outcome.job_id)
     if outcome.action == "defer":

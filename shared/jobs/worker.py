@@ -95,6 +95,10 @@ class Outcome:
     delay_s: float = 0.0
     reason: str = ""
     status: str | None = None
+    #: A ``retry`` whose delay matters and that must not use up a delivery (another
+    #: delivery holds the job's lease): adapters whose platform ignores a computed delay
+    #: (Azure) re-enqueue the message with the delay instead.
+    requeue: bool = False
 
 
 @dataclass
@@ -177,7 +181,9 @@ class Worker:
             now = self.clock()
             if record.lease is not None and record.lease.until > now:
                 wait = min(record.lease.until - now + 0.5, self.settings.job_retry_max_s)
-                return Outcome("retry", job_id, delay_s=wait, reason="leased by another delivery")
+                return Outcome(
+                    "retry", job_id, delay_s=wait, reason="leased by another delivery", requeue=True
+                )
             lease = Lease(token=uuid.uuid4().hex, until=now + ctx.remaining() + LEASE_MARGIN_S)
             claimed = record.model_copy(
                 update={"status": "running", "attempts": record.attempts + 1, "lease": lease}

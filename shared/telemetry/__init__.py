@@ -113,7 +113,10 @@ class _Telemetry:
         self.tracing: Any = otel if otel is not None and otel.tracer is not None else None
         self.push = any(s.push for s in sinks)
         self._servers: dict[str, Attrs] = {}
-        self._flush_lock = threading.Lock()
+        self._flushed = threading.Condition()
+        self._asked = 0  # flushes asked for
+        self._done = 0  # the last ask a finished flush covered
+        self._running = False
 
     def record(self, metric: N.Metric, value: float, attrs: Attrs) -> None:
         for sink in self.sinks:
@@ -148,9 +151,29 @@ class _Telemetry:
         return found
 
     def flush(self, timeout_s: float) -> None:
-        with self._flush_lock:
+        """Export everything recorded so far. Concurrent invocations share flushes: one that
+        asks while another flush runs waits for the next one, which covers both."""
+        deadline = time.monotonic() + timeout_s
+        with self._flushed:
+            self._asked += 1
+            mine = self._asked
+            while self._running:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._flushed.wait(left)
+                if self._done >= mine:
+                    return
+            self._running = True
+            covers = self._asked
+        try:
             for sink in self.sinks:
-                sink.flush(timeout_s)
+                sink.flush(max(deadline - time.monotonic(), 0.001))
+        finally:
+            with self._flushed:
+                self._running = False
+                self._done = covers
+                self._flushed.notify_all()
 
     def shutdown(self) -> None:
         for sink in self.sinks:
@@ -360,8 +383,9 @@ class Request:
             attrs["gen_ai.response.model"] = response_model
         if error is not None:
             attrs["error.type"] = _error_type(error)
-        if self.cache:
-            attrs["infer.cache"] = self.cache
+        cache = self.cache or getattr(self.ctx, "cache_status", None)
+        if cache:
+            attrs["infer.cache"] = cache
         if self.limit:
             attrs["infer.limit"] = self.limit
         return attrs

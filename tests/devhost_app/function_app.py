@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import azure.functions as func
+from azurefunctions.extensions.bindings.blob import BlobClient
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, StreamingResponse
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
@@ -115,11 +116,24 @@ def settings(req: func.HttpRequest) -> func.HttpResponse:
 async def work(msg: func.QueueMessage, out: func.Out[str]) -> None:
     """Body ``{"key", "fail"?: n, "sleep"?: s, "delay"?: s, "forward"?: bool}``.
 
-    Fails while ``dequeue_count <= fail``; ``delay`` sets the exception's visibility_timeout.
+    Fails while ``dequeue_count <= fail``; ``delay`` sets the exception's visibility_timeout
+    (which the host, and so devhost, ignores).
     """
     job = json.loads(msg.get_body())
     key = job["key"]
-    record = {"dequeue_count": msg.dequeue_count, "id": msg.id, "t": time.time()}
+    record = {
+        "dequeue_count": msg.dequeue_count,
+        "id": msg.id,
+        "t": time.time(),
+        "pid": os.getpid(),
+        "type": f"{type(msg).__module__}.{type(msg).__qualname__}",
+        "pop_receipt": msg.pop_receipt,
+        "insertion_time": None if msg.insertion_time is None else msg.insertion_time.isoformat(),
+        "expiration_time": None if msg.expiration_time is None else msg.expiration_time.isoformat(),
+        "time_next_visible": None
+        if msg.time_next_visible is None
+        else msg.time_next_visible.isoformat(),
+    }
     _append(_out() / f"{key}.attempts", record)
     if job.get("sleep"):
         await asyncio.sleep(float(job["sleep"]))
@@ -141,12 +155,10 @@ async def work(msg: func.QueueMessage, out: func.Out[str]) -> None:
     connection="AzureWebJobsStorage",
 )
 def batch(blob: func.InputStream, count: func.Out[str]) -> None:
-    """Counts lines while streaming; blobs named ``fail*`` always fail."""
-    digest = hashlib.sha256()
-    lines = 0
-    for line in blob:
-        digest.update(line)
-        lines += 1
+    """Counts lines; blobs named ``fail*`` always fail (the worker sends the whole blob)."""
+    data = blob.read()
+    digest = hashlib.sha256(data)
+    lines = data.count(b"\n")
     stem = blob.name.rsplit("/", 1)[-1] if blob.name else "?"
     _append(
         _out() / f"blob-{stem}.calls",
@@ -156,12 +168,39 @@ def batch(blob: func.InputStream, count: func.Out[str]) -> None:
             "uri": blob.uri,
             "lines": lines,
             "sha256": digest.hexdigest(),
-            "stream_type": type(blob).__name__,
+            "stream_type": f"{type(blob).__module__}.{type(blob).__qualname__}",
+            "properties": blob.blob_properties,
         },
     )
     if stem.startswith("fail"):
         raise RuntimeError("told to fail")
     count.set(str(lines))
+
+
+@bp.blob_trigger(
+    arg_name="client", path="%DEVHOST_TEST_CONTAINER%/{name}.big", connection="AzureWebJobsStorage"
+)
+def big(client: BlobClient) -> None:
+    """SDK-type binding: reads the blob by 1 MiB ranges and records the largest one held."""
+    digest = hashlib.sha256()
+    total = largest = 0
+    size = int(client.get_blob_properties().size)
+    for offset in range(0, size, 1 << 20):
+        chunk = client.download_blob(offset=offset, length=1 << 20).readall()
+        digest.update(chunk)
+        total += len(chunk)
+        largest = max(largest, len(chunk))
+    _append(
+        _out() / f"blob-{client.blob_name}.calls",
+        {
+            "type": f"{type(client).__module__}.{type(client).__qualname__}",
+            "container": client.container_name,
+            "blob": client.blob_name,
+            "bytes": total,
+            "largest_chunk": largest,
+            "sha256": digest.hexdigest(),
+        },
+    )
 
 
 app.register_functions(bp)

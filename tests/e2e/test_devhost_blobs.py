@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,9 @@ def test_new_blob_is_processed_once_across_restarts(env: Env, host: DevhostProce
     assert call["uri"].endswith(f"/{env.container}/input.jsonl")
     assert call["lines"] == 12000
     assert call["sha256"] == hashlib.sha256(data).hexdigest()
-    assert call["stream_type"] == "BlobInputStream"  # streamed, not preloaded
+    # What the worker passes: the library's InputStream over the whole blob (in memory).
+    assert call["stream_type"] == "azure.functions.blob.InputStream"
+    assert call["properties"]["ContentLength"] == len(data)
     # the output binding filled {name} from the trigger path
     out = env.azurite.blob_service().get_blob_client(f"{env.container}-out", "input.count")
     wait_for(out.exists)  # outputs are written after the function returns
@@ -90,6 +93,21 @@ def test_new_blob_is_processed_once_across_restarts(env: Env, host: DevhostProce
     wait_for(lambda: env.calls("second.jsonl"), timeout=20)
     assert len(env.calls("input.jsonl")) == 1  # the receipt kept it from running again
     assert not (env.out / "blob-ignored.txt.calls").exists()
+
+
+def test_sdk_type_parameter_gets_a_blob_client_and_no_content(
+    env: Env, host: DevhostProcess
+) -> None:
+    data = os.urandom(3 * (1 << 20) + 123)
+    env.upload("large.big", data)
+    wait_for(lambda: env.calls("large.big"), timeout=20)
+    (call,) = env.calls("large.big")
+    # The extension's converter built it from ModelBindingData, as deployed: an SDK client.
+    assert call["type"] == "azure.storage.blob._blob_client.BlobClient"
+    assert (call["container"], call["blob"]) == (env.container, "large.big")
+    assert call["bytes"] == len(data)
+    assert call["sha256"] == hashlib.sha256(data).hexdigest()
+    assert call["largest_chunk"] == 1 << 20  # the function read it by ranges
 
 
 def test_overwritten_blob_is_a_new_version_and_runs_again(env: Env, host: DevhostProcess) -> None:

@@ -6,15 +6,17 @@ import base64
 import json
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
 from tests.fixtures.azurite import Azurite
-from tests.fixtures.devhost import DevhostFactory, DevhostProcess, wait_for
+from tests.fixtures.devhost import DEVHOST_APP, DevhostFactory, DevhostProcess, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -89,11 +91,42 @@ def test_failures_retry_with_growing_dequeue_count(env: Env, host: DevhostProces
     assert env.raw_messages(f"{env.queue_name}-poison") == []
 
 
-def test_exception_visibility_timeout_delays_the_retry(env: Env, host: DevhostProcess) -> None:
-    env.send({"key": "later", "fail": 1, "delay": 2})
+def test_exception_visibility_timeout_is_ignored_as_by_the_host(
+    env: Env, host: DevhostProcess
+) -> None:
+    # The deployed host applies host.json's visibilityTimeout (0 s here) whatever the function
+    # raises; a 60 s delay on the exception would keep the retry out of this test's wait.
+    env.send({"key": "later", "fail": 1, "delay": 60})
     wait_for(lambda: env.records("later", "done"))
-    first, second = env.records("later", "attempts")
+    assert [r["dequeue_count"] for r in env.records("later", "attempts")] == [1, 2]
+
+
+def test_failed_message_waits_host_json_visibility_timeout(
+    env: Env, devhost_factory: DevhostFactory, tmp_path: Path
+) -> None:
+    config = json.loads((DEVHOST_APP / "host.json").read_text())
+    config["extensions"]["queues"]["visibilityTimeout"] = "00:00:02"
+    host_json = tmp_path / "host.slow.json"
+    host_json.write_text(json.dumps(config))
+    devhost_factory(env=env.vars, args=["--no-blobs", "--host-json", str(host_json)])
+    env.send({"key": "fixed", "fail": 1, "delay": 0})  # the exception's 0 s is ignored too
+    wait_for(lambda: env.records("fixed", "done"))
+    first, second = env.records("fixed", "attempts")
     assert second["t"] - first["t"] >= 1.8
+
+
+def test_trigger_argument_is_what_the_library_converter_builds(
+    env: Env, host: DevhostProcess
+) -> None:
+    env.send({"key": "meta"})
+    (done,) = wait_for(lambda: env.records("meta", "done"))  # type: ignore[misc]
+    # QueueMessageInConverter.decode's class and fields, from the host's trigger metadata
+    assert done["type"] == "azure.functions.queue.QueueMessage"
+    assert done["pop_receipt"] and done["id"]
+    inserted = datetime.fromisoformat(done["insertion_time"])
+    expires = datetime.fromisoformat(done["expiration_time"])
+    assert inserted.tzinfo is not None and expires > inserted
+    assert done["time_next_visible"] is not None
 
 
 def test_poison_after_max_dequeue_count_keeps_the_message_intact(
@@ -176,3 +209,21 @@ def test_message_encoding_none_passes_text_through(
     done = wait_for(lambda: env.records("plain", "done"))
     assert isinstance(done, list)
     assert json.loads(done[0]["body"]) == {"key": "plain"}
+
+
+def test_two_worker_processes_share_the_queue_and_http(
+    env: Env, devhost_factory: DevhostFactory
+) -> None:
+    host = devhost_factory(env=env.vars, args=["--no-blobs", "--workers", "2"])
+    assert httpx.get(f"{host.url}/api/echo/w", timeout=10).status_code == 200
+    keys = [f"w{i}" for i in range(16)]
+    for key in keys:
+        env.send({"key": key, "sleep": 0.5})
+    wait_for(lambda: all(env.records(k, "done") for k in keys), timeout=30)
+    done = [env.records(k, "done") for k in keys]
+    assert all(len(d) == 1 for d in done)  # each message ran once
+    pids = {d[0]["pid"] for d in done}
+    assert host.proc is not None and host.proc.pid not in pids  # the supervisor runs none
+    assert len(pids) == 2  # both worker processes took messages
+    host.stop()
+    assert host.proc.returncode == 0

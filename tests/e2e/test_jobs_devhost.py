@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -136,6 +137,7 @@ def jobs_stack(
             "INFER_JOB_RETRY_BASE_S": "0.2",
             "INFER_MAX_RETRIES": "0",
             "INFER_MAX_ATTEMPTS": "5",
+            "INFER_AUTH_LEVEL": "ANONYMOUS",  # no function key in these tests
         }
         host = devhost_factory(
             app_module="tests.e2e.jobs_app",
@@ -218,3 +220,22 @@ def test_devhost_killed_mid_run_every_job_still_succeeds(
     assert stack.poisoned() == []
     for j in ids[:5]:
         assert stack.get(j)["response"]["status_code"] == 200
+
+
+def test_retry_after_defers_for_that_long_without_using_up_deliveries(
+    jobs_stack: Callable[[Gpusim], JobsStack], gpusim_factory: Callable[..., Gpusim]
+) -> None:
+    # host.json's visibilityTimeout is 1 s and devhost, like the host, applies only that on a
+    # failure: the Retry-After wait comes from re-enqueueing the job with its own delay.
+    sim = gpusim_factory()
+    stack = jobs_stack(sim)
+    sim.set_fault("429", count=2, retry_after=3)
+    t0 = time.monotonic()
+    job_id = stack.submit(chat_line(0))
+    stack.wait_all([job_id], timeout=60)
+    assert time.monotonic() - t0 >= 5.5  # two Retry-After waits of 3 s, not two of 1 s
+    assert stack.proxy.snapshot().get(job_id) == 1
+    runs = [ln for ln in stack.host.log().splitlines() if "function=queue_worker" in ln]
+    assert len(runs) == 3  # two throttled deliveries and the one that succeeded
+    assert all("dequeue_count=1 " in ln for ln in runs)  # each a fresh message
+    assert stack.poisoned() == []

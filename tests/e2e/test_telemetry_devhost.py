@@ -120,6 +120,7 @@ def telemetry_stack(
             "INFER_BACKENDS": json.dumps(backends),
             "INFER_JOBS_CONTAINER": "jobs-" + uuid.uuid4().hex[:12],
             "INFER_MAX_RETRIES": "0",
+            "INFER_AUTH_LEVEL": "ANONYMOUS",  # no function key in these tests
             "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.url,
             "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "delta",
             "OTEL_SERVICE_NAME": "infer-test",

@@ -1,6 +1,7 @@
-"""batch adapters fed real trigger shapes: the Azure blob trigger function (func.InputStream
-as the host passes it) against Azurite, and the Lambda S3 / SQS handlers with real S3 event
-shapes against moto; the model is gpusim.
+"""batch adapters fed real trigger shapes: the Azure blob trigger function (an SDK-type
+``BlobRef``, built by its registered converter from ModelBindingData as the worker builds it)
+against Azurite, and the Lambda S3 / SQS handlers with real S3 event shapes against moto; the model
+is gpusim.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from azure.functions.blob import InputStream
 from azure.functions.queue import QueueMessage
 
+from functions.batch.blobref import BlobRef
 from tests.fixtures.azurite import Azurite
 from tests.fixtures.batch import gpusim_backend, make_input, read_jsonl
 from tests.fixtures.events import LambdaContext, load_event
 from tests.fixtures.gpusim import Gpusim
 from tests.fixtures.moto import MotoServer
+from tools.devhost.convert import blob_sdk_arg
 
 _FUNCS: dict[str, Any] = {}
 
@@ -42,6 +44,34 @@ def test_blob_trigger_binding_is_batch_in_with_event_grid_source() -> None:
     assert trigger["source"] == "EventGrid"
     shard = azure_fn("batch_shard").get_bindings_dict()["bindings"][0]
     assert (shard["type"], shard["queueName"]) == ("queueTrigger", "batch-shards")
+
+
+def blob_trigger_arg(container: str, name: str) -> Any:
+    """The deferred (SDK-type) argument: a client naming the blob, no content."""
+    return blob_sdk_arg(
+        BlobRef,
+        binding="blobTrigger",
+        connection="AzureWebJobsStorage",
+        container=container,
+        name=name,
+        trigger_metadata={},
+    )
+
+
+def test_blob_trigger_parameter_is_an_sdk_type_so_no_content_is_sent() -> None:
+    from azurefunctions.extensions.base import meta
+
+    from tools.devhost.convert import is_sdk_type
+    from tools.devhost.invoke import annotation_of
+
+    fn = azure_fn("batch").get_user_function()
+    assert annotation_of(fn, "blob") is BlobRef
+    # What the worker checks at indexing (deferred binding) and which converter it then calls
+    assert is_sdk_type(BlobRef)
+    registry = meta.get_binding_registry()
+    assert registry.get("blobTrigger").check_input_type_annotation(BlobRef)
+    ref = blob_trigger_arg("batch-in", "x.jsonl")
+    assert isinstance(ref, BlobRef) and ref.name == "batch-in/x.jsonl"
 
 
 def check_outputs(out: bytes, err: bytes, good: set[str], bad: int) -> None:
@@ -66,7 +96,7 @@ def test_azure_blob_trigger_writes_output_errors_and_status(azure_env: Azurite) 
     if not container.exists():
         container.create_container()
     container.upload_blob("fn-azure.jsonl", data, overwrite=True)
-    trigger = InputStream(data=b"", name="batch-in/fn-azure.jsonl", length=len(data))
+    trigger = blob_trigger_arg("batch-in", "fn-azure.jsonl")
     asyncio.run(azure_fn("batch").get_user_function()(trigger))
     out_c = svc.get_container_client("batch-out")
     out = out_c.download_blob("fn-azure.output.jsonl").readall()
@@ -92,7 +122,7 @@ def test_azure_shard_queue_messages_run_their_shards(
     if not c.exists():
         c.create_container()
     c.upload_blob("fn-shards.jsonl", data, overwrite=True)
-    trigger = InputStream(data=b"", name="batch-in/fn-shards.jsonl", length=len(data))
+    trigger = blob_trigger_arg("batch-in", "fn-shards.jsonl")
     asyncio.run(azure_fn("batch").get_user_function()(trigger))
     queue = azure_env.queue_service().get_queue_client("batch-shards")
     received = list(queue.receive_messages(messages_per_page=32, visibility_timeout=60))

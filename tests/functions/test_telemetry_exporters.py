@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import pytest
 from tests.fixtures.events import LambdaContext, load_event
 from tests.fixtures.gpusim import Gpusim
 from tests.fixtures.jobs import CountingProxy
-from tests.fixtures.otlp import Receiver
+from tests.fixtures.otlp import Receiver, hist
 from tests.fixtures.procs import PYTHON, ROOT
 
 CHAT = {"model": "local-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
@@ -77,6 +78,9 @@ def test_lambda_handler_writes_cloudwatch_emf_to_stdout(
     sim_env.setenv("INFER_METRICS_NAMESPACE", "InferTest")
     from functions.chat.aws import handler
 
+    # Mangum runs on the thread's event loop, as in the Lambda runtime; an async test before
+    # this one may have left none set.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     out = handler(load_event("apigw_v2_chat"), LambdaContext())
     assert out["statusCode"] == 200
     usage = json.loads(out["body"])["usage"]
@@ -127,3 +131,72 @@ print(json.dumps(bad))
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
     assert [tp for _, tp in proxy.traces] == [TRACEPARENT]
+
+
+async def test_failover_throttle_circuit_and_retry_are_counted(
+    otlp_receiver: Receiver, sim_env: pytest.MonkeyPatch, gpusim: Gpusim
+) -> None:
+    backends = [
+        {"name": "primary", "kind": "openai", "base_url": gpusim.v1, "priority": 0},
+        {"name": "secondary", "kind": "openai", "base_url": gpusim.v1, "priority": 1},
+    ]
+    sim_env.setenv("INFER_BACKENDS", json.dumps(backends))
+    sim_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
+    sim_env.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta")
+    gpusim.set_fault("429", count=1, retry_after=5)  # primary throttles, its circuit opens
+    r = await _post(CHAT)
+    assert r.status_code == 200, r.text
+    gpusim.set_fault("503", count=2, retry_after=0.05)  # secondary, then a retry succeeds
+    r = await _post(CHAT)
+    assert r.status_code == 200, r.text
+    points = otlp_receiver.metrics()
+
+    def total(name: str, **attrs: Any) -> float:
+        return sum(p.value or 0 for p in hist(points, name, **attrs))
+
+    assert total("infer.throttles", **{"infer.backend": "primary"}) == 1
+    assert total("infer.failovers", **{"infer.failover.from": "primary"}) >= 1
+    assert total("infer.circuit.changes", **{"infer.backend": "primary",
+                                            "infer.circuit.state": "open"}) == 1  # fmt: skip
+    assert total("infer.retries") >= 1
+    primary = hist(points, "gen_ai.client.operation.duration", **{"infer.backend": "primary"})
+    assert any(p.attrs.get("error.type") for p in primary)  # the throttled attempt
+    spans = otlp_receiver.spans()
+    clients = [s for s in spans if s["kind"] == 3]
+    assert {s["attrs"]["infer.backend"] for s in clients} == {"primary", "secondary"}
+    assert any(s["status"] == 2 for s in clients)  # the failed attempt is an error span
+
+
+def test_batch_lines_are_counted_and_continue_their_traceparent(
+    otlp_receiver: Receiver, batch_env: pytest.MonkeyPatch, azurite: Any, gpusim: Gpusim
+) -> None:
+    from azure.functions.blob import InputStream
+
+    from tests.fixtures.batch import gpusim_backend, make_input
+    from tests.functions.test_batch_adapters import azure_fn
+
+    batch_env.setenv("AzureWebJobsStorage", azurite.connection_string)
+    batch_env.setenv("INFER_BACKENDS", gpusim_backend(gpusim.v1))
+    batch_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
+    batch_env.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta")
+    data, good, bad = make_input(20, bad_every=10, prefix="tel")
+    first = json.loads(data.split(b"\n", 1)[0])
+    first["traceparent"] = TRACEPARENT
+    data = json.dumps(first).encode() + b"\n" + data.split(b"\n", 1)[1]
+    container = azurite.blob_service().get_container_client("batch-in")
+    if not container.exists():
+        container.create_container()
+    container.upload_blob("tel.jsonl", data, overwrite=True)
+    trigger = InputStream(data=b"", name="batch-in/tel.jsonl", length=len(data))
+    asyncio.run(azure_fn("batch").get_user_function()(trigger))
+    points = otlp_receiver.metrics()  # flushed before the function returned
+    lines = hist(points, "infer.batch.lines", **{"infer.batch": "tel"})
+    assert sum(p.value or 0 for p in lines if p.attrs["infer.outcome"] == "ok") == len(good)
+    assert sum(p.value or 0 for p in lines if p.attrs["infer.outcome"] == "failed") == bad
+    assert hist(points, "infer.batch.lines_per_second") and hist(
+        points, "infer.batch.in_flight_limit"
+    )
+    spans = [s for s in otlp_receiver.spans() if s["kind"] != 3]
+    assert len(spans) == len(good) and {s["attrs"]["infer.trigger"] for s in spans} == {"batch"}
+    traced = [s for s in spans if s["trace_id"] == TRACEPARENT.split("-")[1]]
+    assert len(traced) == 1 and traced[0]["parent_id"] == TRACEPARENT.split("-")[2]

@@ -3,6 +3,8 @@
 Cold start is a product feature: a handler whose backends are OpenAI-compatible must not
 import boto3, azure-identity, azure-storage or openai, and must stay near the cost of the
 packages it cannot avoid (fastapi, mangum, httpx, pydantic), measured in the same test.
+The response cache loads its modules only when ``INFER_CACHE`` asks for it, and redis /
+redisvl only in the modes that use them.
 The precise figures come from `make bench` (bench/coldstart.py); these guard regressions.
 """
 
@@ -45,13 +47,11 @@ def project_bytecode() -> None:
     )
 
 
-def probe(
-    modules: str, invoke: str, sim: Gpusim, extra_env: dict[str, str] | None = None
-) -> dict[str, Any]:
+def probe(modules: str, invoke: str, sim: Gpusim, **extra_env: str) -> dict[str, Any]:
     env = {
         "PATH": "/usr/bin:/bin",
         "INFER_BACKENDS": json.dumps([{"name": "sim", "kind": "openai", "base_url": sim.v1}]),
-        **(extra_env or {}),
+        **extra_env,
     }
     heavy_ok = ["--heavy-ok", TELEMETRY_MODULES] if extra_env else []
     out = subprocess.run(
@@ -110,7 +110,7 @@ def test_cold_start_with_otlp_telemetry_on_flushes_and_stays_in_budget(
     off, on = [], []
     for _ in range(2):
         off.append(probe("functions.chat.aws", "aws", gpusim_server))
-        on.append(probe("functions.chat.aws", "aws", gpusim_server, on_env))
+        on.append(probe("functions.chat.aws", "aws", gpusim_server, **on_env))
     best_on = min(on, key=lambda r: r["total_s"])
     best_off = min(r["total_s"] for r in off)
     assert all(r["status"] == 200 for r in off + on)
@@ -129,3 +129,33 @@ def test_shared_imports_no_platform_sdk() -> None:
     )
     out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+CACHE_CASES = [
+    # (INFER_CACHE, which Redis, the controls' modules the first chat invocation may load)
+    ("", None, []),
+    ('{"mode": "off"}', None, []),
+    ('{"mode": "exact"}', None, ["shared.cache.base"]),
+    ('{"mode": "exact"}', "redis", ["redis", "shared.cache.base"]),
+    (
+        '{"mode": "semantic", "semantic": {"embeddings_model": "local-model"}}',
+        "redis_stack",
+        ["redis", "redisvl", "shared.cache.base"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("cache", "server", "expected"), CACHE_CASES)
+def test_the_cache_imports_only_what_its_mode_uses(
+    cache: str,
+    server: str | None,
+    expected: list[str],
+    gpusim_server: Gpusim,
+    request: pytest.FixtureRequest,
+) -> None:
+    env = {"INFER_CACHE": cache} if cache else {}
+    if server is not None:
+        env["INFER_STATE_URL"] = request.getfixturevalue(f"{server}_url")
+    result = probe("functions.chat.aws", "aws", gpusim_server, **env)
+    assert result["status"] == 200
+    assert result["heavy_modules"] == expected, result

@@ -10,6 +10,7 @@ import pytest
 
 from tools.devhost.config import (
     ConfigError,
+    QueueOptions,
     apply_local_settings,
     load_host_json,
     parse_host_json,
@@ -114,9 +115,30 @@ def test_base64_decoding_is_strict() -> None:
     assert decode_message("plain {json}", "none") == b"plain {json}"
 
 
-def test_retry_delay_prefers_the_exception_attribute() -> None:
-    class Later(Exception):
-        visibility_timeout = 1.2
+def test_retry_delay_is_host_json_visibility_timeout_only() -> None:
+    # As the deployed host: no exception attribute or return value can change it.
+    assert retry_delay(QueueOptions(visibility_timeout_s=5.0)) == 5
+    assert retry_delay(QueueOptions()) == 0
 
-    assert retry_delay(RuntimeError(), 5.0) == 5
-    assert retry_delay(Later(), 5.0) == 2  # whole seconds, rounded up
+
+def test_workers_split_what_the_host_keeps_in_flight() -> None:
+    from tools.devhost.workers import share_queue_options
+
+    one = QueueOptions(batch_size=16)
+    assert share_queue_options(one, 1) is one
+    two = share_queue_options(one, 2)
+    assert (two.batch_size, two.fetch_threshold) == (8, 4)  # 2 x (8 + 4) = 16 + 8, as one host
+    three = share_queue_options(QueueOptions(batch_size=16, new_batch_threshold=5), 3)
+    assert (three.batch_size, three.new_batch_threshold) == (6, 2)
+
+
+def test_worker_count_comes_from_the_flag_else_the_app_setting() -> None:
+    from tools.devhost.workers import worker_count
+
+    assert worker_count(None, {}) == 1
+    assert worker_count(None, {"FUNCTIONS_WORKER_PROCESS_COUNT": "3"}) == 3
+    assert worker_count(2, {"FUNCTIONS_WORKER_PROCESS_COUNT": "3"}) == 2
+    with pytest.raises(ValueError, match=r"1\.\.10"):
+        worker_count(11, {})
+    with pytest.raises(ValueError, match="whole number"):
+        worker_count(None, {"FUNCTIONS_WORKER_PROCESS_COUNT": "two"})

@@ -68,3 +68,114 @@ def test_completions_and_embeddings_inputs() -> None:
     with pytest.raises(InvalidRequest) as info:
         parse({"model": "m"}, Operation.EMBEDDINGS)
     assert info.value.param == "input"
+
+
+M = [{"role": "user", "content": "hi"}]
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({"model": "m", "messages": [{"role": "tool", "content": "x"}]},
+         "messages[0].tool_call_id"),
+        ({"model": "m", "messages": [{"role": "user", "tool_calls": []}]},
+         "messages[0].tool_calls"),
+        ({"model": "m", "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+         "messages[0].content[0].text"),
+        ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"model": "m", "messages": M, "tools": "x"}, "tools"),
+        ({"model": "m", "messages": M, "tools": [{"type": "function"}]}, "tools[0].function"),
+        ({"model": "m", "messages": M, "tools": [{"type": "web"}]}, "tools[0].type"),
+        ({"model": "m", "messages": M,
+          "tools": [{"type": "function", "function": {"name": "bad name"}}]},
+         "tools[0].function.name"),
+        ({"model": "m", "messages": M, "tools": [TOOL] * 129}, "tools"),
+        ({"model": "m", "messages": M, "tool_choice": "auto"}, "tool_choice"),
+        ({"model": "m", "messages": M, "tools": [TOOL], "tool_choice": "maybe"}, "tool_choice"),
+        ({"model": "m", "messages": M, "tools": [TOOL], "tool_choice": {"type": "function"}},
+         "tool_choice.function"),
+        ({"model": "m", "messages": M, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"model": "m", "messages": M, "stop": [1]}, "stop[0]"),
+        ({"model": "m", "messages": M, "n": 0}, "n"),
+        ({"model": "m", "messages": M, "n": 129}, "n"),
+        ({"model": "m", "messages": M, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"model": "m", "messages": M, "top_logprobs": 2}, "top_logprobs"),
+        ({"model": "m", "messages": M, "presence_penalty": 3}, "presence_penalty"),
+        ({"model": "m", "messages": M, "logit_bias": {"50256": -101}}, "logit_bias"),
+        ({"model": "m", "messages": M, "response_format": {"type": "json_schema"}},
+         "response_format.json_schema"),
+        ({"model": "m", "messages": M, "max_tokens": True}, "max_tokens"),
+        ({"model": "m", "messages": M, "max_tokens": "5"}, "max_tokens"),
+        ({"model": "m", "messages": M, "stream": "yes"}, "stream"),
+    ],
+)  # fmt: skip
+def test_openai_documented_rules_name_the_param(body: dict[str, object], param: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse(body, cap=10_000) if len(json.dumps(body)) < 9000 else parse_big(body)
+    assert info.value.status == 400
+    assert info.value.param == param, info.value.message
+
+
+def parse_big(body: object, op: Operation = Operation.CHAT) -> dict[str, object]:
+    raw = json.dumps(body).encode()
+    return parse_request(op, raw, max_body_bytes=10**8, max_tokens_cap=10_000)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "m", "input": ["x"] * 2049}, "input"),
+        ({"model": "m", "input": ""}, "input"),
+        ({"model": "m", "input": ["a", ""]}, "input[1]"),
+        ({"model": "m", "input": []}, "input"),
+        ({"model": "m", "input": [[1, 2], []]}, "input[1]"),
+        ({"model": "m", "input": [1, -2]}, "input"),
+        ({"model": "m", "input": [1] * 8193}, "input"),
+        ({"model": "m", "input": [[1] * 8000] * 38}, "input"),  # 304,000 tokens in all
+        ({"model": "m", "input": ["a", [1]]}, "input[1]"),
+        ({"model": "m", "input": [True]}, "input[0]"),
+        ({"model": "m", "input": "a", "dimensions": 0}, "dimensions"),
+    ],
+)
+def test_embedding_inputs_follow_openai_limits(body: dict[str, object], param: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_big(body, Operation.EMBEDDINGS)
+    assert info.value.param == param, info.value.message
+
+
+def test_valid_shapes_pass_with_every_field_kept() -> None:
+    chat = {
+        "model": "m",
+        "messages": [
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hi"},
+                                         {"type": "image_url", "image_url": {"url": "x"}}]},
+            {"role": "assistant", "content": None,
+             "tool_calls": [{"id": "c1", "type": "function",
+                             "function": {"name": "get_weather", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        ],
+        "tools": [TOOL],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "stop": ["a", "b", "c", "d"],
+        "logprobs": True,
+        "top_logprobs": 20,
+        "n": 2,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x"}},
+        "vendor": {"anything": [1, 2]},
+    }  # fmt: skip
+    assert parse(chat) == chat
+    for inp in ("x", ["a", "b"], [1, 2, 3], [[1], [2, 3]], ["x"] * 2048):
+        body = {"model": "m", "input": inp}
+        assert parse_big(body, Operation.EMBEDDINGS) == body
+    completion = {"model": "m", "prompt": [[1, 2], [3]], "logprobs": 5, "best_of": 3, "n": 2}
+    assert parse(completion, Operation.COMPLETIONS) == completion
+
+
+def test_nesting_deeper_than_the_limit_is_400_not_a_recursion_error() -> None:
+    for depth in (70, 5_000, 100_000):
+        raw = b'{"model": "m", "messages": ' + b"[" * depth + b"]" * depth + b"}"
+        with pytest.raises(InvalidRequest, match="nested"):
+            parse_request(Operation.CHAT, raw, max_body_bytes=10**7, max_tokens_cap=10)

@@ -101,3 +101,44 @@ def test_bucket_boundaries_follow_the_conventions() -> None:
     assert N.TOKEN_BUCKETS[0] == 1 and N.TOKEN_BUCKETS[-1] == 67108864
     assert N.TTFT_BUCKETS[0] == 0.001 and N.TTFT_BUCKETS[-1] == 10.0
     assert N.TPOT_BUCKETS[0] == 0.01 and N.TPOT_BUCKETS[-1] == 2.5
+
+
+def test_concurrent_flushes_are_shared_and_each_covers_its_caller() -> None:
+    import threading
+    import time
+
+    class SlowSink:
+        push = True
+
+        def __init__(self) -> None:
+            self.flushes: list[tuple[float, float]] = []
+
+        def record(self, metric: N.Metric, value: float, attrs: dict[str, object]) -> None:
+            return None
+
+        def flush(self, timeout_s: float) -> None:
+            start = time.monotonic()
+            time.sleep(0.05)
+            self.flushes.append((start, time.monotonic()))
+
+        def shutdown(self) -> None:
+            return None
+
+    sink = SlowSink()
+    t = telemetry._Telemetry([sink], None)
+    asked: list[tuple[float, float]] = []
+
+    def call() -> None:
+        t0 = time.monotonic()
+        t.flush(5.0)
+        asked.append((t0, time.monotonic()))
+
+    threads = [threading.Thread(target=call) for _ in range(12)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(asked) == 12
+    assert len(sink.flushes) <= 4  # shared, not one per caller
+    for t0, t1 in asked:  # some flush started after the caller asked and ended before it left
+        assert any(s >= t0 - 1e-6 and e <= t1 + 1e-6 for s, e in sink.flushes)

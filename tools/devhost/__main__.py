@@ -13,6 +13,8 @@ from tools.devhost.config import ConfigError, apply_local_settings, load_host_js
 from tools.devhost.queues import DEFAULT_LEASE_S
 from tools.devhost.registry import IndexingError, load_app
 from tools.devhost.server import Options, configure_logging, serve
+from tools.devhost.startup import MAX_RETRY_S
+from tools.devhost.workers import supervise, worker_count
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -54,6 +56,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(default %(default)s, as the host); a crashed devhost's messages return after it",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes, as the host's FUNCTIONS_WORKER_PROCESS_COUNT (its default; "
+        "else 1): HTTP and queue polling spread over them, blob scans in the first",
+    )
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--http-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--listener-retry-max",
+        type=float,
+        default=MAX_RETRY_S,
+        help="while storage is down, each queue/blob listener retries its start with "
+        "backoff up to this many seconds (default %(default)s); HTTP serves meanwhile",
+    )
+    p.add_argument(
         "--shutdown-grace",
         type=float,
         default=30.0,
@@ -75,6 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, IndexingError) as exc:
         print(f"devhost: {exc}", file=sys.stderr)
         return 2
+    try:
+        workers = worker_count(args.workers, os.environ)
+    except ValueError as exc:
+        print(f"devhost: {exc}", file=sys.stderr)
+        return 2
+    if workers > 1 and args.worker_index is None:
+        child_argv = list(argv if argv is not None else sys.argv[1:])
+        return supervise(child_argv, args.host, args.port, workers, args.shutdown_grace)
     options = Options(
         host=args.host,
         port=args.port,
@@ -86,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         blob_poll_interval_s=args.blob_poll_interval,
         queue_lease_s=args.queue_lease,
         shutdown_grace_s=args.shutdown_grace,
+        listener_retry_max_s=args.listener_retry_max,
+        workers=workers,
+        worker_index=args.worker_index or 0,
+        http_fd=args.http_fd,
     )
     try:
         return asyncio.run(serve(specs, config, options))

@@ -18,20 +18,26 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import azure.functions as func
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceNotFoundError
-from azure.storage.blob import BlobClient, BlobProperties, ContainerClient, StorageStreamDownloader
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.storage.blob import BlobClient, BlobProperties, ContainerClient
 from azure.storage.queue import QueueClient
 
 from tools.devhost.config import QueueOptions, resolve_setting_expressions
-from tools.devhost.invoke import Invoker
+from tools.devhost.convert import (
+    blob_input_arg,
+    blob_metadata,
+    blob_sdk_arg,
+    is_sdk_type,
+    resolve,
+)
+from tools.devhost.invoke import Invoker, annotation_of
 from tools.devhost.registry import FunctionSpec
-from tools.devhost.storage import encode_message
+from tools.devhost.startup import MAX_RETRY_S, START_KWARGS, start_with_backoff
+from tools.devhost.storage import DEFAULT_CONNECTION, encode_message
 
 log = logging.getLogger("devhost")
 
@@ -69,115 +75,6 @@ class BlobPath:
         return None if m is None else m.groupdict()
 
 
-class BlobInputStream(func.InputStream):
-    """``func.InputStream`` that streams from storage: nothing is read until the function reads.
-
-    Reads download chunk by chunk (``CHUNK_BYTES``); ``readline`` and iteration buffer one
-    chunk at a time, so a multi-gigabyte JSONL file never sits in memory whole.
-    """
-
-    def __init__(self, client: BlobClient, properties: BlobProperties) -> None:
-        super().__init__()
-        self._client = client
-        self._props = properties
-        self._etag = properties.etag
-        self._downloader: StorageStreamDownloader[bytes] | None = None
-        self._chunks: Iterator[bytes] | None = None
-        self._buf = bytearray()
-        self._eof = False
-        self.bytes_downloaded = 0
-
-    @property
-    def name(self) -> str:
-        return f"{self._client.container_name}/{self._client.blob_name}"
-
-    @property
-    def length(self) -> int:
-        return int(self._props.size)
-
-    @property
-    def uri(self) -> str:
-        return str(self._client.url)
-
-    @property
-    def blob_properties(self) -> dict[str, Any]:
-        return {"ETag": self._etag, "Length": self.length, "ContentType": self._content_type()}
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        return dict(self._props.metadata or {})
-
-    def _content_type(self) -> str | None:
-        settings = self._props.content_settings
-        return None if settings is None else settings.content_type
-
-    def _fill(self) -> bool:
-        if self._eof:
-            return False
-        if self._chunks is None:
-            self._downloader = self._client.download_blob(
-                etag=self._etag, match_condition=MatchConditions.IfNotModified
-            )
-            self._chunks = self._downloader.chunks()
-        chunk = next(self._chunks, None)
-        if chunk is None:
-            self._eof = True
-            return False
-        self.bytes_downloaded += len(chunk)
-        self._buf += chunk
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            while self._fill():
-                pass
-            size = len(self._buf)
-        while len(self._buf) < size and self._fill():
-            pass
-        out = bytes(self._buf[:size])
-        del self._buf[:size]
-        return out
-
-    read1 = read
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-    def readline(self, size: int | None = -1) -> bytes:
-        limit = None if size is None or size < 0 else size
-        while True:
-            nl = self._buf.find(b"\n")
-            if nl >= 0 or (limit is not None and len(self._buf) >= limit) or not self._fill():
-                break
-        end = len(self._buf) if nl < 0 else nl + 1
-        if limit is not None:
-            end = min(end, limit)
-        out = bytes(self._buf[:end])
-        del self._buf[:end]
-        return out
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        line = self.readline()
-        if not line:
-            raise StopIteration
-        return line
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def writable(self) -> bool:
-        return False
-
-
 def receipt_name(function: str, container: str, blob: str, etag: str) -> str:
     return f"blobreceipts/{HOST_ID}/{function}/{etag.strip(chr(34))}/{container}/{blob}"
 
@@ -193,6 +90,7 @@ class BlobListener:
         invoker: Invoker,
         *,
         poll_s: float = 1.0,
+        start_retry_max_s: float = MAX_RETRY_S,
     ) -> None:
         self.spec = spec
         self.path = BlobPath.parse(str(spec.trigger["path"]))
@@ -202,11 +100,23 @@ class BlobListener:
         self.options = options
         self.invoker = invoker
         self.poll_s = poll_s
+        self.start_retry_max_s = start_retry_max_s
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self._retry_at: dict[str, float] = {}
         self._slots = asyncio.Semaphore(options.batch_size)
 
+    def start(self) -> None:
+        """Create the containers and poison queue the listener needs (one attempt each)."""
+        for container in (self.container, self.receipts):
+            with contextlib.suppress(ResourceExistsError):
+                container.create_container(**START_KWARGS)
+        with contextlib.suppress(ResourceExistsError):
+            self.poison.create_queue(**START_KWARGS)
+
     async def run(self, stop: asyncio.Event) -> None:
+        what = f"blob listener for function {self.spec.name} (container {self.path.container})"
+        if not await start_with_backoff(what, self.start, stop, max_s=self.start_retry_max_s):
+            return
         while not stop.is_set():
             try:
                 await self._scan()
@@ -268,11 +178,14 @@ class BlobListener:
                 self._log(props, t0, attempt, "poisoned (attempts exceeded)")
                 return
             await asyncio.to_thread(self._write_receipt, key, "pending", attempt)
-            client = self.container.get_blob_client(props.name)
-            stream = BlobInputStream(client, props)
             data = {**binding, "BlobTrigger": f"{self.path.container}/{props.name}"}
             try:
-                await self.invoker.invoke(self.spec, stream, binding_data=data)
+                arg = await asyncio.to_thread(self._trigger_arg, props)
+            except (ResourceNotFoundError, ResourceModifiedError):
+                self._log(props, t0, attempt, "skipped (blob deleted or overwritten)")
+                return
+            try:
+                await self.invoker.invoke(self.spec, arg, binding_data=data)
             except ResourceNotFoundError:
                 self._log(props, t0, attempt, "skipped (blob deleted)")
                 return
@@ -289,6 +202,33 @@ class BlobListener:
             await asyncio.to_thread(self._write_receipt, key, "done", attempt)
             self._retry_at.pop(key, None)
             self._log(props, t0, attempt, "success")
+
+    def _trigger_arg(self, props: BlobProperties) -> Any:
+        """The argument the worker passes: via the binding's own converter, from a Datum.
+
+        An SDK-type parameter (``BlobClient``…) gets a client and no content. Otherwise the
+        host sends the whole blob, as deployed, and ``func.InputStream`` holds it in memory.
+        """
+        client = self.container.get_blob_client(props.name)
+        trigger_metadata = blob_metadata(
+            container=self.path.container,
+            name=props.name,
+            uri=str(client.url),
+            properties=_properties(props),
+            metadata=dict(props.metadata or {}),
+        )
+        annotation = resolve(annotation_of(self.spec.func, str(self.spec.trigger["name"])))
+        if is_sdk_type(annotation):
+            return blob_sdk_arg(
+                annotation,
+                binding=self.spec.trigger_type,
+                connection=str(self.spec.trigger.get("connection") or DEFAULT_CONNECTION),
+                container=self.path.container,
+                name=props.name,
+                trigger_metadata=trigger_metadata,
+            )
+        content = _download(client, props)
+        return blob_input_arg(annotation, content, trigger_metadata)
 
     def _poison(self, props: BlobProperties, key: str, attempts: int) -> None:
         """The host's poison message: which function, container, blob and ETag failed."""
@@ -314,3 +254,24 @@ class BlobListener:
             (time.perf_counter() - t0) * 1000,
             outcome,
         )
+
+
+def _download(client: BlobClient, props: BlobProperties) -> bytes:
+    """The whole blob version the listener saw (the host sends it whole to the worker)."""
+    downloader = client.download_blob(
+        etag=props.etag, match_condition=MatchConditions.IfNotModified
+    )
+    return downloader.readall()
+
+
+def _properties(props: BlobProperties) -> dict[str, Any]:
+    settings = props.content_settings
+    modified = props.last_modified
+    return {
+        "BlobType": "BlockBlob",
+        "ContentLength": int(props.size),
+        "Length": int(props.size),
+        "ContentType": None if settings is None else settings.content_type,
+        "ETag": str(props.etag),
+        "LastModified": None if modified is None else modified.isoformat(),
+    }

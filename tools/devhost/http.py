@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from tools.devhost.invoke import Invoker, annotation_of
+from tools.devhost.keys import HostKeys, auth_level_of
 from tools.devhost.registry import FunctionSpec
 from tools.devhost.routes import RouteTemplate
 from tools.devhost.view import PREFIX as VIEW_PREFIX
@@ -134,11 +136,22 @@ def metrics_response() -> Response:
 class HttpApp:
     """The ASGI app uvicorn serves: ``/{routePrefix}/{route}`` for every HTTP trigger."""
 
-    def __init__(self, specs: list[FunctionSpec], route_prefix: str, invoker: Invoker) -> None:
+    def __init__(
+        self,
+        specs: list[FunctionSpec],
+        route_prefix: str,
+        invoker: Invoker,
+        keys: HostKeys | None = None,
+    ) -> None:
         self.routes = sorted(
             (HttpRoute.build(s, route_prefix) for s in specs), key=lambda r: r.template.sort_key
         )
         self.invoker = invoker
+        self.keys = keys or HostKeys.from_settings(os.environ)
+
+    @property
+    def needs_keys(self) -> bool:
+        return any(auth_level_of(r.spec.trigger) != "anonymous" for r in self.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -167,6 +180,10 @@ class HttpApp:
             return
         for route, params in matched:
             if route.allows(method):
+                given = HostKeys.presented(scope["headers"], scope.get("query_string", b""))
+                if not self.keys.allows(auth_level_of(route.spec.trigger), given):
+                    await Response(status_code=401)(scope, receive, send)  # as the host: no body
+                    return
                 await self._invoke(route, params, scope, receive, send)
                 return
         allow = sorted({m for r, _ in matched for m in (r.methods or ())})

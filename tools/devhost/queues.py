@@ -3,9 +3,14 @@
 A message is deleted only after its function succeeded, so a crash (SIGKILL) loses nothing:
 the message becomes visible again when its lease runs out and is delivered again.
 
-devhost extension (ignored by the deployed host): when the exception a function raises has
-a ``visibility_timeout`` attribute (seconds), that delay replaces host.json's
-``visibilityTimeout`` for this message (rounded up to whole seconds, as the service wants).
+A failed message becomes visible again after host.json's fixed ``visibilityTimeout``, as in
+the deployed host: nothing a function raises changes that delay (a function that wants a
+longer one must send a new message with its own delay and return normally). After
+``maxDequeueCount`` failed deliveries the message moves to ``<queue>-poison``.
+
+The trigger argument is built by the library's own converter
+(``QueueMessageInConverter.decode`` over a ``Datum`` and the host's trigger metadata), so it
+is the same ``func.QueueMessage`` the Python worker passes.
 """
 
 from __future__ import annotations
@@ -14,16 +19,17 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 
-from azure.functions.queue import QueueMessage as TriggerMessage
+from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient, QueueMessage
 
 from tools.devhost.config import QueueOptions, resolve_setting_expressions
+from tools.devhost.convert import queue_trigger_arg
 from tools.devhost.invoke import Invoker
 from tools.devhost.registry import FunctionSpec
+from tools.devhost.startup import MAX_RETRY_S, START_KWARGS, start_with_backoff
 from tools.devhost.storage import decode_message
 
 log = logging.getLogger("devhost")
@@ -37,13 +43,9 @@ class _Lease:
     pop_receipt: str
 
 
-def retry_delay(exc: BaseException, default_s: float) -> int:
-    """Seconds before a failed message is visible again (exception override, else host.json)."""
-    override = getattr(exc, "visibility_timeout", None)
-    delay = default_s
-    if isinstance(override, int | float) and not isinstance(override, bool) and override >= 0:
-        delay = float(override)
-    return max(0, math.ceil(delay))
+def retry_delay(options: QueueOptions) -> int:
+    """Seconds before a failed message is visible again: host.json's, whatever failed."""
+    return max(0, round(options.visibility_timeout_s))
 
 
 class QueueListener:
@@ -57,6 +59,7 @@ class QueueListener:
         *,
         lease_s: int = DEFAULT_LEASE_S,
         min_poll_s: float = 0.1,
+        start_retry_max_s: float = MAX_RETRY_S,
     ) -> None:
         self.spec = spec
         self.queue = queue
@@ -65,14 +68,24 @@ class QueueListener:
         self.invoker = invoker
         self.lease_s = max(1, lease_s)
         self.min_poll_s = min_poll_s
+        self.start_retry_max_s = start_retry_max_s
         self.inflight: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def queue_name(spec: FunctionSpec) -> str:
         return resolve_setting_expressions(str(spec.trigger["queueName"])).lower()
 
+    def start(self) -> None:
+        """Create the queue and its poison queue (one attempt each, no SDK retries)."""
+        for client in (self.queue, self.poison):
+            with contextlib.suppress(ResourceExistsError):
+                client.create_queue(**START_KWARGS)
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll until ``stop`` is set; then let in-flight invocations finish."""
+        """Start (retrying while storage is down), poll until ``stop`` is set."""
+        what = f"queue listener for function {self.spec.name} (queue {self.queue.queue_name})"
+        if not await start_with_backoff(what, self.start, stop, max_s=self.start_retry_max_s):
+            return
         delay = self.min_poll_s
         while not stop.is_set():
             if len(self.inflight) > self.options.fetch_threshold:
@@ -120,15 +133,7 @@ class QueueListener:
             await asyncio.to_thread(self._to_poison, lease)
             self._log(message, t0, "poisoned (invalid base64)")
             return
-        trigger = TriggerMessage(
-            id=message.id,
-            body=body,
-            dequeue_count=count,
-            expiration_time=message.expires_on,
-            insertion_time=message.inserted_on,
-            time_next_visible=message.next_visible_on,
-            pop_receipt=lease.pop_receipt,
-        )
+        trigger = queue_trigger_arg(message, body)
         done = asyncio.Event()
         renewer = asyncio.create_task(self._renew(lease, done))
         error: Exception | None = None
@@ -148,7 +153,7 @@ class QueueListener:
                 await asyncio.to_thread(self._to_poison, lease)
                 self._log(message, t0, "failed, poisoned")
             else:
-                delay = retry_delay(error, self.options.visibility_timeout_s)
+                delay = retry_delay(self.options)
                 await asyncio.to_thread(
                     self.queue.update_message,
                     message.id,

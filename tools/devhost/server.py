@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -15,12 +16,15 @@ from pathlib import Path
 import uvicorn
 from azure.storage.blob import ContainerClient
 
+from tools.devhost import workers
 from tools.devhost.blobs import POISON_QUEUE, RECEIPTS_CONTAINER, BlobListener, BlobPath
 from tools.devhost.config import HostConfig
 from tools.devhost.http import HttpApp
 from tools.devhost.invoke import Invoker, check_supported
+from tools.devhost.keys import auth_level_of
 from tools.devhost.queues import DEFAULT_LEASE_S, QueueListener
 from tools.devhost.registry import FunctionSpec, IndexingError
+from tools.devhost.startup import MAX_RETRY_S
 from tools.devhost.storage import Storage
 from tools.devhost.timers import HOSTS_CONTAINER, TimerListener, host_id
 from tools.devhost.view import VIEW_PATH
@@ -40,6 +44,10 @@ class Options:
     blob_poll_interval_s: float = 1.0
     queue_lease_s: int = DEFAULT_LEASE_S
     shutdown_grace_s: float = 30.0
+    listener_retry_max_s: float = MAX_RETRY_S
+    workers: int = 1  # --workers: this is process ``worker_index`` of ``workers``
+    worker_index: int = 0
+    http_fd: int | None = None  # the listening socket the supervisor shares
 
 
 class _Server(uvicorn.Server):
@@ -58,6 +66,7 @@ def build_listeners(
 ) -> list[Listener]:
     storage = invoker.storage
     listeners: list[Listener] = []
+    queue_options = workers.share_queue_options(config.queues, options.workers)
     for spec in specs:
         conn = spec.trigger.get("connection")
         if spec.trigger_type == "queueTrigger" and options.queues:
@@ -65,24 +74,26 @@ def build_listeners(
             listeners.append(
                 QueueListener(
                     spec,
-                    storage.queue(conn, name),
-                    storage.queue(conn, f"{name}-poison"),
-                    config.queues,
+                    storage.queue(conn, name, create=False),
+                    storage.queue(conn, f"{name}-poison", create=False),
+                    queue_options,
                     invoker,
                     lease_s=options.queue_lease_s,
                     min_poll_s=options.poll_interval_s,
+                    start_retry_max_s=options.listener_retry_max_s,
                 )
             )
         elif spec.trigger_type == "blobTrigger" and options.blobs:
             path = BlobPath.parse(str(spec.trigger["path"]))
             listener = BlobListener(
                 spec,
-                storage.container(conn, path.container),
-                storage.container(conn, RECEIPTS_CONTAINER),
-                storage.queue(conn, POISON_QUEUE),
+                storage.container(conn, path.container, create=False),
+                storage.container(conn, RECEIPTS_CONTAINER, create=False),
+                storage.queue(conn, POISON_QUEUE, create=False),
                 config.queues,
                 invoker,
                 poll_s=options.blob_poll_interval_s,
+                start_retry_max_s=options.listener_retry_max_s,
             )
             listeners.append(listener)
         elif spec.trigger_type == "timerTrigger" and options.timers:
@@ -107,6 +118,14 @@ def banner(app: HttpApp, specs: list[FunctionSpec], options: Options) -> str:
     for spec in specs:
         if spec.trigger_type != "httpTrigger":
             lines.append(f"        {spec.name}: {spec.trigger_type}")
+    if app.needs_keys:
+        key = app.keys.function_keys[0]
+        origin = "generated; set DEVHOST_FUNCTION_KEYS to choose" if app.keys.generated else (
+            "from DEVHOST_FUNCTION_KEYS")  # fmt: skip
+        lines += ["", f"Function key ({origin}): {key}",
+                  "        send it as 'x-functions-key: <key>' or '?code=<key>'"]  # fmt: skip
+        if any(auth_level_of(r.spec.trigger) == "admin" for r in app.routes):
+            lines.append(f"Master key (admin routes; DEVHOST_MASTER_KEY): {app.keys.master_key}")
     if os.environ.get("INFER_METRICS_PROMETHEUS", "").strip().lower() in ("1", "true", "yes", "on"):
         base = f"http://{options.host}:{options.port}"
         lines += ["", f"Local view: {base}{VIEW_PATH}  (Prometheus text: {base}/metrics)"]
@@ -123,7 +142,11 @@ async def serve(specs: list[FunctionSpec], config: HostConfig, options: Options)
     invoker = Invoker(Storage(), message_encoding=config.queues.message_encoding)
     http_specs = [s for s in specs if s.trigger_type == "httpTrigger"]
     app = HttpApp(http_specs, config.route_prefix, invoker)
-    listeners = await asyncio.to_thread(build_listeners, specs, config, options, invoker)
+    # No storage call here: each listener starts (and retries) in the background, so HTTP
+    # functions serve at once even while storage is down.
+    listeners = build_listeners(specs, config, options, invoker)
+    if options.worker_index > 0:  # --workers: only the first process runs non-queue listeners
+        listeners = [lst for lst in listeners if isinstance(lst, QueueListener)]
 
     server = _Server(
         uvicorn.Config(
@@ -141,7 +164,8 @@ async def serve(specs: list[FunctionSpec], config: HostConfig, options: Options)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    http_task = asyncio.create_task(server.serve())
+    sockets = None if options.http_fd is None else [socket.socket(fileno=options.http_fd)]
+    http_task = asyncio.create_task(server.serve(sockets=sockets))
     poll_tasks = [asyncio.create_task(lst.run(stop)) for lst in listeners]
     while not server.started and not http_task.done():  # noqa: ASYNC110 - uvicorn has no event
         await asyncio.sleep(0.02)
@@ -150,7 +174,15 @@ async def serve(specs: list[FunctionSpec], config: HostConfig, options: Options)
         await asyncio.gather(*poll_tasks, return_exceptions=True)
         invoker.shutdown()
         return 1
-    print(banner(app, specs, options), flush=True)
+    if options.worker_index == 0:
+        print(banner(app, specs, options), flush=True)
+    if options.workers > 1:
+        log.info(
+            "devhost: worker process %d/%d pid=%d",
+            options.worker_index + 1,
+            options.workers,
+            os.getpid(),
+        )
 
     stop_task = asyncio.create_task(stop.wait())
     await asyncio.wait({stop_task, http_task, *poll_tasks}, return_when=asyncio.FIRST_COMPLETED)

@@ -26,6 +26,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_level=config.log_level,
         access_log=config.access_log,
         lifespan="off",
+        # Open streams and "timeout" faults would otherwise hold SIGTERM off for minutes.
+        timeout_graceful_shutdown=max(1, round(config.shutdown_grace_s)),
     )
 
 

@@ -12,12 +12,11 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from . import wire
 from .faults import FaultSpecError
 from .runtime import Runtime
 
@@ -37,7 +36,7 @@ def routes(rt: Runtime) -> list[BaseRoute]:
             rt.faults.clear()
         elif request.method == "POST":
             try:
-                rt.faults.schedule_from_json(json.loads(await request.body()))
+                rt.faults.schedule_from_json(await wire.loads(await request.body()))
             except (ValueError, FaultSpecError) as exc:
                 return JSONResponse({"error": {"message": str(exc)}}, status_code=400)
         return JSONResponse(rt.faults.describe())

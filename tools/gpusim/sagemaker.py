@@ -148,7 +148,7 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         if len(raw) > 6 * 1024 * 1024:
             return aws_error(400, "ValidationError", "Request body exceeds 6 MB")
         try:
-            body: Any = json.loads(raw)
+            body: Any = await wire.loads(raw)
         except ValueError:
             return aws_error(400, "ValidationError", "Request body is not valid JSON")
         is_tgi = isinstance(body, dict) and "inputs" in body

@@ -10,7 +10,6 @@ The Azure ML and SageMaker modules reuse :func:`generate` for their TGI payloads
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -182,7 +181,7 @@ async def _stream(rt: Runtime, scope: Scope, send: Send, gen: Any, params: dict[
 
 async def read_json(request: Request) -> Any:
     try:
-        return json.loads(await request.body())
+        return await wire.loads(await request.body())
     except ValueError:
         return None
 

