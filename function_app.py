@@ -14,9 +14,10 @@ from functions.health.azure import bp as health
 from functions.http_auth import AUTH_LEVEL
 from functions.jobs.azure import bp as jobs
 from functions.models.azure import bp as models
+from functions.probe.azure import bp as probe
 from functions.queue_worker.azure import bp as queue_worker
 
 app = func.FunctionApp(http_auth_level=AUTH_LEVEL)  # INFER_AUTH_LEVEL (functions/http_auth.py)
 
-for blueprint in (chat, completions, embeddings, models, health, jobs, queue_worker, batch):
+for blueprint in (chat, completions, embeddings, models, health, jobs, queue_worker, batch, probe):
     app.register_functions(blueprint)

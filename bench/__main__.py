@@ -13,6 +13,7 @@ BENCHES = [
     "bench.batch",
     "bench.cache",
     "bench.controls",
+    "bench.telemetry",
 ]
 
 

@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from shared.errors import DeadlineExceeded
 
@@ -28,6 +29,12 @@ class Context:
     caller: str | None = None
     #: Headers the controls add to the answer (``x-ratelimit-*``), merged by shared.web.
     response_headers: dict[str, str] = field(default_factory=dict)
+    #: The caller's W3C ``traceparent`` (HTTP header, queue message or batch line).
+    traceparent: str | None = None
+    #: What started the invocation: ``http`` | ``queue`` | ``batch`` | ``internal``.
+    entry: str = "internal"
+    #: The request's telemetry record (``shared.telemetry``), set when telemetry is on.
+    telemetry: Any = field(default=None, repr=False, compare=False)
     #: The request's ``Cache-Control`` header (``no-cache`` / ``no-store`` are honoured).
     cache_control: str = ""
     #: Set by the response cache: ``"hit"`` | ``"miss"`` | ``"bypass"`` (None: no cache).

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 from shared.context import Context
 from shared.errors import DeadlineExceeded, InferenceError
+from shared.telemetry import record_retry
 
 T = TypeVar("T")
 
@@ -122,5 +123,6 @@ async def call_with_retry(
             delay = retry_delay(err.retry_after, retries, rand())
             if delay is None or delay + MIN_ATTEMPT_S >= ctx.remaining():
                 raise
+            record_retry(ctx, err)
             await sleep(delay)
             retries += 1

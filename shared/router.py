@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from shared import telemetry
 from shared.backends.base import Backend, ByteStream, Result
 from shared.context import Context
 from shared.errors import (
@@ -47,6 +48,7 @@ class Circuit:
     open_until: float = 0.0
     failures: int = 0
     probing: bool = False
+    name: str = ""  # the backend's, for telemetry
 
     def state(self, now: float) -> str:
         if self.open_until == 0.0:
@@ -58,18 +60,32 @@ class Circuit:
         return state == "closed" or (state == "half_open" and not self.probing)
 
     def record_success(self) -> None:
+        if self.open_until:
+            telemetry.record_circuit(self.name, "closed")
         self.open_until = 0.0
         self.failures = 0
         self.probing = False
 
+    def trip(self, now: float, hold_s: float) -> None:
+        """Open now for ``hold_s`` (a failed health probe), whatever the failure count."""
+        self.probing = False
+        self.failures += 1
+        was_open = self.state(now) == "open"
+        self.open_until = max(self.open_until, now + max(hold_s, 0.001))
+        if not was_open:
+            telemetry.record_circuit(self.name, "open")
+
     def record_failure(self, err: InferenceError, now: float) -> None:
         self.probing = False
         self.failures += 1
+        was = self.open_until
         if isinstance(err, BackendRateLimited | BackendUnavailable):
             hold = err.retry_after if err.retry_after and err.retry_after > 0 else RATE_LIMIT_OPEN_S
             self.open_until = now + min(hold, 120.0)
         elif self.failures >= FAILURE_THRESHOLD or self.open_until:
             self.open_until = now + DEFAULT_OPEN_S
+        if self.open_until != was:
+            telemetry.record_circuit(self.name, "open")
 
 
 @dataclass
@@ -81,6 +97,9 @@ class Slot:
     @property
     def full(self) -> bool:
         return self.in_flight >= self.backend.config.max_concurrency
+
+    def __post_init__(self) -> None:
+        self.circuit.name = self.backend.name
 
 
 class _SlotStream:
@@ -94,7 +113,9 @@ class _SlotStream:
         inner: ByteStream,
         release: Callable[[], None],
         on_failure: Callable[[InferenceError], None],
+        backend: str = "",
     ) -> None:
+        self.backend = backend
         self._inner = inner
         self._release: Callable[[], None] | None = release
         self._on_failure = on_failure
@@ -133,6 +154,10 @@ class Router:
         self.slots = [Slot(b) for b in backends]
         self._clock = clock
         self._rand = rand
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     @property
     def backends(self) -> list[Backend]:
@@ -182,13 +207,14 @@ class Router:
             def failed(err: InferenceError) -> None:
                 slot.circuit.record_failure(err, self._clock())
 
-            return _SlotStream(inner, release, failed)
+            return _SlotStream(inner, release, failed, slot.backend.name)
 
         return await self._route(str(payload.get("model", "")), call, ctx)
 
     async def _route(self, model: str, call: Callable[[Slot], Awaitable[T]], ctx: Context) -> T:
         """Try candidates in order; ``call`` owns releasing the slot it was given."""
         plan = self.plan(model)
+        failed: Slot | None = None
         while True:
             now = self._clock()
             last_err: InferenceError | None = None
@@ -205,10 +231,15 @@ class Router:
                     continue
                 if slot.circuit.state(now) == "half_open":
                     slot.circuit.probing = True
+                    telemetry.record_circuit(slot.backend.name, "half_open")
+                if failed is not None:
+                    telemetry.record_failover(ctx, failed.backend.name, slot.backend.name)
                 slot.in_flight += 1
+                tried = telemetry.attempt(ctx, slot.backend)
                 try:
                     result = await call(slot)
                 except InferenceError as err:
+                    tried.end(err)
                     if not err.retryable:
                         if isinstance(err, BackendError):
                             slot.circuit.record_success()  # it answered; the request was bad
@@ -217,10 +248,13 @@ class Router:
                         raise
                     slot.circuit.record_failure(err, self._clock())
                     last_err = err
+                    failed = slot
                     continue
-                except BaseException:
+                except BaseException as exc:
+                    tried.end(exc)
                     slot.circuit.probing = False
                     raise
+                tried.end()
                 slot.circuit.record_success()
                 return result
             if last_err is not None:

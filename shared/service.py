@@ -26,6 +26,8 @@ from shared.router import Router
 from shared.schemas import Operation, validate_payload
 from shared.settings import Settings, get_settings
 from shared.streaming import ForwardStream
+from shared.telemetry import log_request, record_cache
+from shared.telemetry import start as start_telemetry
 
 if TYPE_CHECKING:
     from shared.limits import Admission
@@ -158,20 +160,27 @@ class Service:
 
     async def _answer(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
         if self.cache is not None:
-            return await self.cache.complete(op, payload, ctx, self._complete)
+            result = await self.cache.complete(op, payload, ctx, self._complete)
+            if ctx.cache_status:
+                record_cache(ctx, ctx.cache_status)
+            return result
         return await self._complete(op, payload, ctx)
 
     async def _complete(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
         started = time.monotonic()
+        rec = start_telemetry(op, payload, ctx)
 
         async def attempt(n: int) -> Result:
             return await self.router.invoke(op, payload, ctx)
 
         try:
             result = await call_with_retry(attempt, ctx, max_retries=self.settings.max_retries)
-        except InferenceError as err:
-            self._log_failure(op, payload, ctx, err, started)
+        except BaseException as err:
+            rec.end(error=err)
+            if isinstance(err, InferenceError):
+                self._log_failure(op, payload, ctx, err, started)
             raise
+        rec.end(result=result)
         if log.isEnabledFor(logging.INFO):  # reading usage parses the body: only when logged
             self._log_usage(op, payload, ctx, result.backend, result.usage(), started)
         return result
@@ -187,6 +196,8 @@ class Service:
         try:
             if self.cache is not None:
                 body = await self.cache.stream(op, payload, ctx, self._stream)
+                if ctx.cache_status:
+                    record_cache(ctx, ctx.cache_status)
             else:
                 body = await self._stream(op, payload, ctx)
         except BaseException:
@@ -205,16 +216,19 @@ class Service:
         after it end the stream with an OpenAI error event, since the status line is gone.
         """
         started = time.monotonic()
+        rec = start_telemetry(op, payload, ctx, stream=True)
 
         async def attempt(n: int) -> ByteStream:
             return await self.router.open_stream(op, payload, ctx)
 
         try:
             opened = await call_with_retry(attempt, ctx, max_retries=self.settings.max_retries)
-        except InferenceError as err:
-            self._log_failure(op, payload, ctx, err, started)
+        except BaseException as err:
+            rec.end(error=err)
+            if isinstance(err, InferenceError):
+                self._log_failure(op, payload, ctx, err, started)
             raise
-        return ForwardStream(self._forward(opened, op, payload, ctx, started), opened)
+        return ForwardStream(self._forward(opened, op, payload, ctx, started, rec), opened)
 
     async def _forward(
         self,
@@ -223,29 +237,41 @@ class Service:
         payload: dict[str, Any],
         ctx: Context,
         started: float,
+        rec: Any = None,
     ) -> AsyncGenerator[bytes, None]:
         tail = b""
+        rec = rec or start_telemetry(op, payload, ctx, stream=True)
+        backend = str(getattr(opened, "backend", ""))
         try:
             async with asyncio.timeout(max(ctx.remaining(), 0.0)):
                 async for chunk in opened:
                     tail = (tail + chunk)[-_USAGE_TAIL:]
+                    rec.chunk(chunk)
                     yield chunk
         except TimeoutError:
             err = DeadlineExceeded("the invocation deadline passed mid-stream")
-            self._log_failure(op, payload, ctx, err, started)
+            rec.end(error=err)
+            self._log_failure(op, payload, ctx, err, started, backend)
             yield sse_error(err)
             return
         except InferenceError as err:
-            self._log_failure(op, payload, ctx, err, started)
+            rec.end(error=err)
+            self._log_failure(op, payload, ctx, err, started, backend)
             yield sse_error(err)
             return
         except Exception as exc:  # never leak internals into the stream
+            rec.end(error=exc)
             log.exception("stream failed request_id=%s", ctx.request_id)
             yield sse_error(BackendError(f"stream failed: {type(exc).__name__}"))
             return
+        except BaseException as exc:  # the caller went away (cancelled, closed)
+            rec.end(error=exc)
+            raise
         finally:
             await opened.aclose()
-        self._log_usage(op, payload, ctx, "", usage_from_tail(tail), started)
+        usage = usage_from_tail(tail)
+        rec.end(usage=usage, tail=tail)
+        self._log_usage(op, payload, ctx, backend, usage, started)
 
     async def models(self, ctx: Context) -> dict[str, Any]:
         """The public model list: configured names, plus what wildcard backends serve."""
@@ -284,17 +310,18 @@ class Service:
         usage: dict[str, Any] | None,
         started: float,
     ) -> None:
-        if not log.isEnabledFor(logging.INFO):
-            return
-        log.info(
-            "inference ok op=%s model=%s backend=%s request_id=%s ms=%.1f usage=%s%s",
-            op.value,
-            payload.get("model"),
-            backend,
-            ctx.request_id,
-            (time.monotonic() - started) * 1000,
-            json.dumps(usage) if usage else "-",
-            self._prompt_suffix(payload),
+        log_request(
+            log,
+            logging.INFO,
+            ctx,
+            payload,
+            event="inference",
+            outcome="ok",
+            op=op.value,
+            model=payload.get("model"),
+            backend=backend,
+            ms=round((time.monotonic() - started) * 1000, 1),
+            usage=usage,
         )
 
     def _log_failure(
@@ -304,26 +331,24 @@ class Service:
         ctx: Context,
         err: InferenceError,
         started: float,
+        backend: str = "",
     ) -> None:
         level = logging.WARNING if err.status >= 500 or err.status == 429 else logging.INFO
-        log.log(
+        log_request(
+            log,
             level,
-            "inference failed op=%s model=%s request_id=%s status=%s code=%s ms=%.1f: %s%s",
-            op.value,
-            payload.get("model"),
-            ctx.request_id,
-            err.status,
-            err.code,
-            (time.monotonic() - started) * 1000,
-            err.message,
-            self._prompt_suffix(payload),
+            ctx,
+            payload,
+            event="inference",
+            outcome="error",
+            op=op.value,
+            model=payload.get("model"),
+            backend=backend,
+            ms=round((time.monotonic() - started) * 1000, 1),
+            status=err.status,
+            code=err.code,
+            error=err.message,
         )
-
-    def _prompt_suffix(self, payload: dict[str, Any]) -> str:
-        if not self.settings.log_prompts:
-            return ""
-        prompt = payload.get("messages") or payload.get("prompt") or payload.get("input")
-        return f" prompt={json.dumps(prompt)[:2000]}"
 
 
 _lock = threading.Lock()
@@ -346,6 +371,7 @@ def reset_service() -> None:
     from shared.callers import reset_callers
     from shared.settings import reset_settings
     from shared.state import reset_state
+    from shared.telemetry import reset as reset_telemetry
 
     with _lock:
         _service = None
@@ -355,3 +381,4 @@ def reset_service() -> None:
     from shared.limits import reset_limiter
 
     reset_limiter()
+    reset_telemetry()

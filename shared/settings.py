@@ -36,6 +36,8 @@ class _BackendBase(BaseModel):
     auth: AuthKind = "none"
     api_key_setting: str | None = None
     client_id: str | None = None
+    #: What the scheduled probe sends (shared/probe.py); None: the kind's default.
+    probe: Literal["stream", "chat", "ready", "off"] | None = None
 
     def serves(self, model: str) -> bool:
         return "*" in self.models or model in self.models

@@ -14,6 +14,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -27,6 +28,8 @@ from shared.errors import (
 from shared.schemas import Operation, loads
 from shared.service import get_service
 from shared.settings import get_settings
+from shared.telemetry import enabled as telemetry_enabled
+from shared.telemetry import flush
 from shared.web_stream import ClosingStreamingResponse
 
 if TYPE_CHECKING:
@@ -63,8 +66,11 @@ def request_context(request: Request) -> Context:
         ctx = Context.from_lambda(lambda_context, request_id=rid)
         if ctx.remaining() > settings.request_timeout_s:
             ctx.deadline = ctx.clock() + settings.request_timeout_s
-        return ctx
-    return Context.with_timeout(settings.request_timeout_s, request_id=rid)
+    else:
+        ctx = Context.with_timeout(settings.request_timeout_s, request_id=rid)
+    ctx.traceparent = request.headers.get("traceparent")
+    ctx.entry = "http"
+    return ctx
 
 
 async def authenticate_caller(request: Request, ctx: Context | None = None) -> str:
@@ -110,13 +116,19 @@ async def openai_endpoint(request: Request, op: Operation) -> Response:
         if payload.get("stream") and op is not Operation.EMBEDDINGS:
             body = await service.stream(op, payload, ctx)
             return ClosingStreamingResponse(
-                body, media_type="text/event-stream", headers=_rid(ctx, SSE_HEADERS)
+                body,
+                media_type="text/event-stream",
+                headers=_rid(ctx, SSE_HEADERS),
+                background=BackgroundTask(flush, ctx) if telemetry_enabled() else None,
             )
         result = await service.complete(op, payload, ctx)
+        await flush(ctx)
         return Response(result.content, media_type="application/json", headers=_rid(ctx))
     except InferenceError as err:
+        await flush(ctx)
         return error_response(err, ctx.request_id if ctx else None)
     except Exception as exc:
+        await flush(ctx)
         return internal_error(exc, ctx.request_id if ctx else None)
 
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote_plus
 
 from shared.batch import get_batch, invocation_context
+from shared.telemetry import flush_sync
 
 log = logging.getLogger("functions.batch")
 T = TypeVar("T")
@@ -44,7 +45,10 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         ctx = invocation_context(
             remaining_s=_remaining(context), request_id=getattr(context, "aws_request_id", None)
         )
-        outcome = _run(get_batch().start(key, ctx))
+        try:
+            outcome = _run(get_batch().start(key, ctx))
+        finally:
+            flush_sync(ctx)
         log.info("batch %s: %s", key, outcome)
         outcomes.append(outcome)
     return {"outcomes": outcomes}
@@ -57,7 +61,10 @@ def shard_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         try:
             message = json.loads(record["body"])
             ctx = invocation_context(remaining_s=_remaining(context))
-            log.info("batch shard: %s", _run(get_batch().resume(message, ctx)))
+            try:
+                log.info("batch shard: %s", _run(get_batch().resume(message, ctx)))
+            finally:
+                flush_sync(ctx)
         except Exception:
             log.exception("batch shard message %s failed", record.get("messageId"))
             failures.append({"itemIdentifier": record.get("messageId")})

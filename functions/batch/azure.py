@@ -19,6 +19,7 @@ import azure.functions as func
 
 from functions.batch.blobref import BlobRef
 from shared.batch import get_batch, invocation_context
+from shared.telemetry import flush
 
 log = logging.getLogger("functions.batch")
 
@@ -38,11 +39,19 @@ _SOURCE = (
     source=_SOURCE,
 )
 async def batch(blob: BlobRef) -> None:
-    outcome = await get_batch().start(blob.name, invocation_context())
+    ctx = invocation_context()
+    try:
+        outcome = await get_batch().start(blob.name, ctx)
+    finally:
+        await flush(ctx)
     log.info("batch %s: %s", blob.name, outcome)
 
 
 @bp.queue_trigger(arg_name="msg", queue_name="batch-shards", connection="AzureWebJobsStorage")
 async def batch_shard(msg: func.QueueMessage) -> None:
-    outcome = await get_batch().resume(msg.get_json(), invocation_context())
+    ctx = invocation_context()
+    try:
+        outcome = await get_batch().resume(msg.get_json(), ctx)
+    finally:
+        await flush(ctx)
     log.info("batch shard message %s: %s", msg.id, outcome)

@@ -15,4 +15,4 @@ bp = func.Blueprint()
 
 @bp.queue_trigger(arg_name="msg", queue_name="inference-requests", connection="AzureWebJobsStorage")
 async def queue_worker(msg: func.QueueMessage) -> None:
-    await run_storage_queue_message(msg.get_body(), msg.dequeue_count or 1)
+    await run_storage_queue_message(msg.get_body(), msg.dequeue_count or 1, msg.insertion_time)

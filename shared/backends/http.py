@@ -28,6 +28,7 @@ from shared.errors import (
     InferenceError,
 )
 from shared.retry import server_delay, should_retry
+from shared.telemetry import traceparent
 
 # httpx's __init__ tries to import its command-line tool (click, pygments, rich) and keeps
 # whatever it got before failing. uvicorn brings click into both deployment artifacts, so
@@ -258,6 +259,8 @@ async def send_json(
     included: redirects are not followed, and are not answers). A complete (non-streamed)
     2xx whose body is not a JSON object is a ``BackendError`` too."""
     client = get_client()
+    if (parent := traceparent(ctx)) is not None:
+        headers = {**headers, "traceparent": parent}
     request = client.build_request(
         method, url, content=body, headers=headers, timeout=timeout_for(ctx, timeout_s)
     )

@@ -52,6 +52,7 @@ from shared.errors import (
 from shared.retry import server_delay
 from shared.schemas import Operation
 from shared.settings import SageMakerBackendConfig
+from shared.telemetry import traceparent
 
 T = TypeVar("T")
 DONE = b"data: [DONE]\n\n"
@@ -260,6 +261,14 @@ class _EventStreamBody:
             await asyncio.to_thread(body.close)
 
 
+def _trace(params: dict[str, Any], ctx: Context) -> None:
+    """Trace context to the container: SageMaker passes ``CustomAttributes`` on as the
+    ``X-Amzn-SageMaker-Custom-Attributes`` header (it has no header of its own for it)."""
+    parent = traceparent(ctx)
+    if parent:
+        params["CustomAttributes"] = f"traceparent={parent}"
+
+
 class SageMakerBackend:
     def __init__(self, config: SageMakerBackendConfig) -> None:
         self.name = config.name
@@ -328,6 +337,7 @@ class SageMakerBackend:
     async def invoke(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
         client = self._client(ctx)
         params = self._params(op, payload, stream=False)
+        _trace(params, ctx)
 
         def call() -> bytes:
             response = client.invoke_endpoint(**params)
@@ -346,6 +356,7 @@ class SageMakerBackend:
     async def open_stream(self, op: Operation, payload: dict[str, Any], ctx: Context) -> ByteStream:
         client = self._client(ctx)
         params = self._params(op, payload, stream=True)
+        _trace(params, ctx)
         response = await self._call(client.invoke_endpoint_with_response_stream, ctx=ctx, **params)
         body = response["Body"]
         if self.config.payload == "tgi":

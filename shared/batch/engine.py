@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import telemetry
 from shared.batch import lines as L
 from shared.batch.config import BatchSettings
 from shared.batch.limiter import AdaptiveLimiter
@@ -138,6 +139,8 @@ class ShardRunner:
         self._window = max(2000, 16 * limiter.ceiling)
         self._last_open: float = 0.0
         self._stop = asyncio.Event()
+        self._started = time.monotonic()
+        self._committed = 0
 
     # -- reading and dispatch --------------------------------------------------------------
 
@@ -242,7 +245,11 @@ class ShardRunner:
 
         while True:
             ctx = Context(
-                deadline=self.line_deadline, request_id=f"{rid}-{attempt}", caller=self.caller
+                deadline=self.line_deadline,
+                request_id=f"{rid}-{attempt}",
+                caller=self.caller,
+                traceparent=req.traceparent,
+                entry="batch",
             )
             started = time.monotonic()
             self.calls += 1
@@ -340,8 +347,19 @@ class ShardRunner:
                         part[kind] = key
                 ckpt["parts"] = [*ckpt["parts"], part]
                 ckpt["next"] = last
-                ckpt["completed"] += sum(1 for o in outcomes if o.ok and o.counted)
-                ckpt["failed"] += sum(1 for o in outcomes if not o.ok)
+                ok = sum(1 for o in outcomes if o.ok and o.counted)
+                failed = sum(1 for o in outcomes if not o.ok)
+                ckpt["completed"] += ok
+                ckpt["failed"] += failed
+                self._committed += ok + failed
+                elapsed = max(time.monotonic() - self._started, 1e-3)
+                telemetry.record_batch(
+                    self.run.name,
+                    ok=ok,
+                    failed=failed,
+                    rate=self._committed / elapsed,
+                    limit=int(self.limiter.limit),
+                )
                 usage = dict(ckpt["usage"])
                 for o in outcomes:
                     for k in USAGE_KEYS:

@@ -40,6 +40,7 @@ class Request:
     custom_id: str
     op: Operation
     body: dict[str, Any]
+    traceparent: str | None = None  # the line's own trace context, when it carries one
 
 
 class LineError(Exception):
@@ -116,7 +117,10 @@ def parse(line: Line, validate: Any) -> Request | None:
         checked = validate(op, body)
     except InvalidRequest as err:
         raise LineError("invalid_request", f"body: {err.message}", cid) from None
-    return Request(cid, op, checked)
+    parent = data.get("traceparent")
+    return Request(
+        cid, op, checked, parent if isinstance(parent, str) and len(parent) < 256 else None
+    )
 
 
 def line_id(run_id: str, offset: int) -> str:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -98,6 +99,8 @@ async def create_job_endpoint(request: Request) -> Response:
                 "'body_ref' is for queue messages; send the 'body'", param="body_ref"
             )
         service.validate(line.op, line.body)
+        if ctx.traceparent and not line.traceparent:  # the job continues the caller's trace
+            line = dataclasses.replace(line, traceparent=ctx.traceparent)
         if line.callback_url:
             await _check_callback(line.callback_url)
         key = request.headers.get("idempotency-key")

@@ -142,6 +142,7 @@ class JobLine:
     custom_id: str | None = None
     body_ref: str | None = None
     callback_url: str | None = None
+    traceparent: str | None = None
     #: ``"job"`` of the message: the stored record's etag and fields (``JobRecord.seed``).
     seed: dict[str, Any] | None = None
 
@@ -162,6 +163,8 @@ class JobLine:
             out["body"] = self.body
         if self.callback_url:
             out["callback_url"] = self.callback_url
+        if self.traceparent:
+            out["traceparent"] = self.traceparent
         if seed is not None:
             out["job"] = seed
         return out
@@ -203,6 +206,7 @@ def parse_line(data: Any) -> JobLine:
     callback = _opt_str(data, "callback_url", job_id)
     if callback is not None and not callback.startswith(("http://", "https://")):
         raise MalformedMessage("'callback_url' must be an http(s) URL", job_id)
+    parent = data.get("traceparent")
     seed = data.get("job")
     return JobLine(
         op=URL_TO_OP[url],
@@ -212,6 +216,7 @@ def parse_line(data: Any) -> JobLine:
         custom_id=_opt_str(data, "custom_id", job_id),
         body_ref=body_ref,
         callback_url=callback,
+        traceparent=parent if isinstance(parent, str) and len(parent) < 256 else None,
         seed=seed if isinstance(seed, dict) and job_id is not None else None,
     )
 

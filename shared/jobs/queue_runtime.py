@@ -30,11 +30,14 @@ records of a batch run concurrently):
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import threading
+import time
 from typing import Any
 
+from shared import telemetry
 from shared.blocking import run_blocking
 from shared.context import Context
 from shared.jobs.config import POISON_QUEUE_NAME, QUEUE_NAME, get_job_settings
@@ -61,13 +64,26 @@ def poison_message(outcome: Outcome, original: bytes) -> dict[str, Any]:
     }
 
 
-async def run_storage_queue_message(body: bytes, dequeue_count: int) -> Outcome:
+async def run_storage_queue_message(
+    body: bytes, dequeue_count: int, inserted_at: datetime.datetime | None = None
+) -> Outcome:
     """One Azure Storage-queue delivery (``body`` already base64-decoded by the host)."""
-    from shared.storage.queues import get_queue
-
     settings = get_job_settings()
     ctx = Context.with_timeout(settings.job_timeout_s)
-    attempt = Attempt(max(1, dequeue_count), settings.max_attempts)
+    if inserted_at is not None:
+        telemetry.record_queue_time(time.time() - inserted_at.timestamp(), QUEUE_NAME)
+    try:
+        return await _storage_queue_message(body, dequeue_count, ctx, settings.max_attempts)
+    finally:
+        await telemetry.flush(ctx)
+
+
+async def _storage_queue_message(
+    body: bytes, dequeue_count: int, ctx: Context, max_attempts: int
+) -> Outcome:
+    from shared.storage.queues import get_queue
+
+    attempt = Attempt(max(1, dequeue_count), max_attempts)
     outcome = await process_message(body, attempt, ctx)
     _log(outcome, attempt)
     if outcome.action == "retry" and outcome.requeue:
@@ -178,6 +194,9 @@ def run_sqs_batch(event: dict[str, Any], lambda_context: Any) -> dict[str, Any]:
         attempt = Attempt(
             max(1, int(record.attributes.approximate_receive_count or 1)), settings.max_attempts
         )
+        sent = record.attributes.sent_timestamp
+        if sent:
+            telemetry.record_queue_time(time.time() - int(sent) / 1000.0, QUEUE_NAME)
         ctx = Context(deadline=deadline)
         outcome = await process_message(record.body, attempt, ctx)
         _log(outcome, attempt)
@@ -201,4 +220,7 @@ def run_sqs_batch(event: dict[str, Any], lambda_context: Any) -> dict[str, Any]:
                 raise RetryLater(f"poison (no DLQ configured): {outcome.reason}", 0, outcome.job_id)
 
     processor = AsyncBatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-    return dict(async_process_partial_response(event, handle, processor, lambda_context))
+    try:
+        return dict(async_process_partial_response(event, handle, processor, lambda_context))
+    finally:
+        telemetry.flush_sync(Context(deadline=deadline))

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from shared import telemetry
 from shared.blocking import run_blocking
 from shared.callers import ANONYMOUS
 from shared.context import Context
@@ -252,6 +253,8 @@ class Worker:
                     return await self._malformed(f"message is not valid JSON: {exc}", None, text)
                 job_id = line.id or derived_id(text)
                 ctx.request_id = job_id
+                ctx.traceparent = line.traceparent or ctx.traceparent
+                ctx.entry = "queue"
                 return await self._deliver(line, job_id, text, attempt, ctx, held)
             except Exception as exc:
                 return await self._failed_delivery(exc, line, job_id, attempt, ctx, held)
@@ -313,6 +316,10 @@ class Worker:
         ctx: Context,
     ) -> Outcome:
         job_id = claim.record.id
+        ctx.caller = claim.record.caller
+        telemetry.record_job_start(
+            ctx, self.clock() - claim.record.created_at, line.op, str(payload.get("model", ""))
+        )
         try:
             body = await self._answer(line, payload, ctx)
         except InferenceError as err:

@@ -17,11 +17,14 @@ from typing import Any
 import pytest
 
 from tests.fixtures.gpusim import Gpusim
+from tests.fixtures.otlp import Receiver
 from tests.fixtures.procs import PYTHON, ROOT
 
 IMPORT_BUDGET_S = 3.0  # absolute, for a slow CI machine (measured ~0.5 s here)
 RATIO_BUDGET = 2.0  # x the bare floor measured in the same test (target 1.3, see bench)
 RSS_BUDGET_MB = 75.0  # target 60 MB (measured ~51 MB)
+#: What telemetry may import once an exporter is configured (and only then).
+TELEMETRY_MODULES = "opentelemetry.sdk,opentelemetry.exporter,google.protobuf,requests"
 
 HANDLERS = [
     ("functions.chat.aws", "aws"),
@@ -50,8 +53,17 @@ def probe(modules: str, invoke: str, sim: Gpusim, **extra_env: str) -> dict[str,
         "INFER_BACKENDS": json.dumps([{"name": "sim", "kind": "openai", "base_url": sim.v1}]),
         **extra_env,
     }
+    heavy_ok = ["--heavy-ok", TELEMETRY_MODULES] if extra_env else []
     out = subprocess.run(
-        [PYTHON, str(ROOT / "bench" / "probe.py"), "--import", modules, "--invoke", invoke],
+        [
+            PYTHON,
+            str(ROOT / "bench" / "probe.py"),
+            "--import",
+            modules,
+            "--invoke",
+            invoke,
+            *heavy_ok,
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -86,6 +98,27 @@ def test_handler_cold_start_within_budget(module: str, invoke: str, gpusim_serve
     assert best["total_s"] <= IMPORT_BUDGET_S, best
     if invoke == "aws":  # the Azure worker has azure.functions loaded already; see bench
         assert best["total_s"] <= RATIO_BUDGET * floor_s, (best, floor_s)
+
+
+def test_cold_start_with_otlp_telemetry_on_flushes_and_stays_in_budget(
+    gpusim_server: Gpusim, otlp_receiver: Receiver
+) -> None:
+    """Telemetry on (OTLP): the same handler, side by side with it off. The first
+    invocation exports its spans and metrics before it returns; the absolute budget holds
+    (the added cost is measured by bench/telemetry.py)."""
+    on_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.url}
+    off, on = [], []
+    for _ in range(2):
+        off.append(probe("functions.chat.aws", "aws", gpusim_server))
+        on.append(probe("functions.chat.aws", "aws", gpusim_server, **on_env))
+    best_on = min(on, key=lambda r: r["total_s"])
+    best_off = min(r["total_s"] for r in off)
+    assert all(r["status"] == 200 for r in off + on)
+    assert best_on["total_s"] <= RATIO_BUDGET * best_off, (best_on, best_off)
+    assert best_on["heavy_modules"] == [], best_on  # nothing beyond the telemetry stack
+    names = {s["name"] for s in otlp_receiver.spans()}
+    assert names == {"chat local-model"}
+    assert {p.name for p in otlp_receiver.metrics()} >= {"gen_ai.server.request.duration"}
 
 
 def test_shared_imports_no_platform_sdk() -> None:

@@ -38,6 +38,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-queues", action="store_true", help="do not poll queue triggers")
     p.add_argument("--no-blobs", action="store_true", help="do not scan blob triggers")
+    p.add_argument("--no-timers", action="store_true", help="do not run timer triggers")
     p.add_argument(
         "--poll-interval",
         type=float,
@@ -85,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     app_dir: Path = args.app_dir
     try:
         apply_local_settings(app_dir / args.settings, os.environ)
+        # The local view: telemetry on as Prometheus text at /metrics (0 turns it off).
+        os.environ.setdefault("INFER_METRICS_PROMETHEUS", "1")
         config = load_host_json(app_dir / args.host_json)
         specs = load_app(args.app_module, app_dir)
     except (ConfigError, IndexingError) as exc:
@@ -104,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app_dir=app_dir,
         queues=not args.no_queues,
         blobs=not args.no_blobs,
+        timers=not args.no_timers,
         poll_interval_s=args.poll_interval,
         blob_poll_interval_s=args.blob_poll_interval,
         queue_lease_s=args.queue_lease,

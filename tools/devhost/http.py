@@ -18,6 +18,8 @@ from tools.devhost.invoke import Invoker, annotation_of
 from tools.devhost.keys import HostKeys, auth_level_of
 from tools.devhost.registry import FunctionSpec
 from tools.devhost.routes import RouteTemplate
+from tools.devhost.view import PREFIX as VIEW_PREFIX
+from tools.devhost.view import view_response
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -118,6 +120,19 @@ def to_asgi_response(result: Any) -> Response:
     return JSONResponse(result)
 
 
+def metrics_response() -> Response:
+    """``GET /metrics``: the functions' telemetry as Prometheus text (404 when it is off)."""
+    from shared.telemetry import prometheus_text
+
+    found = prometheus_text()
+    if found is None:
+        return PlainTextResponse(
+            "telemetry is off: set INFER_METRICS_PROMETHEUS=1 to serve /metrics", status_code=404
+        )
+    body, content_type = found
+    return Response(body, headers={"content-type": content_type})
+
+
 class HttpApp:
     """The ASGI app uvicorn serves: ``/{routePrefix}/{route}`` for every HTTP trigger."""
 
@@ -152,7 +167,11 @@ class HttpApp:
         path, method = scope["path"], scope["method"].upper()
         matched = [(r, p) for r in self.routes if (p := r.template.match(path)) is not None]
         if not matched:
-            if path in ("", "/"):
+            if path == "/metrics" and method == "GET":
+                await metrics_response()(scope, receive, send)
+            elif path.startswith(VIEW_PREFIX) and method == "GET":
+                await view_response(path)(scope, receive, send)
+            elif path in ("", "/"):
                 await PlainTextResponse("devhost: Functions app is up and running")(
                     scope, receive, send
                 )

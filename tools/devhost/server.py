@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
+from azure.storage.blob import ContainerClient
 
 from tools.devhost import workers
 from tools.devhost.blobs import POISON_QUEUE, RECEIPTS_CONTAINER, BlobListener, BlobPath
@@ -25,6 +26,8 @@ from tools.devhost.queues import DEFAULT_LEASE_S, QueueListener
 from tools.devhost.registry import FunctionSpec, IndexingError
 from tools.devhost.startup import MAX_RETRY_S
 from tools.devhost.storage import Storage
+from tools.devhost.timers import HOSTS_CONTAINER, TimerListener, host_id
+from tools.devhost.view import VIEW_PATH
 
 log = logging.getLogger("devhost")
 
@@ -36,6 +39,7 @@ class Options:
     app_dir: Path = Path()
     queues: bool = True
     blobs: bool = True
+    timers: bool = True
     poll_interval_s: float = 0.1
     blob_poll_interval_s: float = 1.0
     queue_lease_s: int = DEFAULT_LEASE_S
@@ -54,7 +58,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-Listener = QueueListener | BlobListener
+Listener = QueueListener | BlobListener | TimerListener
 
 
 def build_listeners(
@@ -92,7 +96,18 @@ def build_listeners(
                 start_retry_max_s=options.listener_retry_max_s,
             )
             listeners.append(listener)
+        elif spec.trigger_type == "timerTrigger" and options.timers:
+            listeners.append(timer_listener(spec, storage, invoker))
     return listeners
+
+
+def timer_listener(spec: FunctionSpec, storage: Storage, invoker: Invoker) -> TimerListener:
+    """A timer whose schedule status lives in AzureWebJobsStorage (when monitored)."""
+
+    def hosts() -> ContainerClient:
+        return storage.container(None, HOSTS_CONTAINER)
+
+    return TimerListener(spec, invoker, status_store=hosts, lock_store=hosts, host=host_id())
 
 
 def banner(app: HttpApp, specs: list[FunctionSpec], options: Options) -> str:
@@ -111,13 +126,16 @@ def banner(app: HttpApp, specs: list[FunctionSpec], options: Options) -> str:
                   "        send it as 'x-functions-key: <key>' or '?code=<key>'"]  # fmt: skip
         if any(auth_level_of(r.spec.trigger) == "admin" for r in app.routes):
             lines.append(f"Master key (admin routes; DEVHOST_MASTER_KEY): {app.keys.master_key}")
+    if os.environ.get("INFER_METRICS_PROMETHEUS", "").strip().lower() in ("1", "true", "yes", "on"):
+        base = f"http://{options.host}:{options.port}"
+        lines += ["", f"Local view: {base}{VIEW_PATH}  (Prometheus text: {base}/metrics)"]
     return "\n".join([*lines, ""])
 
 
 async def serve(specs: list[FunctionSpec], config: HostConfig, options: Options) -> int:
     for spec in specs:
         check_supported(spec)
-        if spec.trigger_type not in ("httpTrigger", "queueTrigger", "blobTrigger"):
+        if spec.trigger_type not in ("httpTrigger", "queueTrigger", "blobTrigger", "timerTrigger"):
             raise IndexingError(
                 f"function {spec.name!r}: trigger {spec.trigger_type} is not supported"
             )
@@ -187,5 +205,11 @@ def configure_logging() -> None:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     root.propagate = False
+    # The functions' own logs at Information, as the Functions host collects them.
+    for name in ("shared", "functions"):
+        app_log = logging.getLogger(name)
+        app_log.addHandler(handler)
+        app_log.setLevel(logging.INFO)
+        app_log.propagate = False
     # The storage SDK logs every request (with headers) at INFO: keep it quiet.
     logging.getLogger("azure").setLevel(logging.WARNING)

@@ -261,6 +261,8 @@ def main() -> None:
             f"\nLocal stack ready.\n"
             f"  OpenAI-compatible API  {base}/v1   (model: local-model)\n"
             f"  health                 {base}/healthz  {base}/readyz\n"
+            f"  local view             http://127.0.0.1:{args.port}/_metrics/view"
+            "   (TTFT, TPOT, tokens, errors)\n"
             f"  GPU simulator          http://127.0.0.1:{args.gpusim_port}/metrics\n"
             + (
                 f"  shared state (Redis)   {env['INFER_STATE_URL']}\n"

@@ -1,0 +1,1 @@
+"""Scheduled probe: availability and TTFT of every backend, circuits, warm-up (shared/probe)."""
