@@ -9,6 +9,7 @@ BENCHES = [
     "bench.coldstart",
     "bench.overhead",
     "bench.queue",
+    "bench.queue_report",
     "bench.batch",
     "bench.cache",
     "bench.telemetry",

@@ -9,7 +9,9 @@ so the run stays under ~3 minutes while the ratios hold. Measured in one run:
 - sequential loop (a small sample), fixed concurrency 8, and a sweep of fixed 32/64/96: the
   best of the sweep is the endpoint's capacity;
 - the batch engine (``shared.batch``, in-process, local-directory store) on ``--lines``
-  requests, started at its default concurrency, sampled every 0.25 s.
+  requests, started at its default concurrency, sampled every 0.25 s;
+- storage operations by kind and CPU per line, the engine over Azurite and over moto S3
+  (``--cost-lines``, bench/batch_cost.py).
 
 Writes bench/results/batch.json and bench/results/batch.png (throughput and concurrency
 over time). The engine's result also checks that no line was lost or written twice.
@@ -193,6 +195,9 @@ def main() -> None:
     p.add_argument("--time-scale", type=float, default=1.0)
     p.add_argument("--sample", type=int, default=40, help="requests in the sequential sample")
     p.add_argument("--sweep-requests", type=int, default=800)
+    p.add_argument(
+        "--cost-lines", type=int, default=1000, help="lines over Azurite / moto S3 (0: skip)"
+    )
     args = p.parse_args()
     sim = gpusim(None, *_sim_flags(args.time_scale)).start()
     os.environ["INFER_BACKENDS"] = json.dumps(
@@ -204,6 +209,10 @@ def main() -> None:
     os.environ.setdefault("INFER_BATCH_STATUS_S", "2")
     try:
         result = asyncio.run(run(args))
+        if args.cost_lines:  # storage calls and CPU per line, bench/batch_cost.py
+            from bench.batch_cost import storage_cost
+
+            result["storage_cost"] = storage_cost(args.cost_lines)
     finally:
         sim.stop()
     result["gpusim"] = {"flags": _sim_flags(args.time_scale)}

@@ -1,18 +1,29 @@
-"""Queue throughput: N jobs through devhost + Azurite + the real queue worker against gpusim.
+"""Queue throughput and cost: N queued jobs drained by the real queue worker against gpusim.
+
+Platforms (``--platform``):
+- ``azure``: devhost (``--hosts`` processes) + Azurite, the app of bench/queue_app.py;
+- ``aws``: moto server (S3 + SQS) + bench/sqs_host.py processes (Lambda's SQS event
+  source mapping: batches of 10, partial batch response, DeleteMessageBatch).
 
 gpusim runs with a known capacity: every request generates exactly ``--tokens`` tokens, with
-no batch slowdown, so one request takes ttft + tokens * itl and the endpoint completes at most
-``capacity = max_num_seqs / latency`` requests per second. The figure reported is the jobs'
-throughput (first enqueue to last record ``succeeded``) as a fraction of that capacity.
+no batch slowdown, so one request takes ttft + tokens * itl. The endpoint's capacity is also
+measured in the same run (called directly with twice its sequence limit in flight), and the
+drain rate (10% to 90% of the jobs done) is reported as a fraction of it.
 
-    .venv/bin/python -m bench.queue --jobs 500
-Writes bench/results/queue.json (and queue.png).
+Per job, the worker processes' storage operations by kind (counted at the SDK boundary,
+bench/storage_ops.py: host polling/deletes included) and CPU time (process CPU of every
+worker process, from when it was ready). ``model_calls == jobs`` with every job succeeded
+means exactly one model call per job.
+
+    .venv/bin/python -m bench.queue --jobs 600 [--platform azure|aws] [--hosts 2] [--tag after]
+Writes bench/results/queue_<platform>_<hosts>p[_<tag>].json; bench/queue_report.py plots them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 import uuid
@@ -26,6 +37,7 @@ from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
 from tests.fixtures.azurite import ACCOUNT, ACCOUNT_KEY, AZURITE_BIN
 from tests.fixtures.gpusim import start_gpusim
+from tests.fixtures.moto import AWS_ENV
 from tests.fixtures.procs import PYTHON, ServerProcess, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -63,7 +75,14 @@ def measure_capacity(v1: str, args: argparse.Namespace, n: int = 400) -> float:
 
             async def one() -> None:
                 async with sem:
-                    (await c.post(v1 + "/chat/completions", json=body)).raise_for_status()
+                    for attempt in range(3):  # a loaded machine can drop a connection
+                        try:
+                            r = await c.post(v1 + "/chat/completions", json=body)
+                            r.raise_for_status()
+                            return
+                        except httpx.TransportError:
+                            if attempt == 2:
+                                raise
 
             t0 = time.monotonic()
             await asyncio.gather(*(one() for _ in range(n)))
@@ -72,40 +91,203 @@ def measure_capacity(v1: str, args: argparse.Namespace, n: int = 400) -> float:
     return asyncio.run(run())
 
 
+def job_line(job_id: str, i: int, tokens: int) -> str:
+    return json.dumps(
+        {
+            "id": job_id,
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "local-model",
+                "max_tokens": tokens,
+                "messages": [{"role": "user", "content": f"q{i}"}],
+            },
+        }
+    )
+
+
+def host_json(batch_size: int) -> dict[str, Any]:
+    return {
+        "version": "2.0",
+        "extensions": {
+            "queues": {
+                "batchSize": batch_size,
+                "maxDequeueCount": 5,
+                "visibilityTimeout": "00:00:01",
+                "maxPollingInterval": "00:00:00.200",
+                "messageEncoding": "base64",
+            }
+        },
+    }
+
+
+class AzureRun:
+    """Azurite + devhost processes; records read back from the blob container."""
+
+    def __init__(self, args: argparse.Namespace, tmp: Path, backends: list[dict[str, Any]]):
+        self.args = args
+        blob, queue_port, table = free_port(), free_port(), free_port()
+        self.azurite = ServerProcess(
+            [str(AZURITE_BIN), "--blobPort", str(blob), "--queuePort", str(queue_port),
+             "--tablePort", str(table), "--location", str(tmp / "azurite"), "--silent",
+             "--skipApiVersionCheck", "--loose"],
+            blob, ready_path=None, name="bench-azurite",
+        ).start()  # fmt: skip
+        self.conn = connection_string(blob, queue_port)
+        app_dir = tmp / "app"
+        app_dir.mkdir()
+        (app_dir / "host.json").write_text(json.dumps(host_json(args.batch_size)))
+        self.container = "jobs-" + uuid.uuid4().hex[:8]
+        env = {
+            "AzureWebJobsStorage": self.conn,
+            "INFER_BACKENDS": json.dumps(backends),
+            "INFER_JOBS_CONTAINER": self.container,
+            "INFER_AUTH_LEVEL": "ANONYMOUS",
+        }
+        self.hosts = []
+        for i in range(args.hosts):
+            port = free_port()
+            self.hosts.append(ServerProcess(
+                [PYTHON, "-m", "tools.devhost", "--port", str(port), "--app-module",
+                 "bench.queue_app", "--app-dir", str(app_dir), "--poll-interval", "0.05",
+                 "--workers", str(args.workers), *(["--no-blobs"] if i else [])],
+                port, ready_path="/", name=f"bench-devhost-{i}", env=env,
+            ))  # fmt: skip
+        self.queue = QueueClient.from_connection_string(
+            self.conn, "inference-requests", message_encode_policy=TextBase64EncodePolicy()
+        )
+        self.queue.create_queue()
+        self.blobs = BlobServiceClient.from_connection_string(self.conn)
+
+    def enqueue(self, lines: list[str]) -> None:
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(self.queue.send_message, lines))
+
+    def stats(self, host: ServerProcess) -> dict[str, Any]:
+        return dict(httpx.get(host.url + "/api/bench/stats", timeout=30).json())
+
+    def succeeded(self, job_id: str) -> bool:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        blob = self.blobs.get_blob_client(self.container, f"{job_id}.json")
+        try:
+            return bool(json.loads(blob.download_blob().readall())["status"] == "succeeded")
+        except ResourceNotFoundError:
+            return False
+
+    def close(self) -> None:
+        for h in self.hosts:
+            h.stop()
+        self.azurite.kill()
+
+
+class AwsRun:
+    """moto server + bench/sqs_host.py processes; records read back from S3."""
+
+    def __init__(self, args: argparse.Namespace, tmp: Path, backends: list[dict[str, Any]]):
+        import boto3
+
+        self.args = args
+        port = free_port()
+        self.moto = ServerProcess(
+            [PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            port, ready_path="/moto-api/", name="bench-moto",
+        ).start()  # fmt: skip
+        aws = {**AWS_ENV, "AWS_ENDPOINT_URL": self.moto.url}
+        session = boto3.session.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+        )
+        self.s3 = session.client("s3", endpoint_url=self.moto.url)
+        self.sqs = session.client("sqs", endpoint_url=self.moto.url)
+        self.bucket = "bench-" + uuid.uuid4().hex[:8]
+        self.s3.create_bucket(Bucket=self.bucket)
+        dlq = self.sqs.create_queue(QueueName="inference-requests-dlq")["QueueUrl"]
+        dlq_arn = self.sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])
+        redrive = {"deadLetterTargetArn": dlq_arn["Attributes"]["QueueArn"],
+                   "maxReceiveCount": "5"}  # fmt: skip
+        self.url = self.sqs.create_queue(
+            QueueName="inference-requests",
+            Attributes={"VisibilityTimeout": "60", "RedrivePolicy": json.dumps(redrive)},
+        )["QueueUrl"]
+        arn = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])
+        env = {**aws, "INFER_BUCKET": self.bucket, "INFER_QUEUE_URL": self.url,
+               "INFER_BACKENDS": json.dumps(backends)}  # fmt: skip
+        self.hosts = []
+        for i in range(args.hosts):
+            hp = free_port()
+            self.hosts.append(ServerProcess(
+                [PYTHON, "-m", "bench.sqs_host", "--queue-url", self.url, "--queue-arn",
+                 arn["Attributes"]["QueueArn"], "--port", str(hp), "--batches",
+                 str(args.sqs_batches)],
+                hp, ready_path="/", name=f"bench-sqs-host-{i}", env=env,
+            ))  # fmt: skip
+
+    def enqueue(self, lines: list[str]) -> None:
+        def send(chunk: list[str]) -> None:
+            entries = [{"Id": str(i), "MessageBody": t} for i, t in enumerate(chunk)]
+            self.sqs.send_message_batch(QueueUrl=self.url, Entries=entries)
+
+        chunks = [lines[i : i + 10] for i in range(0, len(lines), 10)]
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(send, chunks))
+
+    def stats(self, host: ServerProcess) -> dict[str, Any]:
+        return dict(httpx.get(host.url + "/stats", timeout=30).json())
+
+    def succeeded(self, job_id: str) -> bool:
+        try:
+            obj = self.s3.get_object(Bucket=self.bucket, Key=f"jobs/{job_id}.json")
+        except self.s3.exceptions.NoSuchKey:
+            return False
+        return bool(json.loads(obj["Body"].read())["status"] == "succeeded")
+
+    def close(self) -> None:
+        for h in self.hosts:
+            h.stop()
+        self.moto.stop()
+
+
+def per_job(before: list[dict[str, Any]], after: list[dict[str, Any]], jobs: int) -> dict[str, Any]:
+    ops: dict[str, float] = {}
+    cpu = 0.0
+    for b, a in zip(before, after, strict=True):
+        cpu += a["cpu_s"] - b["cpu_s"]
+        for kind, n in a["ops"].items():
+            ops[kind] = ops.get(kind, 0) + n - b["ops"].get(kind, 0)
+    per = {k: round(v / jobs, 3) for k, v in sorted(ops.items()) if v}
+    blob = sum(v for k, v in per.items() if k.startswith("blob."))
+    queue = sum(v for k, v in per.items() if k.startswith("queue."))
+    return {
+        "storage_ops_per_job": per,
+        "blob_ops_per_job": round(blob, 3),
+        "queue_ops_per_job": round(queue, 3),
+        "total_ops_per_job": round(blob + queue, 3),
+        "worker_cpu_ms_per_job": round(cpu * 1000 / jobs, 2),
+        "worker_cpu_s": round(cpu, 2),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--jobs", type=int, default=500)
+    p.add_argument("--jobs", type=int, default=600)
+    p.add_argument("--platform", choices=["azure", "aws"], default="azure")
     p.add_argument("--max-num-seqs", type=int, default=16)
     p.add_argument("--ttft-ms", type=float, default=20.0)
     p.add_argument("--itl-ms", type=float, default=10.0)
     p.add_argument("--tokens", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=32, help="host.json queues.batchSize")
-    p.add_argument("--hosts", type=int, default=1, help="devhost processes polling the queue")
+    p.add_argument("--sqs-batches", type=int, default=5, help="AWS: batches of 10 in flight")
+    p.add_argument("--hosts", type=int, default=1, help="worker processes polling the queue")
+    p.add_argument(
+        "--workers", type=int, default=1,
+        help="Azure: devhost --workers per host (storage counts need 1: use --hosts)",
+    )  # fmt: skip
+    p.add_argument("--tag", default="", help="suffix of the result file (e.g. before/after)")
     args = p.parse_args()
 
     latency_s = (args.ttft_ms + args.tokens * args.itl_ms) / 1000.0
     capacity = args.max_num_seqs / latency_s
     tmp = Path(tempfile.mkdtemp(prefix="bench-queue-"))
-    blob, queue_port, table = free_port(), free_port(), free_port()
-    azurite = ServerProcess(
-        [
-            str(AZURITE_BIN),
-            "--blobPort",
-            str(blob),
-            "--queuePort",
-            str(queue_port),
-            "--tablePort",
-            str(table),
-            "--location",
-            str(tmp / "azurite"),
-            "--silent",
-            "--skipApiVersionCheck",
-            "--loose",
-        ],
-        blob,
-        ready_path=None,
-        name="bench-azurite",
-    ).start()
     sim = start_gpusim(
         {
             "max_num_seqs": args.max_num_seqs,
@@ -119,91 +301,24 @@ def main() -> None:
         },
         name="bench-gpusim",
     )
-    measured = measure_capacity(sim.v1, args)
-    sim.reset()  # the jobs' count starts from zero
-    conn = connection_string(blob, queue_port)
-    app_dir = tmp / "app"
-    app_dir.mkdir()
-    (app_dir / "host.json").write_text(
-        json.dumps(
-            {
-                "version": "2.0",
-                "extensions": {
-                    "queues": {
-                        "batchSize": args.batch_size,
-                        "maxDequeueCount": 5,
-                        "visibilityTimeout": "00:00:01",
-                        "maxPollingInterval": "00:00:00.200",
-                        "messageEncoding": "base64",
-                    }
-                },
-            }
-        )
-    )
-    container = "jobs-" + uuid.uuid4().hex[:8]
-    backends = [
-        {
-            "name": "sim",
-            "kind": "openai",
-            "base_url": sim.v1,
-            "models": ["*"],
-            "max_concurrency": 256,
-        }
-    ]
-
-    def devhost(i: int) -> ServerProcess:
-        port = free_port()
-        return ServerProcess(
-            [PYTHON, "-m", "tools.devhost", "--port", str(port), "--app-module",
-             "tests.e2e.jobs_app", "--app-dir", str(app_dir), "--poll-interval", "0.05",
-             *(["--no-blobs"] if i else [])],
-            port,
-            ready_path="/",
-            name=f"bench-devhost-{i}",
-            env={
-                "AzureWebJobsStorage": conn,
-                "INFER_BACKENDS": json.dumps(backends),
-                "INFER_JOBS_CONTAINER": container,
-                "INFER_AUTH_LEVEL": "ANONYMOUS",
-            },
-        )  # fmt: skip
-
-    # Like the platform's scale-out (instances, FUNCTIONS_WORKER_PROCESS_COUNT): each host
-    # is one Python process polling the same queue.
-    hosts = [devhost(i) for i in range(args.hosts)]
-    host = hosts[0]
+    backends = [{"name": "sim", "kind": "openai", "base_url": sim.v1, "models": ["*"],
+                 "max_concurrency": 256}]  # fmt: skip
+    run: AzureRun | AwsRun = (AzureRun if args.platform == "azure" else AwsRun)(args, tmp, backends)
     try:
-        queue = QueueClient.from_connection_string(
-            conn, "inference-requests", message_encode_policy=TextBase64EncodePolicy()
-        )
-        queue.create_queue()
+        measured = measure_capacity(sim.v1, args)
+        sim.reset()  # the jobs' count starts from zero
         ids = [f"bench-{i}-{uuid.uuid4().hex[:6]}" for i in range(args.jobs)]
-        t_send = time.monotonic()
-
-        def send(i: int) -> None:
-            queue.send_message(
-                json.dumps(
-                    {
-                        "id": ids[i],
-                        "method": "POST",
-                        "url": "/v1/chat/completions",
-                        "body": {
-                            "model": "local-model",
-                            "max_tokens": args.tokens,
-                            "messages": [{"role": "user", "content": f"q{i}"}],
-                        },
-                    }
-                )
-            )
-
-        # The whole backlog is queued first (a spike the queue absorbs), then the hosts start
-        # and drain it: the drain rate is the worker's throughput, not the producer's.
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(send, range(args.jobs)))
-        enqueued = time.monotonic() - t_send
-        t0 = time.monotonic()
-        for h in hosts:
+        lines = [job_line(j, i, args.tokens) for i, j in enumerate(ids)]
+        # The workers start on an empty queue (so their start-up is not counted), then the
+        # backlog is queued as one spike, several times faster than the endpoint serves
+        # it; the drain rate (10% to 90% done) is the workers' throughput.
+        for h in run.hosts:
             h.start()
+        time.sleep(1.0)  # listeners up, first (empty) polls done
+        before = [run.stats(h) for h in run.hosts]
+        t0 = t_send = time.monotonic()
+        run.enqueue(lines)
+        enqueued = time.monotonic() - t_send
         timeline: list[tuple[float, int]] = []
         while True:
             done = int(sim.stats()["completed"])
@@ -213,32 +328,33 @@ def main() -> None:
             if time.monotonic() - t0 > 600:
                 raise SystemExit(f"timed out with {done}/{args.jobs} done")
             time.sleep(0.05)
-        # the model finished every job; now wait for every record to read succeeded
-        blobs = BlobServiceClient.from_connection_string(conn).get_container_client(container)
+        # the model finished every job; now wait for every record to read succeeded (read
+        # from storage by this process, so the workers' counts stay theirs alone)
         pending = set(ids)
-        with httpx.Client(base_url=host.url, timeout=30) as http:
-            while pending:
-                for job_id in list(pending):
-                    if http.get(f"/api/v1/jobs/{job_id}").json().get("status") == "succeeded":
-                        pending.discard(job_id)
-                if pending:
-                    time.sleep(0.2)
+        while pending:
+            for job_id in list(pending):
+                if run.succeeded(job_id):
+                    pending.discard(job_id)
+            if pending:
+                time.sleep(0.2)
         elapsed = time.monotonic() - t0
+        after = [run.stats(h) for h in run.hosts]
         final = sim.stats()
         peak = int(final["peak_running"])
         model_calls = int(final["completed"])
-        del blobs
     finally:
-        for h in hosts:
-            h.stop()
+        run.close()
         sim.close()
         sim.server.stop()
-        azurite.kill()
     throughput = args.jobs / elapsed
     lo, hi = crossing(timeline, args.jobs * 0.1), crossing(timeline, args.jobs * 0.9)
     steady = (0.8 * args.jobs) / max(hi - lo, 1e-6)
     result: dict[str, Any] = {
+        "platform": args.platform,
+        "tag": args.tag,
         "jobs": args.jobs,
+        "hosts": args.hosts,
+        "workers_per_host": args.workers,
         "gpusim": {
             "max_num_seqs": args.max_num_seqs,
             "ttft_ms": args.ttft_ms,
@@ -246,8 +362,8 @@ def main() -> None:
             "tokens": args.tokens,
             "batch_slowdown": 0,
         },
-        "host_batch_size": args.batch_size,
-        "hosts": args.hosts,
+        "host_batch_size": args.batch_size if args.platform == "azure" else 10,
+        "batches_in_flight": args.sqs_batches if args.platform == "aws" else None,
         "per_request_latency_s": latency_s,
         "capacity_rps": round(capacity, 2),
         # What the same gpusim serves when called directly, in this run, with twice its
@@ -262,29 +378,16 @@ def main() -> None:
         "steady_ratio_of_capacity": round(steady / capacity, 3),
         "peak_running_at_gpusim": peak,
         "model_calls": model_calls,
+        "model_calls_per_job": round(model_calls / args.jobs, 3),
         "all_succeeded": True,
+        **per_job(before, after, args.jobs),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "queue.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = f"queue_{args.platform}_{args.hosts}p" + (f"_{args.tag}" if args.tag else "")
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        xs, ys = zip(*timeline, strict=True)
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(xs, ys, label="jobs completed at gpusim")
-        ax.plot([0, args.jobs / capacity], [0, args.jobs], "--", label="endpoint capacity")
-        ax.set_xlabel("seconds since first enqueue")
-        ax.set_ylabel("jobs")
-        ax.set_title(f"queue worker: {result['ratio_of_capacity']:.0%} of capacity")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(RESULTS / "queue.png", dpi=100)
-    except Exception as exc:
-        print(f"no plot: {exc}")
 
 
 if __name__ == "__main__":

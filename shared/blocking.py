@@ -10,6 +10,7 @@ process, never at import.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import threading
 from collections.abc import Callable
@@ -35,6 +36,8 @@ def executor() -> ThreadPoolExecutor:
 
 
 async def run_blocking(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-    """``await asyncio.to_thread(fn, ...)`` on the wide I/O pool (context not copied)."""
+    """``await asyncio.to_thread(fn, ...)`` on the wide I/O pool. The caller's context
+    variables are copied in, as ``to_thread`` does (the storage deadline travels so)."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(executor(), functools.partial(fn, *args, **kwargs))
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    return await loop.run_in_executor(executor(), call)

@@ -32,7 +32,13 @@ from typing import Any
 
 import httpx
 
-from shared.backends.http import error_from_response, get_client, timeout_for, transport_error
+from shared.backends.http import (
+    check_json_object,
+    error_from_response,
+    get_client,
+    timeout_for,
+    transport_error,
+)
 from shared.context import Context
 from shared.errors import BackendError, InferenceError
 
@@ -174,7 +180,9 @@ async def send_authorized(
             await response.aclose()
             token = await tokens.refresh(token)
             continue
-        if response.status_code < 400:
+        if response.status_code < 300:
+            if not stream:
+                check_json_object(response.content, backend)
             return response
         try:
             content = await response.aread()

@@ -159,7 +159,13 @@ def error_from_response(
     code = fields.get("code")
     extra = {k: v for k, v in fields.items() if k not in ("message", "type", "param", "code")}
     err: InferenceError
-    if status == 429:
+    if status < 400:  # a redirect (or another non-2xx): not an answer at all
+        err = BackendError(
+            f"backend {backend!r} answered HTTP {status} instead of a result; an endpoint "
+            "must answer directly (check its base_url)",
+        )
+        retryable = False
+    elif status == 429:
         err = BackendRateLimited(message, retry_after=retry_after, code=code or None)
     elif status == 503:
         err = BackendUnavailable(message, retry_after=retry_after)
@@ -249,7 +255,9 @@ async def send_json(
     body: bytes | None = None,
     stream: bool = False,
 ) -> httpx.Response:
-    """Send a request; return the response when 2xx, raise a mapped error otherwise."""
+    """Send a request; return the response when 2xx, raise a mapped error otherwise (3xx
+    included: redirects are not followed, and are not answers). A complete (non-streamed)
+    2xx whose body is not a JSON object is a ``BackendError`` too."""
     client = get_client()
     if (parent := traceparent(ctx)) is not None:
         headers = {**headers, "traceparent": parent}
@@ -260,7 +268,7 @@ async def send_json(
         response = await client.send(request, stream=stream)
     except httpx.HTTPError as exc:
         raise transport_error(exc, backend) from exc
-    if response.status_code >= 400:
+    if response.status_code >= 300:
         try:
             content = await response.aread() if stream else response.content
         except httpx.HTTPError as exc:
@@ -269,4 +277,22 @@ async def send_json(
             if stream:
                 await response.aclose()
         raise error_from_response(response.status_code, response.headers, content, backend)
+    if not stream:
+        check_json_object(response.content, backend)
     return response
+
+
+def check_json_object(content: bytes, backend: str) -> None:
+    """Raise ``BackendError`` unless ``content`` looks like one JSON object (or array:
+    TGI answers a list).
+
+    A cheap shape check (first and last non-blank bytes are brackets), not a parse: the
+    pass-through path never parses answers it only forwards. It catches what proxies and
+    misrouted endpoints send with a 200: HTML pages, plain text, empty or cut-off bodies.
+    """
+    body = content.strip()
+    if not body or (body[:1], body[-1:]) not in ((b"{", b"}"), (b"[", b"]")):
+        raise BackendError(
+            f"backend {backend!r} answered 2xx with a body that is not a JSON object "
+            f"({len(content)} bytes)"
+        )

@@ -9,14 +9,21 @@
 - ``INFER_JOBS_CONTAINER`` (jobs): container (Azure), key prefix (S3), folder (local).
 - ``INFER_CALLBACK_SECRET`` (unset): HMAC-SHA256 key for ``X-Signature-256`` on callbacks.
 - ``INFER_CALLBACK_TIMEOUT_S`` (5): per-try timeout of a callback POST.
+- ``INFER_CALLBACK_ALLOW`` (unset): CIDRs and host names a ``callback_url`` may reach
+  although not public (loopback, private, link-local); see ``shared.jobs.callback_guard``.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.settings import CachedSettings
+
+if TYPE_CHECKING:
+    from shared.jobs.callback_guard import CallbackAllow
 
 QUEUE_NAME = "inference-requests"
 POISON_QUEUE_NAME = f"{QUEUE_NAME}-poison"
@@ -33,6 +40,12 @@ class JobSettings(BaseSettings):
     jobs_container: str = Field(default="jobs", pattern=r"^[a-z0-9][a-z0-9-]{2,62}$")
     callback_secret: str | None = None
     callback_timeout_s: float = Field(default=5.0, gt=0)
+    callback_allow: str = ""
+
+    def callback_policy(self) -> CallbackAllow:
+        from shared.jobs.callback_guard import CallbackAllow
+
+        return CallbackAllow.parse(self.callback_allow)
 
 
 _cached = CachedSettings(JobSettings)

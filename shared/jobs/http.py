@@ -71,6 +71,17 @@ def _send(message: dict[str, Any]) -> None:
     get_queue().send(message)
 
 
+async def _check_callback(url: str) -> None:
+    """Refuse a callback URL that resolves to a non-public address (400, names the field)."""
+    from shared.jobs.callback_guard import CallbackRefused, check
+    from shared.jobs.config import get_job_settings
+
+    try:
+        await run_blocking(check, url, get_job_settings().callback_policy())
+    except CallbackRefused as exc:
+        raise InvalidRequest(str(exc), param="callback_url") from None
+
+
 async def create_job_endpoint(request: Request) -> Response:
     """POST /v1/jobs."""
     ctx: Context | None = None
@@ -90,6 +101,8 @@ async def create_job_endpoint(request: Request) -> Response:
         service.validate(line.op, line.body)
         if ctx.traceparent and not line.traceparent:  # the job continues the caller's trace
             line = dataclasses.replace(line, traceparent=ctx.traceparent)
+        if line.callback_url:
+            await _check_callback(line.callback_url)
         key = request.headers.get("idempotency-key")
         job_id = idempotent_id(caller, key) if key else "job_" + uuid.uuid4().hex
         location = request.url.path.rstrip("/") + "/" + job_id
@@ -97,7 +110,7 @@ async def create_job_endpoint(request: Request) -> Response:
         jobs = get_job_store()
         record = JobRecord.new(line, job_id, caller=caller)
         try:
-            await jobs.acreate(record)
+            stored = await jobs.acreate(record)
         except PreconditionFailed:
             existing = await jobs.aget(job_id)
             if existing is None or existing.record.request_hash != record.request_hash:
@@ -111,10 +124,12 @@ async def create_job_endpoint(request: Request) -> Response:
                 and old.attempts == 0
                 and time.time() - old.created_at > RESEND_AFTER_S
             ):
-                await run_blocking(_send, line.message(job_id))
+                await run_blocking(_send, line.message(job_id, old.seed(existing.etag)))
             return _json(old.public(), 200, headers)
         try:
-            await run_blocking(_send, line.message(job_id))
+            # The message names the stored version, so the worker claims it with one
+            # conditional write and reads nothing first.
+            await run_blocking(_send, line.message(job_id, record.seed(stored.etag)))
         except Exception as exc:
             log.error("job %s: enqueue failed: %s", job_id, exc)
             await run_blocking(jobs.delete, job_id)

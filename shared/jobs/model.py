@@ -91,6 +91,27 @@ class JobRecord(BaseModel):
     def dumps(self) -> bytes:
         return self.model_dump_json().encode()
 
+    def seed(self, etag: str) -> dict[str, Any]:
+        """What a queue message carries about the stored record (``"job"``), so the worker
+        can claim it with one conditional write over ``etag`` without reading it first:
+        every field the line itself does not carry, when not at its default."""
+        fields = self.model_dump(mode="json", exclude_defaults=True, exclude=_LINE_FIELDS)
+        return {"etag": etag, **fields}
+
+    @classmethod
+    def from_seed(cls, line: JobLine, job_id: str) -> tuple[JobRecord, str] | None:
+        """The record and etag a message's ``"job"`` describes; None when it has none or it
+        does not parse (the worker then reads the record instead)."""
+        seed = line.seed
+        if not seed or not isinstance(seed.get("etag"), str):
+            return None
+        fields = {k: v for k, v in seed.items() if k not in _LINE_FIELDS and k != "etag"}
+        try:
+            record = cls(id=job_id, custom_id=line.custom_id, url=line.url, **fields)
+        except ValueError:
+            return None
+        return record, str(seed["etag"])
+
     @classmethod
     def loads(cls, data: bytes) -> JobRecord:
         return cls.model_validate_json(data)
@@ -107,6 +128,9 @@ class JobRecord(BaseModel):
         )
 
 
+_LINE_FIELDS = {"id", "custom_id", "url"}
+
+
 @dataclass(frozen=True)
 class JobLine:
     """A validated line: what the worker needs to run it (``body`` or ``body_ref``)."""
@@ -119,14 +143,17 @@ class JobLine:
     body_ref: str | None = None
     callback_url: str | None = None
     traceparent: str | None = None
+    #: ``"job"`` of the message: the stored record's etag and fields (``JobRecord.seed``).
+    seed: dict[str, Any] | None = None
 
     def digest(self) -> str:
         canon = {"custom_id": self.custom_id, "url": self.url, "body": self.body}
         text = json.dumps(canon, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def message(self, job_id: str) -> dict[str, Any]:
-        """The queue message for this line (``body_ref`` stays a reference)."""
+    def message(self, job_id: str, seed: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The queue message for this line (``body_ref`` stays a reference), with the
+        stored record's ``seed`` as ``"job"`` when given."""
         out: dict[str, Any] = {"id": job_id, "method": "POST", "url": self.url}
         if self.custom_id is not None:
             out["custom_id"] = self.custom_id
@@ -138,6 +165,8 @@ class JobLine:
             out["callback_url"] = self.callback_url
         if self.traceparent:
             out["traceparent"] = self.traceparent
+        if seed is not None:
+            out["job"] = seed
         return out
 
 
@@ -178,6 +207,7 @@ def parse_line(data: Any) -> JobLine:
     if callback is not None and not callback.startswith(("http://", "https://")):
         raise MalformedMessage("'callback_url' must be an http(s) URL", job_id)
     parent = data.get("traceparent")
+    seed = data.get("job")
     return JobLine(
         op=URL_TO_OP[url],
         url=url,
@@ -187,6 +217,7 @@ def parse_line(data: Any) -> JobLine:
         body_ref=body_ref,
         callback_url=callback,
         traceparent=parent if isinstance(parent, str) and len(parent) < 256 else None,
+        seed=seed if isinstance(seed, dict) and job_id is not None else None,
     )
 
 

@@ -42,6 +42,7 @@ from shared.blocking import run_blocking
 from shared.context import Context
 from shared.jobs.config import POISON_QUEUE_NAME, QUEUE_NAME, get_job_settings
 from shared.jobs.worker import Attempt, Outcome, process_message
+from shared.storage.deadline import storage_deadline
 
 log = logging.getLogger("shared.jobs.queue")
 
@@ -91,12 +92,14 @@ async def _storage_queue_message(
         outcome = Outcome("defer", outcome.job_id, outcome.delay_s, outcome.reason, outcome.status)
     if outcome.action == "retry":
         raise RetryLater(outcome.reason, outcome.delay_s, outcome.job_id)
-    if outcome.action == "defer":
+    if outcome.action == "defer":  # the original bytes: a derived job id stays the same
         again = get_queue(QUEUE_NAME)
-        await run_blocking(again.send, json.loads(body), delay_s=outcome.delay_s)
+        with storage_deadline(ctx.remaining()):
+            await run_blocking(again.send_text, body.decode(), delay_s=outcome.delay_s)
     if outcome.action == "poison":
         poison = get_queue(POISON_QUEUE_NAME)
-        await run_blocking(poison.send, poison_message(outcome, body))
+        with storage_deadline(ctx.remaining()):
+            await run_blocking(poison.send, poison_message(outcome, body))
     return outcome
 
 
@@ -194,15 +197,23 @@ def run_sqs_batch(event: dict[str, Any], lambda_context: Any) -> dict[str, Any]:
         sent = record.attributes.sent_timestamp
         if sent:
             telemetry.record_queue_time(time.time() - int(sent) / 1000.0, QUEUE_NAME)
-        outcome = await process_message(record.body, attempt, Context(deadline=deadline))
+        ctx = Context(deadline=deadline)
+        outcome = await process_message(record.body, attempt, ctx)
         _log(outcome, attempt)
+        with storage_deadline(ctx.remaining()):
+            await settle(record, outcome)
+
+    async def settle(record: Any, outcome: Outcome) -> None:
         if outcome.action == "retry":
             if outcome.delay_s > 0:
-                await run_blocking(_change_visibility, record, outcome.delay_s)
+                try:
+                    await run_blocking(_change_visibility, record, outcome.delay_s)
+                except Exception as exc:  # the item still fails: SQS's own timeout applies
+                    log.warning("job %s: visibility change failed: %s", outcome.job_id, exc)
             raise RetryLater(outcome.reason, outcome.delay_s, outcome.job_id)
-        if outcome.action == "defer":
+        if outcome.action == "defer":  # the original bytes: a derived job id stays the same
             again = get_queue(QUEUE_NAME, url=_queue_url(record.event_source_arn))
-            await run_blocking(again.send, json.loads(record.body), delay_s=outcome.delay_s)
+            await run_blocking(again.send_text, record.body, delay_s=outcome.delay_s)
         if outcome.action == "poison":
             sent = await run_blocking(_send_to_dlq, record, outcome.reason)
             if not sent:

@@ -32,6 +32,7 @@ answered and before the record was written (or outlives its own deadline).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -41,10 +42,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shared import telemetry
 from shared.blocking import run_blocking
 from shared.context import Context
 from shared.errors import (
+    BackendError,
     BackendRateLimited,
     BackendUnavailable,
     DeadlineExceeded,
@@ -62,7 +63,9 @@ from shared.jobs.model import (
     parse_line,
 )
 from shared.jobs.store import JobStore, PreconditionFailed, Versioned, get_job_store
+from shared import telemetry
 from shared.service import Service, get_service
+from shared.storage.deadline import storage_deadline
 
 log = logging.getLogger("shared.jobs.worker")
 
@@ -128,16 +131,33 @@ class Worker:
 
     # -- record writes --------------------------------------------------------------------
 
-    async def _load_or_create(self, line: JobLine, job_id: str) -> Versioned:
+    async def _write_over(
+        self,
+        line: JobLine,
+        job_id: str,
+        build: Callable[[JobRecord], JobRecord | Outcome],
+    ) -> Versioned | Outcome:
+        """Write ``build(current)`` with one conditional write over what is believed stored.
+
+        The first try reads nothing: the message's ``"job"`` seed names the stored version
+        (``if_match`` its etag); a message without one assumes no record yet
+        (``if_none_match``). Only when that condition fails is the record read, and
+        ``build`` decides again on what is really there (finished: ack; leased: retry).
+        """
+        seeded = JobRecord.from_seed(line, job_id)
+        current: Versioned | None = Versioned(*seeded) if seeded else None
         for _ in range(CLAIM_TRIES):
-            found = await self.jobs.aget(job_id)
-            if found is not None:
-                return found
+            base = current.record if current is not None else JobRecord.new(line, job_id)
+            decided = build(base)
+            if isinstance(decided, Outcome):
+                return decided
             try:
-                return await self.jobs.acreate(JobRecord.new(line, job_id))
+                if current is None:
+                    return await self.jobs.acreate(decided)
+                return await self.jobs.areplace(decided, current.etag)
             except PreconditionFailed:
-                continue
-        raise PreconditionFailed(f"job {job_id}: could not read or create its record")
+                current = await self.jobs.aget(job_id)
+        return Outcome("retry", job_id, delay_s=1.0, reason="lost the race to write the job")
 
     async def _write_final(
         self, current: Versioned, update: dict[str, Any]
@@ -160,6 +180,27 @@ class Worker:
                 current = found
         raise PreconditionFailed(f"job {current.record.id}: could not write its result")
 
+    async def _finish_unclaimed(
+        self, line: JobLine, job_id: str, update: dict[str, Any]
+    ) -> tuple[JobRecord, bool]:
+        """Write a terminal state without holding the claim (invalid body, last attempt)."""
+        final: dict[str, JobRecord] = {}
+
+        def build(current: JobRecord) -> JobRecord | Outcome:
+            if current.terminal:
+                final["found"] = current
+                return Outcome("ack", job_id)
+            return current.model_copy(
+                update={**update, "lease": None, "completed_at": int(self.clock())}
+            )
+
+        written = await self._write_over(line, job_id, build)
+        if isinstance(written, Versioned):
+            return written.record, True
+        if "found" in final:
+            return final["found"], False
+        raise PreconditionFailed(f"job {job_id}: could not write its result")
+
     async def _release(self, claim: Versioned) -> None:
         """Give the job back (queued, no lease) unless someone else changed it meanwhile."""
         record = claim.record.model_copy(update={"status": "queued", "lease": None})
@@ -170,10 +211,10 @@ class Worker:
         except Exception:  # storage trouble: the lease simply expires
             log.warning("job %s: releasing its lease failed", record.id, exc_info=True)
 
-    async def _claim(self, current: Versioned, ctx: Context) -> Versioned | Outcome:
-        job_id = current.record.id
-        for _ in range(CLAIM_TRIES):
-            record = current.record
+    async def _claim(self, line: JobLine, job_id: str, ctx: Context) -> Versioned | Outcome:
+        """One conditional write: ``running`` + a lease that outlives this invocation."""
+
+        def build(record: JobRecord) -> JobRecord | Outcome:
             if record.terminal:
                 return Outcome(
                     "ack", job_id, reason=f"already {record.status}", status=record.status
@@ -185,40 +226,47 @@ class Worker:
                     "retry", job_id, delay_s=wait, reason="leased by another delivery", requeue=True
                 )
             lease = Lease(token=uuid.uuid4().hex, until=now + ctx.remaining() + LEASE_MARGIN_S)
-            claimed = record.model_copy(
+            return record.model_copy(
                 update={"status": "running", "attempts": record.attempts + 1, "lease": lease}
             )
-            try:
-                return await self.jobs.areplace(claimed, current.etag)
-            except PreconditionFailed:
-                found = await self.jobs.aget(job_id)
-                if found is None:
-                    return Outcome("retry", job_id, delay_s=1.0, reason="job record vanished")
-                current = found
-        return Outcome("retry", job_id, delay_s=1.0, reason="lost the race to claim the job")
+
+        return await self._write_over(line, job_id, build)
 
     # -- one delivery ---------------------------------------------------------------------
 
     async def process(self, raw: bytes | str, attempt: Attempt, ctx: Context) -> Outcome:
+        """One delivery. Whatever fails (storage down, a bug), the answer is an ``Outcome``:
+        a claim held is released, and on the last attempt the job is written ``failed``
+        first, so no record stays ``running``/``queued`` once its message is gone."""
         text = raw.encode() if isinstance(raw, str) else raw
-        try:
-            line = parse_line(json.loads(text))
-        except MalformedMessage as exc:
-            return await self._malformed(exc.reason, exc.job_id, text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return await self._malformed(f"message is not valid JSON: {exc}", None, text)
-        job_id = line.id or derived_id(text)
-        ctx.request_id = job_id
-        ctx.traceparent = line.traceparent or ctx.traceparent
-        ctx.entry = "queue"
-        current = await self._load_or_create(line, job_id)
-        if current.record.terminal:
-            return Outcome(
-                "ack",
-                job_id,
-                reason=f"already {current.record.status}",
-                status=current.record.status,
-            )
+        held: list[Versioned] = []
+        line: JobLine | None = None
+        job_id: str | None = None
+        with storage_deadline(ctx.remaining()):
+            try:
+                try:
+                    line = parse_line(json.loads(text))
+                except MalformedMessage as exc:
+                    return await self._malformed(exc.reason, exc.job_id, text)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    return await self._malformed(f"message is not valid JSON: {exc}", None, text)
+                job_id = line.id or derived_id(text)
+                ctx.request_id = job_id
+                ctx.traceparent = line.traceparent or ctx.traceparent
+                ctx.entry = "queue"
+                return await self._deliver(line, job_id, text, attempt, ctx, held)
+            except Exception as exc:
+                return await self._failed_delivery(exc, line, job_id, attempt, ctx, held)
+
+    async def _deliver(
+        self,
+        line: JobLine,
+        job_id: str,
+        text: bytes,
+        attempt: Attempt,
+        ctx: Context,
+        held: list[Versioned],
+    ) -> Outcome:
         try:
             body = line.body
             if line.body_ref is not None:
@@ -227,15 +275,34 @@ class Worker:
         except LookupError as exc:
             return await self._malformed(str(exc), job_id, text)
         except InvalidRequest as err:
-            record, _ = await self._write_final(current, _failure(err))
-            await self._callback(line, record, ctx)
-            return Outcome("ack", job_id, reason=f"invalid request: {err.message}", status="failed")
+            record, wrote = await self._finish_unclaimed(line, job_id, _failure(err))
+            if wrote:
+                await self._callback(line, record, ctx)
+                return Outcome(
+                    "ack", job_id, reason=f"invalid request: {err.message}", status="failed"
+                )
+            return Outcome("ack", job_id, reason=f"already {record.status}", status=record.status)
         if ctx.remaining() < MIN_RUN_S:
+            await self._ensure_record(line, job_id)
             return Outcome("retry", job_id, delay_s=1.0, reason="too little time left to start")
-        claim = await self._claim(current, ctx)
+        claim = await self._claim(line, job_id, ctx)
         if isinstance(claim, Outcome):
             return claim
+        held.append(claim)
         return await self._run(line, payload, claim, attempt, ctx)
+
+    async def _ensure_record(self, line: JobLine, job_id: str) -> None:
+        """The job is readable (``queued``) even before any delivery could start it."""
+        if JobRecord.from_seed(line, job_id) is None:
+            with contextlib.suppress(PreconditionFailed):
+                await self.jobs.acreate(JobRecord.new(line, job_id))
+
+    async def _answer(self, line: JobLine, payload: dict[str, Any], ctx: Context) -> Any:
+        result = await self.service.complete(line.op, payload, ctx)
+        try:
+            return result.json()
+        except ValueError as exc:  # a 2xx whose body is not JSON: the endpoint's fault
+            raise BackendError("the endpoint answered 2xx with a body that is not JSON") from exc
 
     async def _run(
         self,
@@ -251,7 +318,7 @@ class Worker:
             ctx, self.clock() - claim.record.created_at, line.op, str(payload.get("model", ""))
         )
         try:
-            result = await self.service.complete(line.op, payload, ctx)
+            body = await self._answer(line, payload, ctx)
         except InferenceError as err:
             if not (err.retryable or isinstance(err, DeadlineExceeded)):
                 record, _ = await self._write_final(claim, _failure(err))
@@ -283,7 +350,7 @@ class Worker:
         except BaseException:
             await asyncio.shield(self._release(claim))
             raise
-        response = {"status_code": 200, "request_id": job_id, "body": result.json()}
+        response = {"status_code": 200, "request_id": job_id, "body": body}
         record, wrote = await self._write_final(
             claim, {"status": "succeeded", "response": response, "error": None}
         )
@@ -291,19 +358,52 @@ class Worker:
             await self._callback(line, record, ctx)
         return Outcome("ack", job_id, status=record.status)
 
+    async def _failed_delivery(
+        self,
+        exc: Exception,
+        line: JobLine | None,
+        job_id: str | None,
+        attempt: Attempt,
+        ctx: Context,
+        held: list[Versioned],
+    ) -> Outcome:
+        """A failure outside the model's answer (storage unreachable, an unexpected bug)."""
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        log.warning("job %s: delivery failed: %s", job_id, reason, exc_info=True)
+        if attempt.last and line is not None and job_id is not None:
+            # The platform poisons the message next: leave the record final.
+            error = {"code": "worker_error", "message": reason}
+            update = {"status": "failed", "error": error}
+            try:
+                if held:
+                    await self._write_final(held[-1], update)
+                else:
+                    await self._finish_unclaimed(line, job_id, update)
+                return Outcome("retry", job_id, reason=f"failed: {reason}", status="failed")
+            except Exception:
+                log.warning("job %s: could not mark the job failed", job_id, exc_info=True)
+        elif held:
+            await asyncio.shield(self._release(held[-1]))
+        return Outcome("retry", job_id, delay_s=self.backoff(attempt), reason=reason)
+
     async def _malformed(self, reason: str, job_id: str | None, text: bytes) -> Outcome:
         log.warning("poison message job_id=%s: %s", job_id, reason)
         if job_id is not None:
             error = {"code": "invalid_message", "message": reason}
+            now = int(self.clock())
+            record = JobRecord(id=job_id, created_at=now, status="failed", error=error,
+                               completed_at=now)  # fmt: skip
             try:
-                current = await self.jobs.aget(job_id)
-                if current is None:
-                    record = JobRecord(id=job_id, created_at=int(self.clock()))
-                    current = await self.jobs.acreate(record)
-                if not current.record.terminal:
-                    await self._write_final(current, {"status": "failed", "error": error})
+                await self.jobs.acreate(record)
             except PreconditionFailed:
-                log.warning("job %s: could not mark the malformed job failed", job_id)
+                current = await self.jobs.aget(job_id)
+                try:
+                    if current is None:
+                        await self.jobs.acreate(record)
+                    elif not current.record.terminal:
+                        await self._write_final(current, {"status": "failed", "error": error})
+                except PreconditionFailed:
+                    log.warning("job %s: could not mark the malformed job failed", job_id)
         return Outcome("poison", job_id, reason=reason, status="failed" if job_id else None)
 
     async def _callback(self, line: JobLine, record: JobRecord, ctx: Context) -> None:
@@ -314,6 +414,7 @@ class Worker:
                 ctx,
                 secret=self.settings.callback_secret,
                 timeout_s=self.settings.callback_timeout_s,
+                allow=self.settings.callback_policy(),
             )
 
 

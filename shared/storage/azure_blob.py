@@ -33,7 +33,13 @@ def blob_service(conn: AzureConnection | None = None) -> Any:
         if conn not in _services:
             from azure.storage.blob import BlobServiceClient
 
-            opts: dict[str, Any] = {"max_single_get_size": CHUNK, "max_chunk_get_size": CHUNK}
+            from shared.storage.deadline import azure_retry_policy
+
+            opts: dict[str, Any] = {
+                "max_single_get_size": CHUNK,
+                "max_chunk_get_size": CHUNK,
+                "retry_policy": azure_retry_policy(),
+            }
             if conn.connection_string:
                 svc = BlobServiceClient.from_connection_string(conn.connection_string, **opts)
             else:

@@ -44,6 +44,11 @@ class QueueSender(Protocol):
         """Enqueue ``message`` (JSON-serialisable); visible after ``delay_s`` seconds."""
         ...
 
+    def send_text(self, text: str, *, delay_s: float = 0) -> None:
+        """Enqueue ``text`` exactly as given (a message re-sent keeps its bytes, so its
+        derived job id), visible after ``delay_s`` seconds. No claim-check is applied."""
+        ...
+
 
 def encode(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
@@ -88,7 +93,9 @@ class AzureQueue:
         self._ready = False
 
     def send(self, message: dict[str, Any], *, delay_s: float = 0) -> None:
-        text = claim_check(message, AZURE_LIMIT)
+        self.send_text(claim_check(message, AZURE_LIMIT), delay_s=delay_s)
+
+    def send_text(self, text: str, *, delay_s: float = 0) -> None:
         self._ensure()
         delay = max(0, math.ceil(delay_s))
         self._client.send_message(text, visibility_timeout=delay or None)
@@ -107,11 +114,13 @@ def _azure_queue_client(name: str) -> Any:
     from azure.storage.queue import BinaryBase64DecodePolicy, QueueClient, TextBase64EncodePolicy
 
     from shared.storage.azure_conn import connection_from_env, credential
+    from shared.storage.deadline import azure_retry_policy
 
     conn = connection_from_env(service="queue")
     policies: dict[str, Any] = {
         "message_encode_policy": TextBase64EncodePolicy(),
         "message_decode_policy": BinaryBase64DecodePolicy(),
+        "retry_policy": azure_retry_policy(),
     }
     if conn.connection_string:
         return QueueClient.from_connection_string(conn.connection_string, name, **policies)
@@ -127,7 +136,9 @@ class SqsQueue:
         self._client = client or aws_client("sqs")
 
     def send(self, message: dict[str, Any], *, delay_s: float = 0) -> None:
-        text = claim_check(message, SQS_LIMIT)
+        self.send_text(claim_check(message, SQS_LIMIT), delay_s=delay_s)
+
+    def send_text(self, text: str, *, delay_s: float = 0) -> None:
         delay = min(MAX_SQS_DELAY_S, max(0, math.ceil(delay_s)))
         self._client.send_message(QueueUrl=self.url, MessageBody=text, DelaySeconds=delay)
 
@@ -141,7 +152,9 @@ class LocalQueue:
         self.path.mkdir(parents=True, exist_ok=True)
 
     def send(self, message: dict[str, Any], *, delay_s: float = 0) -> None:
-        text = claim_check(message, AZURE_LIMIT)
+        self.send_text(claim_check(message, AZURE_LIMIT), delay_s=delay_s)
+
+    def send_text(self, text: str, *, delay_s: float = 0) -> None:
         visible = time.time() + max(0.0, delay_s)
         name = f"{visible:017.6f}-{uuid.uuid4().hex}.json"
         tmp = self.path / f".{name}"

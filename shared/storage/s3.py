@@ -29,14 +29,16 @@ _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 
 
 def aws_client(service: str) -> Any:
-    """The process's boto3 client for ``service`` (built on first use, reused)."""
+    """The process's boto3 client for ``service`` (built on first use, reused); its
+    timeouts and retries are bounded per call (``shared.storage.deadline``)."""
     with _lock:
         if service not in _clients:
             import boto3
-            from botocore.config import Config
 
-            cfg = Config(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=32)
-            _clients[service] = boto3.session.Session().client(service, config=cfg)
+            from shared.storage.deadline import boto_config, install_boto_deadline
+
+            client = boto3.session.Session().client(service, config=boto_config())
+            _clients[service] = install_boto_deadline(client)
         return _clients[service]
 
 
