@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from shared import telemetry
 from shared.blocking import run_blocking
 from shared.context import Context
 from shared.errors import (
@@ -63,7 +64,6 @@ from shared.jobs.model import (
     parse_line,
 )
 from shared.jobs.store import JobStore, PreconditionFailed, Versioned, get_job_store
-from shared import telemetry
 from shared.service import Service, get_service
 from shared.storage.deadline import storage_deadline
 
