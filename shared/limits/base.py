@@ -266,6 +266,7 @@ class Limiter:
     async def admit(
         self, caller: str, model: str, payload: dict[str, Any], ctx: Context
     ) -> Admission:
+        from shared import telemetry
         from shared.state import StateUnavailable
 
         estimate = estimate_prompt_tokens(payload)
@@ -277,10 +278,16 @@ class Limiter:
             decision = await self.provider.acquire(checks, ctx.request_id, ctx)
         except StateUnavailable:
             self.failed_open += 1
+            telemetry.record_limit(ctx, "fail_open")
             return NOOP  # fail open: logged and counted by shared.state
         headers = rate_headers(checks, decision)
         if decision.refused is not None:
             refused = checks[decision.refused]
+            outcome = {"quota": "quota", "parallel": "parallel"}.get(refused.kind)
+            telemetry.record_limit(
+                ctx, outcome or ("tpm" if refused.metric == "tokens" else "rpm")
+            )
+            telemetry.record_throttle(ctx, "limit")
             retry_ms = max(1, decision.retry_ms)
             wait = format_duration(retry_ms)
             if refused.kind == "quota":
@@ -297,6 +304,7 @@ class Limiter:
                 retry_ms=retry_ms,
                 headers=headers,
             )
+        telemetry.record_limit(ctx, "admitted")
         return Admission(self, checks, ctx.request_id, estimate, headers)
 
     async def settle(self, admission: Admission, deltas: list[int], ctx: Context | None) -> None:

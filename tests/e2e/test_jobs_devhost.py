@@ -95,7 +95,7 @@ class JobsStack:
         except AssertionError:
             sample = {j: self.http.get(f"/api/v1/jobs/{j}").text for j in list(pending)[:3]}
             raise AssertionError(
-                f"{len(pending)} jobs not {status}: {sample}\n{self.host.log()}"
+                f"{len(pending)} jobs not {status}: {sample}\n{self.host.log_tail()}"
             ) from None
 
     def poisoned(self) -> list[dict[str, Any]]:

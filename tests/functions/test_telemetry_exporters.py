@@ -167,6 +167,29 @@ async def test_failover_throttle_circuit_and_retry_are_counted(
     assert any(s["status"] == 2 for s in clients)  # the failed attempt is an error span
 
 
+async def test_limit_refusals_and_cache_outcomes_are_counted(
+    otlp_receiver: Receiver, sim_env: pytest.MonkeyPatch
+) -> None:
+    sim_env.setenv("INFER_LIMITS", json.dumps([{"caller": "*", "rpm": 2}]))
+    sim_env.setenv("INFER_CACHE", json.dumps({"mode": "exact"}))
+    sim_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
+    sim_env.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta")
+    first = await _post(CHAT)
+    second = await _post(CHAT)  # the same body: a cache hit, still one request of the limit
+    third = await _post(CHAT)
+    assert (first.status_code, second.status_code, third.status_code) == (200, 200, 429)
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
+    points = otlp_receiver.metrics()
+
+    def total(name: str, **attrs: Any) -> float:
+        return sum(p.value or 0 for p in hist(points, name, **attrs))
+
+    assert total("infer.limit.refusals", **{"infer.limit": "rpm"}) == 1
+    assert total("infer.throttles", **{"infer.throttle.source": "limit"}) == 1
+    assert total("infer.cache.requests", **{"infer.cache": "miss"}) == 1
+    assert total("infer.cache.requests", **{"infer.cache": "hit"}) == 1
+
+
 def test_batch_lines_are_counted_and_continue_their_traceparent(
     otlp_receiver: Receiver, batch_env: pytest.MonkeyPatch, azurite: Any, gpusim: Gpusim
 ) -> None:
