@@ -8,7 +8,7 @@
 - ``Idempotency-Key`` header: the job id is derived from (caller, key). The same key with the
   same line answers 200 with the existing record; with a different line 409. A retried POST
   whose job was stored but never enqueued (a crash between the two) re-sends the message.
-- ``GET /v1/jobs/{id}``: the record (DESIGN.md §5), or 404 in OpenAI's error envelope. When
+- ``GET /v1/jobs/{id}``: the record (docs/jobs.md), or 404 in OpenAI's error envelope. When
   inbound keys are configured a caller sees only its own jobs.
 """
 

@@ -2,7 +2,7 @@
 
 A job is one OpenAI Batch line (``{"custom_id"?, "method": "POST", "url", "body"}``) run
 asynchronously. Its record lives in the object store at ``jobs/{id}.json``; ``public()`` is
-what ``GET /v1/jobs/{id}`` answers (DESIGN.md §5). The other fields are internal:
+what ``GET /v1/jobs/{id}`` answers (docs/jobs.md). The other fields are internal:
 
 - ``request_hash``: SHA-256 of the canonical line, to tell an idempotent retry (same key,
   same body) from a conflicting one (same key, different body).

@@ -1,5 +1,5 @@
 """template.yaml: cfn-lint clean, transformed by the SAM translator offline, and the
-deployment rules of DESIGN.md section 8 hold in the transformed CloudFormation."""
+deployment rules of docs/deploy-aws.md hold in the transformed CloudFormation."""
 
 from __future__ import annotations
 

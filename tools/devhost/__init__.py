@@ -1,4 +1,4 @@
-"""devhost: a local Azure Functions host for the project's function app (DESIGN.md §7).
+"""devhost: a local Azure Functions host for the project's function app (docs/architecture.md).
 
 ``python -m tools.devhost`` imports ``function_app.py``, indexes its functions with
 azure-functions' own ``get_functions()`` and drives them as the Functions host would:
