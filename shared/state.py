@@ -137,6 +137,8 @@ class ConnectionPlan:
         self.tls = parts.scheme == "rediss"
         self.client_id = settings.client_id or query.pop("client_id", None)
         query.pop("client_id", None)
+        self.cache_name = settings.aws_cache_name or query.pop("cache_name", None)
+        query.pop("cache_name", None)
         self.settings = settings
         netloc = self.host if parts.port is None else f"{self.host}:{parts.port}"
         # the URL handed to redis-py carries neither credentials nor our own options
@@ -148,7 +150,7 @@ class ConnectionPlan:
                     "or the URL's user name (rediss://USER@host:6379)",
                     param="INFER_STATE_USER",
                 )
-            if not (settings.aws_cache_name or query.get("cache_name")):
+            if not self.cache_name:
                 raise ConfigError(
                     "INFER_STATE_AUTH=aws_iam needs INFER_STATE_AWS_CACHE_NAME (the "
                     "replication group, serverless cache or MemoryDB cluster name)",
@@ -275,13 +277,10 @@ class StateClient:
         if self.plan.auth == "entra":
             self._source = EntraCredentials(self.plan.client_id, settings.scope, self.plan.user)
         elif self.plan.auth == "aws_iam":
-            cache_name = (
-                settings.aws_cache_name
-                or parse_qs(urlsplit(settings.url or "").query)["cache_name"][-1]
-            )
+            assert self.plan.cache_name is not None  # checked by ConnectionPlan
             self._source = AwsIamCredentials(
                 self.plan.user,
-                cache_name,
+                self.plan.cache_name,
                 region=settings.aws_region or os.environ.get("AWS_REGION"),
                 service=settings.aws_service,
                 serverless=settings.aws_serverless,

@@ -180,3 +180,17 @@ def test_entra_client_is_rebuilt_before_its_token_expires(
 
     asyncio.run(main())
     state.reset_state()
+
+
+def test_our_url_options_never_reach_redis_py() -> None:
+    """auth, user, client_id and cache_name are ours: redis-py would refuse them as kwargs."""
+    from redis.connection import parse_url
+
+    from shared.state import ConnectionPlan, StateSettings
+
+    plan = ConnectionPlan(
+        StateSettings(url="rediss://infer-fn@h.example:6379/0?auth=aws_iam&cache_name=my-cache")
+    )
+    assert (plan.auth, plan.user, plan.cache_name) == ("aws_iam", "infer-fn", "my-cache")
+    assert plan.url == "rediss://h.example:6379/0"
+    assert set(parse_url(plan.url)) <= {"host", "port", "db", "connection_class"}
