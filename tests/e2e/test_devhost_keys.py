@@ -74,3 +74,17 @@ def test_inbound_api_keys_make_the_host_check_anonymous(
         assert c.get("/v1/models").status_code == 401  # the app's own check, with a body
         r = c.get("/v1/models", headers={"authorization": "Bearer app-key"})
         assert r.status_code == 200
+
+
+def test_a_timer_whose_schedule_setting_is_missing_is_disabled_not_fatal(
+    devhost_factory: DevhostFactory, gpusim: Gpusim
+) -> None:
+    """As the host: the probe's %INFER_PROBE_SCHEDULE% cannot be resolved, so that function
+    fails indexing and is disabled; the host and every other function still run."""
+    env = {"INFER_BACKENDS": backends(gpusim), "INFER_AUTH_LEVEL": "ANONYMOUS"}
+    args = ["--no-queues", "--no-blobs", "--settings", "no-local-settings.json"]
+    host = devhost_factory(app_module="function_app", app_dir=ROOT, env=env, args=args)
+    with httpx.Client(base_url=host.url + "/api", timeout=30) as c:
+        assert c.get("/v1/models").status_code == 200
+    assert "function 'probe' failed indexing and will be disabled" in host.log()
+    assert "INFER_PROBE_SCHEDULE" in host.log()

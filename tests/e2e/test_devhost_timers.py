@@ -97,8 +97,13 @@ def test_missed_occurrence_runs_past_due_at_start(
     assert datetime.fromisoformat(seen[0]["schedule_status"]["Next"]) == nxt
     wait_for(lambda: "trigger=timer" in proc.log(), timeout=10)
     assert len(ticks(tmp_path)) == 1  # past due replaces runOnStartup; next run is at midnight
-    saved = json.loads(status_blob(azurite, host).download_blob().readall())
-    assert datetime.fromisoformat(saved["Next"]) > now
+
+    def saved_next() -> datetime:
+        saved = json.loads(status_blob(azurite, host).download_blob().readall())
+        return datetime.fromisoformat(saved["Next"])
+
+    # the status is written once the run finished, which may be just after its log line
+    assert wait_for(lambda: saved_next() > now, timeout=10)
 
 
 def test_one_host_runs_a_timer_until_it_dies(

@@ -18,7 +18,7 @@ from azure.storage.blob import ContainerClient
 
 from tools.devhost import workers
 from tools.devhost.blobs import POISON_QUEUE, RECEIPTS_CONTAINER, BlobListener, BlobPath
-from tools.devhost.config import HostConfig
+from tools.devhost.config import ConfigError, HostConfig, QueueOptions
 from tools.devhost.http import HttpApp
 from tools.devhost.invoke import Invoker, check_supported
 from tools.devhost.keys import auth_level_of
@@ -64,41 +64,59 @@ Listener = QueueListener | BlobListener | TimerListener
 def build_listeners(
     specs: list[FunctionSpec], config: HostConfig, options: Options, invoker: Invoker
 ) -> list[Listener]:
-    storage = invoker.storage
     listeners: list[Listener] = []
     queue_options = workers.share_queue_options(config.queues, options.workers)
     for spec in specs:
-        conn = spec.trigger.get("connection")
-        if spec.trigger_type == "queueTrigger" and options.queues:
-            name = QueueListener.queue_name(spec)
-            listeners.append(
-                QueueListener(
-                    spec,
-                    storage.queue(conn, name, create=False),
-                    storage.queue(conn, f"{name}-poison", create=False),
-                    queue_options,
-                    invoker,
-                    lease_s=options.queue_lease_s,
-                    min_poll_s=options.poll_interval_s,
-                    start_retry_max_s=options.listener_retry_max_s,
-                )
-            )
-        elif spec.trigger_type == "blobTrigger" and options.blobs:
-            path = BlobPath.parse(str(spec.trigger["path"]))
-            listener = BlobListener(
-                spec,
-                storage.container(conn, path.container, create=False),
-                storage.container(conn, RECEIPTS_CONTAINER, create=False),
-                storage.queue(conn, POISON_QUEUE, create=False),
-                config.queues,
-                invoker,
-                poll_s=options.blob_poll_interval_s,
-                start_retry_max_s=options.listener_retry_max_s,
-            )
+        try:
+            listener = _listener(spec, config, options, invoker, queue_options)
+        except ConfigError as exc:
+            # As the host: a function whose binding cannot be resolved (a %Setting% that is
+            # not set) fails indexing and is disabled; the other functions run.
+            log.error("devhost: error indexing function %s: %s", spec.name, exc)
+            log.error("devhost: function %r failed indexing and will be disabled", spec.name)
+            continue
+        if listener is not None:
             listeners.append(listener)
-        elif spec.trigger_type == "timerTrigger" and options.timers:
-            listeners.append(timer_listener(spec, storage, invoker))
     return listeners
+
+
+def _listener(
+    spec: FunctionSpec,
+    config: HostConfig,
+    options: Options,
+    invoker: Invoker,
+    queue_options: QueueOptions,
+) -> Listener | None:
+    storage = invoker.storage
+    conn = spec.trigger.get("connection")
+    if spec.trigger_type == "queueTrigger" and options.queues:
+        name = QueueListener.queue_name(spec)
+        return QueueListener(
+            spec,
+            storage.queue(conn, name, create=False),
+            storage.queue(conn, f"{name}-poison", create=False),
+            queue_options,
+            invoker,
+            lease_s=options.queue_lease_s,
+            min_poll_s=options.poll_interval_s,
+            start_retry_max_s=options.listener_retry_max_s,
+        )
+    elif spec.trigger_type == "blobTrigger" and options.blobs:
+        path = BlobPath.parse(str(spec.trigger["path"]))
+        listener = BlobListener(
+            spec,
+            storage.container(conn, path.container, create=False),
+            storage.container(conn, RECEIPTS_CONTAINER, create=False),
+            storage.queue(conn, POISON_QUEUE, create=False),
+            config.queues,
+            invoker,
+            poll_s=options.blob_poll_interval_s,
+            start_retry_max_s=options.listener_retry_max_s,
+        )
+        return listener
+    elif spec.trigger_type == "timerTrigger" and options.timers:
+        return timer_listener(spec, storage, invoker)
+    return None
 
 
 def timer_listener(spec: FunctionSpec, storage: Storage, invoker: Invoker) -> TimerListener:
