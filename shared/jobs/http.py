@@ -31,6 +31,7 @@ from shared.errors import InferenceError, InvalidRequest, NotFound
 from shared.jobs.model import JOB_ID, JobRecord, MalformedMessage, idempotent_id, parse_line
 from shared.jobs.store import PreconditionFailed, get_job_store
 from shared.service import get_service
+from shared.storage import StorageError
 from shared.web import (
     authenticate_caller,
     decode_json,
@@ -54,6 +55,19 @@ class IdempotencyConflict(InvalidRequest):
 class QueueUnavailable(InferenceError):
     status = 503
     code = "queue_unavailable"
+
+
+class StoreUnavailable(InferenceError):
+    """The job store did not answer (storage outage, timeout): the caller retries later."""
+
+    status = 503
+    code = "job_store_unavailable"
+
+
+def _store_down(exc: Exception, request_id: str | None) -> Response:
+    log.error("job store unavailable request_id=%s: %s", request_id, type(exc).__name__)
+    err = StoreUnavailable("the job store is unavailable; try again", retry_after=1.0)
+    return error_response(err, request_id)
 
 
 def _json(data: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
@@ -138,6 +152,8 @@ async def create_job_endpoint(request: Request) -> Response:
     except InferenceError as err:
         return error_response(err, ctx.request_id if ctx else None)
     except Exception as exc:
+        if _is_storage_failure(exc):
+            return _store_down(exc, ctx.request_id if ctx else None)
         return internal_error(exc, ctx.request_id if ctx else None)
 
 
@@ -161,4 +177,15 @@ async def get_job_endpoint(request: Request, job_id: str | None = None) -> Respo
     except InferenceError as err:
         return error_response(err)
     except Exception as exc:
+        if _is_storage_failure(exc):
+            return _store_down(exc, None)
         return internal_error(exc)
+
+
+def _is_storage_failure(exc: BaseException) -> bool:
+    """A failure of the store itself: ours (``StorageError``), or the SDK's transport and
+    service errors (azure-core, botocore) that reach us unwrapped."""
+    if isinstance(exc, StorageError | TimeoutError | ConnectionError):
+        return True
+    module = type(exc).__module__
+    return module.startswith(("azure.core", "azure.storage", "botocore", "urllib3"))

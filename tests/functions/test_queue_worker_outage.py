@@ -186,3 +186,21 @@ def sqs(job_env: Path, moto_env: Any, clean_env: pytest.MonkeyPatch) -> Any:
     reset_stores()
     yield {"client": client, "url": url}
     reset_stores()
+
+
+async def test_jobs_api_with_storage_stopped_is_503_with_retry_after(
+    stopped_azure: list[str],
+) -> None:
+    """A storage outage on ``POST /v1/jobs`` and ``GET /v1/jobs/{id}`` is the service being
+    unavailable (503 + Retry-After, which the openai SDK retries), not an internal error."""
+    from functions.jobs.app import app
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://fn") as client:
+        posted = await client.post("/v1/jobs", content=line(None))
+        got = await client.get("/v1/jobs/job_0123456789abcdef0123456789abcdef")
+    for r in (posted, got):
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "job_store_unavailable"
+    assert stopped_azure == []  # the model was never called
