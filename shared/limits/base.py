@@ -284,9 +284,7 @@ class Limiter:
         if decision.refused is not None:
             refused = checks[decision.refused]
             outcome = {"quota": "quota", "parallel": "parallel"}.get(refused.kind)
-            telemetry.record_limit(
-                ctx, outcome or ("tpm" if refused.metric == "tokens" else "rpm")
-            )
+            telemetry.record_limit(ctx, outcome or ("tpm" if refused.metric == "tokens" else "rpm"))
             telemetry.record_throttle(ctx, "limit")
             retry_ms = max(1, decision.retry_ms)
             wait = format_duration(retry_ms)
