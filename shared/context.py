@@ -16,6 +16,17 @@ Clock = Callable[[], float]
 RESPONSE_MARGIN_S = 0.25
 
 
+def lambda_remaining_s(lambda_context: object) -> float | None:
+    """Seconds a Lambda invocation may still use (its remaining time less the response
+    margin), or None when ``lambda_context`` is not a Lambda context. The one place the
+    margin is applied, for every Lambda handler."""
+    remaining = getattr(lambda_context, "get_remaining_time_in_millis", None)
+    if not callable(remaining):
+        return None
+    left: float = remaining() / 1000.0 - RESPONSE_MARGIN_S
+    return max(0.0, left)
+
+
 @dataclass
 class Context:
     """What an adapter knows about the invocation, handed to ``shared``.
@@ -61,10 +72,9 @@ class Context:
     @classmethod
     def from_lambda(cls, lambda_context: object, *, request_id: str | None = None) -> Context:
         """Deadline from Lambda's ``get_remaining_time_in_millis`` (less a response margin)."""
-        remaining = getattr(lambda_context, "get_remaining_time_in_millis", None)
-        seconds = remaining() / 1000.0 if callable(remaining) else 30.0
+        seconds = lambda_remaining_s(lambda_context)
         rid = request_id or getattr(lambda_context, "aws_request_id", None)
-        return cls.with_timeout(max(0.0, seconds - RESPONSE_MARGIN_S), request_id=rid)
+        return cls.with_timeout(30.0 if seconds is None else seconds, request_id=rid)
 
     def remaining(self) -> float:
         return self.deadline - self.clock()

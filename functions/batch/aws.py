@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote_plus
 
 from shared.batch import get_batch, invocation_context
+from shared.context import lambda_remaining_s
 from shared.telemetry import flush_sync
 
 log = logging.getLogger("functions.batch")
@@ -32,19 +33,13 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     return loop.run_until_complete(coro)
 
 
-def _remaining(context: Any) -> float | None:
-    remaining = getattr(context, "get_remaining_time_in_millis", None)
-    return remaining() / 1000.0 - 1.0 if callable(remaining) else None
-
-
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """S3 event: one record per created object; keys arrive URL-encoded (``+`` for space)."""
     outcomes = []
     for record in event.get("Records", []):
         key = unquote_plus(record.get("s3", {}).get("object", {}).get("key", ""))
-        ctx = invocation_context(
-            remaining_s=_remaining(context), request_id=getattr(context, "aws_request_id", None)
-        )
+        rid = getattr(context, "aws_request_id", None)
+        ctx = invocation_context(remaining_s=lambda_remaining_s(context), request_id=rid)
         try:
             outcome = _run(get_batch().start(key, ctx))
         finally:
@@ -60,7 +55,7 @@ def shard_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     for record in event.get("Records", []):
         try:
             message = json.loads(record["body"])
-            ctx = invocation_context(remaining_s=_remaining(context))
+            ctx = invocation_context(remaining_s=lambda_remaining_s(context))
             try:
                 log.info("batch shard: %s", _run(get_batch().resume(message, ctx)))
             finally:

@@ -21,6 +21,9 @@ from shared.context import Context
 from shared.schemas import Operation
 from shared.settings import BackendConfig
 
+#: The event that ends an OpenAI stream: every stream this project emits ends with it.
+SSE_DONE = b"data: [DONE]\n\n"
+
 
 @dataclass
 class Result:

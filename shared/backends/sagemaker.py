@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from shared.backends import tgi
-from shared.backends.base import ByteStream, Result
+from shared.backends.base import SSE_DONE, ByteStream, Result
 from shared.blocking import WORKERS as POOL_WORKERS
 from shared.blocking import executor
 from shared.context import Context
@@ -55,7 +55,6 @@ from shared.settings import SageMakerBackendConfig
 from shared.telemetry import traceparent
 
 T = TypeVar("T")
-DONE = b"data: [DONE]\n\n"
 
 _lock = threading.Lock()
 _clients: dict[tuple[str, str | None, float], Any] = {}
@@ -364,7 +363,7 @@ class SageMakerBackend:
             translator = tgi.StreamTranslator(op, str(payload.get("model", "")), include_usage)
             return _EventStreamBody(self, body, _tgi_line(translator, self.name), translator.end,
                                     ctx)  # fmt: skip
-        return _EventStreamBody(self, body, _sse_line, lambda: DONE, ctx)
+        return _EventStreamBody(self, body, _sse_line, lambda: SSE_DONE, ctx)
 
     async def list_models(self, ctx: Context) -> list[str]:
         return []

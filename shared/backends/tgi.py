@@ -20,10 +20,10 @@ import time
 import uuid
 from typing import Any
 
+from shared.backends.base import SSE_DONE
 from shared.errors import BackendError, BackendRejected
 from shared.schemas import Operation
 
-DONE = b"data: [DONE]\n\n"
 _FINISH = {"length": "length", "eos_token": "stop", "stop_sequence": "stop"}
 
 
@@ -180,4 +180,4 @@ class StreamTranslator:
         if self.include_usage and self._usage is not None:
             chunk = {**self._base, "choices": [], "usage": self._usage}
             out += b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
-        return out + DONE
+        return out + SSE_DONE

@@ -13,6 +13,7 @@ import re
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from shared.backends.base import SSE_DONE
 from shared.schemas import Operation
 
 _WORDS = re.compile(r"\s*\S+\s*|\s+")
@@ -227,7 +228,7 @@ def replay_events(body: dict[str, Any], op: Operation, include_usage: bool) -> l
     if include_usage:
         usage_chunk = {**base, "choices": [], "usage": body.get("usage")}
         events.append(b"data: " + _dump(usage_chunk) + b"\n\n")
-    events.append(b"data: [DONE]\n\n")
+    events.append(SSE_DONE)
     return events
 
 
