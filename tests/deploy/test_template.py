@@ -3,7 +3,6 @@ deployment rules of docs/deploy-aws.md hold in the transformed CloudFormation.""
 
 from __future__ import annotations
 
-import copy
 import re
 import subprocess
 import sys
@@ -11,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from samtranslator.translator.transform import transform
-from samtranslator.yaml_helper import yaml_parse
 
 from tests.fixtures.procs import ROOT
 
@@ -51,23 +48,6 @@ class ManagedPolicyLoader:
 
     def load(self) -> dict[str, str]:
         return MANAGED_POLICIES
-
-
-@pytest.fixture(scope="module")
-def sam() -> dict[str, Any]:
-    doc: dict[str, Any] = yaml_parse(TEMPLATE.read_text())
-    return doc
-
-
-@pytest.fixture(scope="module")
-def cfn(sam: dict[str, Any]) -> dict[str, Any]:
-    """The CloudFormation `sam deploy` would submit: CodeUri uploaded to S3, then transformed."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        doc = copy.deepcopy(sam)
-        doc["Globals"]["Function"]["CodeUri"] = "s3://sam-artifacts/lambda.zip"
-        out: dict[str, Any] = transform(doc, {}, ManagedPolicyLoader())
-    return out
 
 
 def functions(sam: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -3,34 +3,11 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from typing import Any
 
-import pytest
-from samtranslator.translator.transform import transform
-from samtranslator.yaml_helper import yaml_parse
-
-from tests.deploy.test_template import TEMPLATE, ManagedPolicyLoader
-
 SUB_VAR = re.compile(r"\$\{([^}!]+)\}")
-
-
-@pytest.fixture(scope="module")
-def sam() -> dict[str, Any]:
-    doc: dict[str, Any] = yaml_parse(TEMPLATE.read_text())
-    return doc
-
-
-@pytest.fixture(scope="module")
-def cfn(sam: dict[str, Any]) -> dict[str, Any]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        doc = copy.deepcopy(sam)
-        doc["Globals"]["Function"]["CodeUri"] = "s3://sam-artifacts/lambda.zip"
-        out: dict[str, Any] = transform(doc, {}, ManagedPolicyLoader())
-    return out
 
 
 def test_probe_runs_on_an_eventbridge_scheduler_schedule(cfn: dict[str, Any]) -> None:
