@@ -113,8 +113,6 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INFER_", extra="ignore", frozen=True)
 
     backends: list[BackendConfig] = Field(default_factory=default_backends)
-    cache_url: str = "memory://"
-    cache_ttl_s: float = Field(default=300.0, ge=0)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_tokens_cap: int = Field(default=4096, ge=1)
     log_prompts: bool = False

@@ -117,7 +117,7 @@ def test_local_settings_hold_no_secret() -> None:
             '[{"name":"a","kind":"openai","base_url":"http://127.0.0.1/v1","api_key":"x"}]',
         ),
         ("OPENAI_API_KEY", "sk-live-0123456789abcdefghij"),
-        ("INFER_CACHE_URL", "redis://:hunter2@127.0.0.1:6379/0"),
+        ("INFER_STATE_URL", "redis://:hunter2@127.0.0.1:6379/0"),
         ("BLOB_SAS", "https://127.0.0.1:10000/c/b?sv=2024&sig=abc"),
     ],
 )

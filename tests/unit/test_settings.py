@@ -17,7 +17,6 @@ def test_defaults_point_at_the_local_simulator(clean_env: pytest.MonkeyPatch) ->
     assert backend.kind == "openai"
     assert backend.base_url == "http://127.0.0.1:8081/v1"
     assert backend.serves("local-model")
-    assert s.cache_url == "memory://"
     assert s.log_prompts is False
 
 
