@@ -71,6 +71,7 @@ def poll(queue_url: str, arn: str, timeout_s: float, stop: threading.Event) -> N
 
     sqs = aws_client("sqs")
     while not stop.is_set():
+        t0 = time.thread_time()
         got = sqs.receive_message(
             QueueUrl=queue_url,
             MaxNumberOfMessages=MAX_BATCH,
@@ -78,6 +79,7 @@ def poll(queue_url: str, arn: str, timeout_s: float, stop: threading.Event) -> N
             AttributeNames=["All"],
         )
         messages = got.get("Messages", [])
+        storage_ops.add_host_cpu(time.thread_time() - t0)
         if not messages:
             continue
         event = {"Records": [_record(m, arn) for m in messages]}
@@ -89,12 +91,14 @@ def poll(queue_url: str, arn: str, timeout_s: float, stop: threading.Event) -> N
             continue
         done = [m for m in messages if m["MessageId"] not in failed]
         if done:
+            t0 = time.thread_time()
             sqs.delete_message_batch(
                 QueueUrl=queue_url,
                 Entries=[
                     {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)
                 ],
             )
+            storage_ops.add_host_cpu(time.thread_time() - t0)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ counts over HTTP (``snapshot()``) before and after a run.
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 import time
 from typing import Any
@@ -33,11 +34,62 @@ def count(kind: str, n: int = 1) -> None:
         _counts[kind] += n
 
 
+_host_cpu: list[float] = [0.0]
+
+
+def add_host_cpu(seconds: float) -> None:
+    """CPU the platform's own poller spent (bench/sqs_host.py: receive and delete calls)."""
+    with _lock:
+        _host_cpu[0] += seconds
+
+
 def snapshot() -> dict[str, Any]:
-    """Counts so far and this process's CPU time (user + system, all threads)."""
+    """Counts so far, this process's CPU time (user + system, all threads) and the part of
+    it that stands for the platform's host: devhost's queue-listener threads, or what
+    ``add_host_cpu`` was given."""
     with _lock:
         counts = dict(_counts)
-    return {"ops": counts, "cpu_s": time.process_time()}
+        host = _host_cpu[0]
+    devhost = sys.modules.get("tools.devhost.queues")
+    if devhost is not None:
+        host += devhost.host_cpu_s()
+    return {"ops": counts, "cpu_s": time.process_time(), "host_cpu_s": host}
+
+
+_profile: dict[str, str] = {}
+
+
+def start_profile(path: str | None) -> None:
+    """Profile this process with yappi (CPU clock, all threads) until ``stop_profile``."""
+    if not path:
+        return
+    import yappi
+
+    yappi.set_clock_type("cpu")
+    yappi.start(builtins=False)
+    _profile["path"] = path
+
+
+def clear_profile() -> dict[str, Any]:
+    """Forget what was profiled so far (start-up), keep profiling."""
+    if "path" in _profile:
+        import yappi
+
+        yappi.clear_stats()
+    return {"profile": _profile.get("path")}
+
+
+def stop_profile() -> dict[str, Any]:
+    """Stop profiling; write pstats to the path given to ``start_profile``."""
+    path = _profile.pop("path", None)
+    if path is None:
+        return {"profile": None}
+    import yappi
+
+    yappi.stop()
+    yappi.get_func_stats().save(path, type="pstat")
+    threads = [(t.name, round(t.ttot, 3)) for t in yappi.get_thread_stats()]
+    return {"profile": path, "threads": threads}
 
 
 def reset() -> None:

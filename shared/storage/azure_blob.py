@@ -7,11 +7,17 @@ Conditions map to blob ETags: ``if_none_match`` is ``overwrite=False`` (``If-Non
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 from typing import Any
 
-from shared.storage.azure_conn import AzureConnection, connection_from_env, credential
+from shared.storage.azure_conn import (
+    AzureConnection,
+    connection_from_env,
+    credential,
+    sdk_transport,
+)
 from shared.storage.base import (
     ObjectNotFound,
     PreconditionFailed,
@@ -21,6 +27,10 @@ from shared.storage.base import (
 )
 
 CHUNK = 4 * 1024 * 1024
+#: BlobClients kept per store: a job's claim and its result write the same blob, so the
+#: second write reuses the client the first built (building one costs as much CPU as the
+#: request it sends). Enough for every job a worker process has in flight.
+BLOB_CLIENTS = 256
 
 _lock = threading.Lock()
 _services: dict[AzureConnection, Any] = {}
@@ -39,6 +49,7 @@ def blob_service(conn: AzureConnection | None = None) -> Any:
                 "max_single_get_size": CHUNK,
                 "max_chunk_get_size": CHUNK,
                 "retry_policy": azure_retry_policy(),
+                "transport": sdk_transport(),
             }
             if conn.connection_string:
                 svc = BlobServiceClient.from_connection_string(conn.connection_string, **opts)
@@ -66,6 +77,22 @@ class AzureBlobStore:
         self._service = service or blob_service()
         self._container = self._service.get_container_client(namespace)
         self._ready = False
+        self._blobs: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self._blobs_lock = threading.Lock()
+
+    def _blob(self, key: str) -> Any:
+        """The ``BlobClient`` of ``key``: one of the most recently used, else a new one."""
+        with self._blobs_lock:
+            client = self._blobs.get(key)
+            if client is not None:
+                self._blobs.move_to_end(key)
+                return client
+        client = self._container.get_blob_client(key)
+        with self._blobs_lock:
+            self._blobs[key] = client
+            while len(self._blobs) > BLOB_CLIENTS:
+                self._blobs.popitem(last=False)
+        return client
 
     def _ensure_container(self) -> None:
         if self._ready:
@@ -80,7 +107,7 @@ class AzureBlobStore:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            downloader = self._container.download_blob(key)
+            downloader = self._blob(key).download_blob()
             data = downloader.readall()
         except ResourceNotFoundError:
             return None
@@ -108,7 +135,7 @@ class AzureBlobStore:
             kwargs["etag"] = if_match
             kwargs["match_condition"] = MatchConditions.IfNotModified
         try:
-            props = self._container.get_blob_client(key).upload_blob(data, **kwargs)
+            props = self._blob(key).upload_blob(data, **kwargs)
         except ResourceNotFoundError as exc:
             if if_match is not None:
                 raise PreconditionFailed(f"{self.namespace}/{key} does not exist") from exc
@@ -123,7 +150,7 @@ class AzureBlobStore:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            return _DownloadReader(self._container.download_blob(key))
+            return _DownloadReader(self._blob(key).download_blob())
         except ResourceNotFoundError:
             raise ObjectNotFound(f"{self.namespace}/{key} does not exist") from None
 

@@ -113,7 +113,7 @@ class AzureQueue:
 def _azure_queue_client(name: str) -> Any:
     from azure.storage.queue import BinaryBase64DecodePolicy, QueueClient, TextBase64EncodePolicy
 
-    from shared.storage.azure_conn import connection_from_env, credential
+    from shared.storage.azure_conn import connection_from_env, credential, sdk_transport
     from shared.storage.deadline import azure_retry_policy
 
     conn = connection_from_env(service="queue")
@@ -121,6 +121,7 @@ def _azure_queue_client(name: str) -> Any:
         "message_encode_policy": TextBase64EncodePolicy(),
         "message_decode_policy": BinaryBase64DecodePolicy(),
         "retry_policy": azure_retry_policy(),
+        "transport": sdk_transport(),
     }
     if conn.connection_string:
         return QueueClient.from_connection_string(conn.connection_string, name, **policies)

@@ -16,6 +16,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueClient, QueueServiceClient
 
+from shared.storage.azure_conn import sdk_transport
 from tools.devhost.config import ConfigError
 
 DEFAULT_CONNECTION = "AzureWebJobsStorage"
@@ -70,7 +71,9 @@ class Storage:
         key = connection or DEFAULT_CONNECTION
         if key not in self._queues:
             conn = connection_string(key, self._environ)
-            self._queues[key] = QueueServiceClient.from_connection_string(conn)
+            self._queues[key] = QueueServiceClient.from_connection_string(
+                conn, transport=sdk_transport()
+            )
         return self._queues[key]
 
     def blob_service(self, connection: str | None) -> BlobServiceClient:
@@ -78,7 +81,10 @@ class Storage:
         if key not in self._blobs:
             conn = connection_string(key, self._environ)
             self._blobs[key] = BlobServiceClient.from_connection_string(
-                conn, max_single_get_size=CHUNK_BYTES, max_chunk_get_size=CHUNK_BYTES
+                conn,
+                max_single_get_size=CHUNK_BYTES,
+                max_chunk_get_size=CHUNK_BYTES,
+                transport=sdk_transport(),
             )
         return self._blobs[key]
 
