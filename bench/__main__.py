@@ -8,8 +8,7 @@ import sys
 BENCHES = [
     "bench.coldstart",
     "bench.overhead",
-    "bench.queue",
-    "bench.queue_report",
+    "bench.queue_all",
     "bench.batch",
     "bench.cache",
     "bench.controls",

@@ -38,7 +38,7 @@ from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 from tests.fixtures.azurite import ACCOUNT, ACCOUNT_KEY, AZURITE_BIN
 from tests.fixtures.gpusim import start_gpusim
 from tests.fixtures.moto import AWS_ENV
-from tests.fixtures.procs import PYTHON, ServerProcess, free_port
+from tests.fixtures.procs import PYTHON, ROOT, ServerProcess, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -49,6 +49,11 @@ def connection_string(blob: int, queue: int) -> str:
         f"BlobEndpoint=http://127.0.0.1:{blob}/{ACCOUNT};"
         f"QueueEndpoint=http://127.0.0.1:{queue}/{ACCOUNT};"
     )
+
+
+def code_dir(args: argparse.Namespace) -> Path:
+    """Where the worker processes import the product from (``--code``, else this tree)."""
+    return Path(args.code).resolve() if args.code else ROOT
 
 
 def crossing(timeline: list[tuple[float, int]], level: float) -> float:
@@ -155,7 +160,7 @@ class AzureRun:
                 [PYTHON, "-m", "tools.devhost", "--port", str(port), "--app-module",
                  "bench.queue_app", "--app-dir", str(app_dir), "--poll-interval", "0.05",
                  "--workers", str(args.workers), *(["--no-blobs"] if i else [])],
-                port, ready_path="/", name=f"bench-devhost-{i}", env=env,
+                port, ready_path="/", name=f"bench-devhost-{i}", env=env, cwd=code_dir(args),
             ))  # fmt: skip
         self.queue = QueueClient.from_connection_string(
             self.conn, "inference-requests", message_encode_policy=TextBase64EncodePolicy()
@@ -228,7 +233,7 @@ class AwsRun:
                 [PYTHON, "-m", "bench.sqs_host", "--queue-url", self.url, "--queue-arn",
                  arn["Attributes"]["QueueArn"], "--port", str(hp), "--batches",
                  str(args.sqs_batches)],
-                hp, ready_path="/", name=f"bench-sqs-host-{i}", env=env,
+                hp, ready_path="/", name=f"bench-sqs-host-{i}", env=env, cwd=code_dir(args),
             ))  # fmt: skip
 
     def enqueue(self, lines: list[str]) -> None:
@@ -306,9 +311,15 @@ def main() -> None:
         help="Azure: profile the first devhost process with yappi, pstats to this path",
     )  # fmt: skip
     p.add_argument(
+        "--code", default="",
+        help="run the worker processes on the product code of this checkout (e.g. a git "
+        "worktree of an earlier commit), the harness and endpoint staying this tree's",
+    )  # fmt: skip
+    p.add_argument(
         "--warmup", type=int, default=20, help="warm-up jobs per host, not counted"
     )  # fmt: skip
     p.add_argument("--tag", default="", help="suffix of the result file (e.g. before/after)")
+    p.add_argument("--code-ref", default="", help=argparse.SUPPRESS)  # recorded only
     args = p.parse_args()
 
     latency_s = (args.ttft_ms + args.tokens * args.itl_ms) / 1000.0
@@ -387,6 +398,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "platform": args.platform,
         "tag": args.tag,
+        "code": args.code_ref or None,
         "jobs": args.jobs,
         "hosts": args.hosts,
         "workers_per_host": args.workers,

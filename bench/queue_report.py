@@ -1,9 +1,10 @@
-"""Storage operations, CPU and drain rate per queue job, before and after, side by side.
+"""Storage operations, CPU and drain rate per queue job, before / base / after, side by side.
 
-Reads the results bench/queue.py wrote (``queue_<platform>_<hosts>p_<tag>.json``, tags
-``before`` and ``after``: the same benchmark run against the code before and after the
-jobs-path changes, each pair back to back on the same machine) and writes
-bench/results/queue_ops.json (ratios after/before) and queue_ops.png.
+Reads the results bench/queue.py wrote (``queue_<platform>_<hosts>p_<tag>.json``) for the
+tags ``before`` (the jobs path before issue 12's storage cuts, measured once and kept),
+``base`` (the product code of ``bench/queue_all.py --base-ref``, run back to back with
+``after``) and ``after`` (this tree), and writes bench/results/queue_ops.json (each figure
+per tag, plus ratios to ``before`` and ``base``) and queue_ops.png.
 
     .venv/bin/python -m bench.queue_report
 """
@@ -15,78 +16,83 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+TAGS = ["before", "base", "after"]
 KINDS = [
     "blob.read", "blob.create", "blob.cas", "blob.write", "blob.container",
     "queue.receive", "queue.delete", "queue.visibility", "queue.send",
 ]  # fmt: skip
+FIGURES = [
+    "total_ops_per_job", "blob_ops_per_job", "worker_cpu_ms_per_job", "host_cpu_ms_per_job",
+    "function_cpu_ms_per_job", "steady_ratio_of_measured_capacity", "measured_capacity_rps",
+    "steady_jobs_per_s_10_to_90pct", "model_calls_per_job", "load_average_1m", "when", "code",
+]  # fmt: skip
 
 
-def load() -> dict[str, dict[str, Any]]:
-    runs: dict[str, dict[str, Any]] = {}
+def load() -> dict[str, dict[str, dict[str, Any]]]:
+    """{"azure-1p": {"before": {...}, "after": {...}}, ...}"""
+    runs: dict[str, dict[str, dict[str, Any]]] = {}
     for path in sorted(RESULTS.glob("queue_*_*p_*.json")):
         data = json.loads(path.read_text())
-        if data.get("tag") in ("before", "after"):
-            runs[f"{data['platform']}-{data['hosts']}p-{data['tag']}"] = data
+        if data.get("tag") in TAGS:
+            runs.setdefault(f"{data['platform']}-{data['hosts']}p", {})[data["tag"]] = data
     return runs
+
+
+def ratio(a: Any, b: Any) -> float | None:
+    numbers = isinstance(a, int | float) and isinstance(b, int | float)
+    return round(a / b, 3) if numbers and b else None
 
 
 def main() -> None:
     runs = load()
     pairs: dict[str, Any] = {}
-    for key in sorted({k.rsplit("-", 1)[0] for k in runs}):
-        before, after = runs.get(key + "-before"), runs.get(key + "-after")
-        if not before or not after:
+    for key in sorted(runs):
+        by_tag = {t: runs[key][t] for t in TAGS if t in runs[key]}
+        if "after" not in by_tag:
             continue
-        pairs[key] = {
-            "ops_per_job": {
-                "before": before["storage_ops_per_job"],
-                "after": after["storage_ops_per_job"],
-            },
-            "total_ops_per_job": [before["total_ops_per_job"], after["total_ops_per_job"]],
-            "blob_ops_per_job": [before["blob_ops_per_job"], after["blob_ops_per_job"]],
-            "ops_ratio_after_before": round(
-                after["total_ops_per_job"] / before["total_ops_per_job"], 3
-            ),
-            "blob_ops_ratio_after_before": round(
-                after["blob_ops_per_job"] / before["blob_ops_per_job"], 3
-            ),
-            "cpu_ms_per_job": [before["worker_cpu_ms_per_job"], after["worker_cpu_ms_per_job"]],
-            "cpu_ratio_after_before": round(
-                after["worker_cpu_ms_per_job"] / before["worker_cpu_ms_per_job"], 3
-            ),
-            "steady_ratio_of_measured_capacity": [
-                before["steady_ratio_of_measured_capacity"],
-                after["steady_ratio_of_measured_capacity"],
-            ],
-            "measured_capacity_rps": [
-                before["measured_capacity_rps"],
-                after["measured_capacity_rps"],
-            ],
-            "model_calls_per_job": [before["model_calls_per_job"], after["model_calls_per_job"]],
-            "load_average_1m": [before.get("load_average_1m"), after.get("load_average_1m")],
+        entry: dict[str, Any] = {
+            "ops_per_job": {t: r["storage_ops_per_job"] for t, r in by_tag.items()},
+            **{f: {t: r.get(f) for t, r in by_tag.items()} for f in FIGURES},
         }
-    out = {"pairs": pairs, "note": "machine shared and loaded: compare ratios within a pair"}
+        after = by_tag["after"]
+        for ref in ("before", "base"):
+            if ref in by_tag:
+                old = by_tag[ref]
+                entry[f"after_vs_{ref}"] = {
+                    "ops": ratio(after["total_ops_per_job"], old["total_ops_per_job"]),
+                    "blob_ops": ratio(after["blob_ops_per_job"], old["blob_ops_per_job"]),
+                    "cpu": ratio(after["worker_cpu_ms_per_job"], old["worker_cpu_ms_per_job"]),
+                }
+        pairs[key] = entry
+    out = {
+        "pairs": pairs,
+        "note": "machine shared and loaded (load_average_1m): compare runs taken back to "
+        "back; before = measured once before issue 12's storage cuts",
+    }
     (RESULTS / "queue_ops.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
     if not pairs:
         return
+    plot(pairs)
+
+
+def plot(pairs: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 4.5))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4.8))
     labels, x = [], 0.0
     for key, pair in pairs.items():
-        for tag in ("before", "after"):
-            ops = pair["ops_per_job"][tag]
+        for tag, ops in pair["ops_per_job"].items():
             bottom = 0.0
             for i, kind in enumerate(KINDS):
                 v = float(ops.get(kind, 0))
                 if v:
                     seen = ax1.get_legend_handles_labels()[1]
-                    label = kind if kind not in seen else None
-                    ax1.bar(x, v, bottom=bottom, color=f"C{i}", label=label)
+                    ax1.bar(x, v, bottom=bottom, color=f"C{i}",
+                            label=kind if kind not in seen else None)  # fmt: skip
                     bottom += v
             labels.append((x, f"{key}\n{tag}"))
             x += 1
@@ -96,22 +102,25 @@ def main() -> None:
     ax1.set_ylim(0, 7.5)
     ax1.legend(fontsize=6, ncol=3, loc="upper center")
     names = list(pairs)
-    idx = range(len(names))
-    ax2.bar([i - 0.2 for i in idx], [pairs[n]["cpu_ms_per_job"][0] for n in names], 0.4,
-            label="before")  # fmt: skip
-    ax2.bar([i + 0.2 for i in idx], [pairs[n]["cpu_ms_per_job"][1] for n in names], 0.4,
-            label="after")  # fmt: skip
-    ax2.set_xticks(list(idx), names, fontsize=7)
-    ax2.set_ylabel("worker CPU ms per job")
-    ax2.legend(fontsize=7)
-    ratio = "steady_ratio_of_measured_capacity"
-    ax3.bar([i - 0.2 for i in idx], [pairs[n][ratio][0] for n in names], 0.4, label="before")
-    ax3.bar([i + 0.2 for i in idx], [pairs[n][ratio][1] for n in names], 0.4, label="after")
+    width = 0.8 / len(TAGS)
+    for j, tag in enumerate(TAGS):
+        xs = [i + (j - 1) * width for i in range(len(names))]
+        cpu = [pairs[n]["worker_cpu_ms_per_job"].get(tag) or 0 for n in names]
+        host = [pairs[n]["host_cpu_ms_per_job"].get(tag) or 0 for n in names]
+        if any(cpu):
+            ax2.bar(xs, cpu, width, color=f"C{j}", label=tag)
+            ax2.bar(xs, host, width, color="none", edgecolor="k", hatch="//", lw=0.5,
+                    label="of which host" if j == len(TAGS) - 1 else None)  # fmt: skip
+        drain = [pairs[n]["steady_ratio_of_measured_capacity"].get(tag) or 0 for n in names]
+        if any(drain):
+            ax3.bar(xs, drain, width, color=f"C{j}", label=tag)
+    for ax in (ax2, ax3):
+        ax.set_xticks(list(range(len(names))), names, fontsize=7)
+        ax.legend(fontsize=7)
+    ax2.set_ylabel("worker process CPU ms per job")
     ax3.axhline(0.75, ls="--", c="gray", lw=0.8)
     ax3.axhline(0.90, ls=":", c="gray", lw=0.8)
-    ax3.set_xticks(list(idx), names, fontsize=7)
     ax3.set_ylabel("drain rate / endpoint capacity (same run)")
-    ax3.legend(fontsize=7)
     fig.suptitle("queue jobs: cost and drain rate per job (shared, loaded 2-core machine)")
     fig.tight_layout()
     fig.savefig(RESULTS / "queue_ops.png", dpi=100)

@@ -196,7 +196,8 @@ class Invoker:
             if b["type"] in ("queue", "blob") and b["name"] != "$return":
                 outs[b["name"]] = kwargs[b["name"]] = OutValue()
         result = await self.call(spec.func, kwargs)
-        await asyncio.to_thread(self._write_outputs, spec, outs, result, binding_data or {})
+        if any(b["type"] in ("queue", "blob") for b in spec.outputs):  # else no thread hop
+            await asyncio.to_thread(self._write_outputs, spec, outs, result, binding_data or {})
         return result
 
     def _write_outputs(
