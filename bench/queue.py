@@ -239,7 +239,13 @@ class AwsRun:
     def enqueue(self, lines: list[str]) -> None:
         def send(chunk: list[str]) -> None:
             entries = [{"Id": str(i), "MessageBody": t} for i, t in enumerate(chunk)]
-            self.sqs.send_message_batch(QueueUrl=self.url, Entries=entries)
+            for _ in range(5):  # a batch can fail in part (moto on a loaded machine does)
+                got = self.sqs.send_message_batch(QueueUrl=self.url, Entries=entries)
+                failed = {f["Id"] for f in got.get("Failed", [])}
+                entries = [e for e in entries if e["Id"] in failed]
+                if not entries:
+                    return
+            raise RuntimeError(f"could not queue {len(entries)} messages")
 
         chunks = [lines[i : i + 10] for i in range(0, len(lines), 10)]
         with ThreadPoolExecutor(8) as pool:
