@@ -108,7 +108,7 @@ def _dlq_url(arn: str) -> str | None:
     return url
 
 
-def _change_visibility(record: Any, delay_s: float) -> None:
+def _change_visibility(record: SQSRecord, delay_s: float) -> None:
     _sqs().change_message_visibility(
         QueueUrl=_queue_url(record.event_source_arn),
         ReceiptHandle=record.receipt_handle,
@@ -116,7 +116,7 @@ def _change_visibility(record: Any, delay_s: float) -> None:
     )
 
 
-def _send_to_dlq(record: Any, reason: str) -> bool:
+def _send_to_dlq(record: SQSRecord, reason: str) -> bool:
     url = _dlq_url(record.event_source_arn)
     if url is None:
         return False
@@ -144,7 +144,7 @@ def run_sqs_batch(event: dict[str, Any], lambda_context: Any) -> dict[str, Any]:
     settings = get_job_settings()
     deadline = Context.from_lambda(lambda_context).deadline
 
-    async def handle(record: Any) -> None:
+    async def handle(record: SQSRecord) -> None:
         attempt = Attempt(
             max(1, int(record.attributes.approximate_receive_count or 1)), settings.max_attempts
         )
@@ -154,7 +154,7 @@ def run_sqs_batch(event: dict[str, Any], lambda_context: Any) -> dict[str, Any]:
         with storage_deadline(ctx.remaining()):
             await settle(record, outcome)
 
-    async def settle(record: Any, outcome: Outcome) -> None:
+    async def settle(record: SQSRecord, outcome: Outcome) -> None:
         if outcome.action == "retry":
             if outcome.delay_s > 0:
                 try:

@@ -213,8 +213,11 @@ def test_sqs_shard_messages_from_a_sharded_s3_file_merge_once(
             for m in got
         ]  # fmt: skip
     assert len(records) == -(-len(data) // 2500)
-    result = shard_handler({"Records": records + records[:1]}, lambda_context(60, "batch"))
-    assert result == {"batchItemFailures": []}
+    # a duplicate delivery, and a message that is not a shard: only that one is reported
+    broken = {**records[0], "messageId": "not-a-shard", "body": "{not json"}
+    batch = [*records[:1], broken, *records[1:], records[0]]
+    result = shard_handler({"Records": batch}, lambda_context(60, "batch"))
+    assert result == {"batchItemFailures": [{"itemIdentifier": "not-a-shard"}]}
     get = s3.get_object
     check_outputs(
         get(Bucket=BUCKET, Key="batch-out/sharded.output.jsonl")["Body"].read(),
