@@ -49,7 +49,10 @@ log = logging.getLogger("shared.jobs.queue")
 
 
 def s3_object_keys(event: dict[str, Any]) -> list[str]:
-    """The object keys of an S3 event notification, one per record, decoded."""
+    """The object keys of an S3 event notification, one per record, decoded. An event
+    without records (S3's ``s3:TestEvent``) has none."""
+    if not event.get("Records"):
+        return []
     from aws_lambda_powertools.utilities.data_classes import S3Event
 
     return [unquote_plus(record.s3.get_object.key) for record in S3Event(event).records]

@@ -188,6 +188,17 @@ def test_s3_event_for_another_file_is_ignored(
     assert result["outcomes"][0].startswith("ignored")
 
 
+def test_s3_test_event_without_records_starts_nothing(
+    lambda_context: Callable[..., LambdaContext],
+) -> None:
+    """S3 sends ``s3:TestEvent`` (no ``Records``) when a notification is configured."""
+    from functions.batch.aws import handler
+
+    event = {"Service": "Amazon S3", "Event": "s3:TestEvent", "Time": "2025-10-19T12:00:00Z",
+             "Bucket": "infer-bucket", "RequestId": "5582815E1AEA5ADF"}  # fmt: skip
+    assert handler(event, lambda_context(10, "batch")) == {"outcomes": []}
+
+
 def test_sqs_shard_messages_from_a_sharded_s3_file_merge_once(
     aws_env: Any, lambda_context: Callable[..., LambdaContext], batch_env: pytest.MonkeyPatch
 ) -> None:
