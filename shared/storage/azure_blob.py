@@ -2,7 +2,10 @@
 
 Conditions map to blob ETags: ``if_none_match`` is ``overwrite=False`` (``If-None-Match: *``),
 ``if_match`` is ``etag=`` + ``MatchConditions.IfNotModified``; a refusal (412, 409) becomes
-``PreconditionFailed``. Reads stream in 4 MiB ranges.
+``PreconditionFailed``. Reads stream in 4 MiB ranges. ``stat`` reads the blob's properties,
+``stream`` is one ranged download, and ``concat`` stages each chunk as a block and commits
+the block list once, so the blob appears whole. Every call goes through the store's own
+``BlobServiceClient`` (the one injected, or the process's).
 """
 
 from __future__ import annotations

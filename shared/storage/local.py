@@ -1,7 +1,8 @@
 """Local-directory object store: development, tests, and a single machine.
 
 Layout: ``<root>/<namespace>/<key>``. Writes go to a temp file in the same directory and are
-moved into place with ``os.replace`` (atomic on POSIX). The etag is a hash of the content.
+moved into place with ``os.replace`` (atomic on POSIX), ``concat`` included. The etag is a
+hash of the content (``stat`` hashes the file in chunks); ``stream`` seeks.
 Conditional writes hold an exclusive ``fcntl.flock`` on ``<root>/<namespace>/.lock`` around
 check-and-replace, so they are safe across threads and processes sharing the directory
 (devhost, a test process and a worker may all use the same store).

@@ -5,6 +5,10 @@ Conditional writes use S3's own ``IfNoneMatch='*'`` and ``IfMatch=<etag>`` on Pu
 needed. A refusal (412 PreconditionFailed, 409 ConditionalRequestConflict, or 404 for
 ``IfMatch`` on a missing key) becomes ``PreconditionFailed``.
 
+``stat`` is ``HeadObject``, ``stream`` a ranged ``GetObject``, and ``concat`` one
+``PutObject`` or, past ``part_bytes``, a multipart upload completed after the last part and
+aborted on any error (IAM: ``s3:PutObject``, ``s3:AbortMultipartUpload``).
+
 The client honours ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` (moto server locally).
 """
 
