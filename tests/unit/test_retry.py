@@ -8,7 +8,15 @@ import pytest
 
 from shared.context import Context
 from shared.errors import BackendRateLimited, BackendRejected, BackendUnavailable, DeadlineExceeded
-from shared.retry import backoff_delay, call_with_retry, retry_delay, server_delay, should_retry
+from shared.retry import (
+    backoff_delay,
+    call_with_retry,
+    retry_delay,
+    retry_share,
+    server_delay,
+    should_retry,
+    unit_budget,
+)
 
 
 class FakeClock:
@@ -142,3 +150,67 @@ async def test_max_retries_bounds_attempts() -> None:
         await call_with_retry(attempt, ctx, max_retries=2, sleep=clock.sleep, rand=lambda: 0)
     assert calls == 3
     assert clock.sleeps == [0.5, 1.0]
+
+
+async def test_the_units_tries_left_bound_the_service_below_max_retries() -> None:
+    clock = FakeClock()
+    ctx = Context(deadline=clock() + 600, clock=clock, tries_left=2)
+    calls = 0
+
+    async def attempt(n: int) -> str:
+        nonlocal calls
+        calls += 1
+        raise BackendUnavailable("down")
+
+    with pytest.raises(BackendUnavailable):
+        await call_with_retry(attempt, ctx, max_retries=5, sleep=clock.sleep, rand=lambda: 0)
+    assert calls == 2
+    assert ctx.tries_left == 0
+    assert clock.sleeps == [0.5]
+
+
+async def test_each_try_draws_one_success_included() -> None:
+    clock = FakeClock()
+    ctx = Context(deadline=clock() + 600, clock=clock, tries_left=3)
+
+    async def attempt(n: int) -> str:
+        if n == 0:
+            raise BackendUnavailable("down")
+        return "ok"
+
+    assert await call_with_retry(attempt, ctx, max_retries=5, sleep=clock.sleep) == "ok"
+    assert ctx.tries_left == 1  # what the outer layer gives back to the unit's budget
+
+
+async def test_without_an_outer_budget_only_max_retries_bounds_the_tries() -> None:
+    clock = FakeClock()
+    ctx = Context(deadline=clock() + 600, clock=clock)
+    calls = 0
+
+    async def attempt(n: int) -> str:
+        nonlocal calls
+        calls += 1
+        raise BackendUnavailable("down")
+
+    with pytest.raises(BackendUnavailable):
+        await call_with_retry(attempt, ctx, max_retries=4, sleep=clock.sleep, rand=lambda: 0)
+    assert calls == 5
+    assert ctx.tries_left is None
+
+
+def test_budgets_add_the_layers_retries() -> None:
+    assert unit_budget(2, 3) == 6  # a batch line: 1 + INFER_MAX_RETRIES + line retries
+    assert unit_budget(2, 4 + 20) == 27  # a job: + (deliveries - 1) + deferrals
+    assert unit_budget(0, 0) == 1
+
+
+def test_the_first_try_gets_the_service_retries_and_each_later_one_one_try() -> None:
+    left, later, shares = unit_budget(2, 3), 3, []
+    while left > 0:
+        share = retry_share(left, 2, later)
+        shares.append(share)
+        left, later = left - share, later - 1
+    assert shares == [3, 1, 1, 1]
+    assert retry_share(0, 2, 0) == 0
+    assert retry_share(1, 2, 5) == 1  # at least one while anything is left
+    assert retry_share(6, 2, 0) == 3  # never more than the service's own 1 + max_retries
