@@ -10,7 +10,9 @@
   endpoint's Retry-After when it gave one, else exponential backoff), another delivery holds
   the job's lease, or too little time was left to start. On the last attempt
   (``attempt.last``) a model failure is written to the job as ``failed`` first, and the
-  platform then moves the message to the poison queue / DLQ.
+  platform then moves the message to the poison queue / DLQ. The deliveries and the
+  service's retries share one budget of tries (``Worker.budget``, counted in the record):
+  once it is spent the job is ``failed`` and its message ``poison``, whatever delivery it is.
 - ``defer``: the endpoint is throttling (429, or 503 / a cooling-down circuit): the adapter
   sends the same message again with ``delay_s`` (the Retry-After) and acks this one, so a
   long rate-limit episode does not use up the delivery attempts (``maxDequeueCount``) and
