@@ -136,9 +136,23 @@ async def test_expired_deadline_raises_before_calling() -> None:
         await call_with_retry(attempt, ctx, max_retries=2, sleep=clock.sleep)
 
 
-async def test_max_retries_bounds_attempts() -> None:
+@pytest.mark.parametrize(
+    ("max_retries", "tries_left", "calls_made", "left_after", "sleeps"),
+    [
+        (2, None, 3, None, [0.5, 1.0]),  # no outer layer: max_retries alone bounds the tries
+        (5, 2, 2, 0, [0.5]),  # the unit of work's tries left bound it below max_retries
+        (1, 4, 2, 2, [0.5]),  # and max_retries still bounds the service's share
+    ],
+)
+async def test_max_retries_and_the_units_tries_left_bound_attempts(
+    max_retries: int,
+    tries_left: int | None,
+    calls_made: int,
+    left_after: int | None,
+    sleeps: list[float],
+) -> None:
     clock = FakeClock()
-    ctx = Context(deadline=clock() + 600, clock=clock)
+    ctx = Context(deadline=clock() + 600, clock=clock, tries_left=tries_left)
     calls = 0
 
     async def attempt(n: int) -> str:
@@ -147,26 +161,12 @@ async def test_max_retries_bounds_attempts() -> None:
         raise BackendUnavailable("down")
 
     with pytest.raises(BackendUnavailable):
-        await call_with_retry(attempt, ctx, max_retries=2, sleep=clock.sleep, rand=lambda: 0)
-    assert calls == 3
-    assert clock.sleeps == [0.5, 1.0]
-
-
-async def test_the_units_tries_left_bound_the_service_below_max_retries() -> None:
-    clock = FakeClock()
-    ctx = Context(deadline=clock() + 600, clock=clock, tries_left=2)
-    calls = 0
-
-    async def attempt(n: int) -> str:
-        nonlocal calls
-        calls += 1
-        raise BackendUnavailable("down")
-
-    with pytest.raises(BackendUnavailable):
-        await call_with_retry(attempt, ctx, max_retries=5, sleep=clock.sleep, rand=lambda: 0)
-    assert calls == 2
-    assert ctx.tries_left == 0
-    assert clock.sleeps == [0.5]
+        await call_with_retry(
+            attempt, ctx, max_retries=max_retries, sleep=clock.sleep, rand=lambda: 0
+        )
+    assert calls == calls_made
+    assert ctx.tries_left == left_after
+    assert clock.sleeps == sleeps
 
 
 async def test_each_try_draws_one_success_included() -> None:
@@ -180,22 +180,6 @@ async def test_each_try_draws_one_success_included() -> None:
 
     assert await call_with_retry(attempt, ctx, max_retries=5, sleep=clock.sleep) == "ok"
     assert ctx.tries_left == 1  # what the outer layer gives back to the unit's budget
-
-
-async def test_without_an_outer_budget_only_max_retries_bounds_the_tries() -> None:
-    clock = FakeClock()
-    ctx = Context(deadline=clock() + 600, clock=clock)
-    calls = 0
-
-    async def attempt(n: int) -> str:
-        nonlocal calls
-        calls += 1
-        raise BackendUnavailable("down")
-
-    with pytest.raises(BackendUnavailable):
-        await call_with_retry(attempt, ctx, max_retries=4, sleep=clock.sleep, rand=lambda: 0)
-    assert calls == 5
-    assert ctx.tries_left is None
 
 
 def test_budgets_add_the_layers_retries() -> None:
