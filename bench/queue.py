@@ -12,8 +12,14 @@ drain rate (10% to 90% of the jobs done) is reported as a fraction of it.
 
 Per job, the worker processes' storage operations by kind (counted at the SDK boundary,
 bench/storage_ops.py: host polling/deletes included) and CPU time (process CPU of every
-worker process, from when it was ready). ``model_calls == jobs`` with every job succeeded
-means exactly one model call per job.
+worker process, from when it was ready and had run ``--warmup`` jobs each, so first-use
+imports and connections are not counted); ``host_cpu_ms_per_job`` is the part spent by the
+platform's stand-in (devhost's queue-listener threads; the SQS mapping's receive/delete),
+which the deployed platform runs outside the function's process, and
+``function_cpu_ms_per_job`` the rest. ``model_calls == jobs`` with every job succeeded
+means exactly one model call per job. ``--code DIR`` runs the worker processes on another
+checkout's product code (bench/queue_all.py ``--base-ref``); ``--profile PATH`` (Azure)
+runs the first devhost under yappi and writes pstats there.
 
     .venv/bin/python -m bench.queue --jobs 600 [--platform azure|aws] [--hosts 2] [--tag after]
 Writes bench/results/queue_<platform>_<hosts>p[_<tag>].json; bench/queue_report.py plots them.
@@ -247,9 +253,9 @@ class AwsRun:
                     return
             raise RuntimeError(f"could not queue {len(entries)} messages")
 
-        chunks = [lines[i : i + 10] for i in range(0, len(lines), 10)]
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(send, chunks))
+        # one sender: moto has lost a message or two of batches sent from several threads
+        for chunk in (lines[i : i + 10] for i in range(0, len(lines), 10)):
+            send(chunk)
 
     def stats(self, host: ServerProcess) -> dict[str, Any]:
         return dict(httpx.get(host.url + "/stats", timeout=30).json())
@@ -376,8 +382,10 @@ def main() -> None:
             timeline.append((time.monotonic() - t0, done))
             if done >= args.jobs:
                 break
-            if time.monotonic() - t0 > 600:
-                raise SystemExit(f"timed out with {done}/{args.jobs} done")
+            now = timeline[-1][0]
+            window = [d for t, d in timeline if t >= now - 90]  # the last 90 s
+            if now > 600 or (now > 90 and window[0] == done):
+                raise SystemExit(f"stopped with {done}/{args.jobs} done (no progress)")
             time.sleep(0.05)
         # the model finished every job; now wait for every record to read succeeded (read
         # from storage by this process, so the workers' counts stay theirs alone)
