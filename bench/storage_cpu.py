@@ -11,8 +11,12 @@ One process, one thread, against Azurite, so the figure is the caller's own CPU
 
 Measured: a job's two blob writes (create ``If-None-Match: *``, then ``If-Match``), and the
 host's queue-message delete. Rounds alternate the variants, so load drifts hit both alike.
+The environment gets ``--app-settings`` extra variables first (default 100): a Functions
+worker's environment holds every app setting, on App Service twice (``NAME`` and
+``APPSETTING_NAME``) beside the platform's own ``WEBSITE_*`` ones; 0 measures this
+shell's environment as it is.
 
-    .venv/bin/python -m bench.storage_cpu [--writes 300] [--rounds 3]
+    .venv/bin/python -m bench.storage_cpu [--writes 300] [--rounds 3] [--app-settings 100]
 Writes bench/results/storage_cpu.json.
 """
 
@@ -78,7 +82,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--writes", type=int, default=300, help="jobs (two writes each) per round")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--app-settings", type=int, default=100, help="extra environment variables")
     args = p.parse_args()
+    for i in range(args.app_settings):
+        os.environ[f"APPSETTING_BENCH_SETTING_{i}"] = f"value-{i}"
     blob, queue, table = free_port(), free_port(), free_port()
     tmp = Path(tempfile.mkdtemp(prefix="bench-storage-cpu-"))
     azurite = ServerProcess(
@@ -108,6 +115,8 @@ def main() -> None:
         "what": "caller CPU ms: a job's two blob writes (create + conditional replace); one "
         "queue-message delete",
         "writes_per_round": args.writes,
+        "extra_app_settings": args.app_settings,
+        "environment_size": len(os.environ),
         "rounds": runs,
         "median": med,
         "ratio_project_to_sdk_default": {
