@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable
-from typing import Generic, Protocol, TypeVar, cast
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
@@ -61,33 +61,30 @@ class Singleton(Generic[T]):
         self._close = close
         self._stale = stale
         self._lock = threading.Lock()
-        self._value: object = _UNSET
+        self._value: T = _UNSET  # type: ignore[assignment]
         _register(self)
-
-    def _usable(self, value: object) -> bool:
-        return value is not _UNSET and (self._stale is None or not self._stale(cast(T, value)))
 
     def get(self) -> T:
         """The object, built now if this is the first use (or the last one went stale)."""
         value = self._value
-        if value is _UNSET or (self._stale is not None and self._stale(cast(T, value))):
+        if value is _UNSET or (self._stale is not None and self._stale(value)):
             with self._lock:
                 value = self._value
-                if not self._usable(value):
+                if value is _UNSET or (self._stale is not None and self._stale(value)):
                     value = self._value = self._build()
-        return cast(T, value)
+        return value
 
     def peek(self) -> T | None:
         """The object if it has been built, else None (never builds)."""
         value = self._value
-        return None if value is _UNSET else cast(T, value)
+        return None if value is _UNSET else value
 
     def reset(self) -> None:
         """Forget the object (closing it if there is a ``close``); the next ``get`` rebuilds."""
         with self._lock:
-            value, self._value = self._value, _UNSET
+            value, self._value = self._value, _UNSET  # type: ignore[assignment]
         if value is not _UNSET and self._close is not None:
-            self._close(cast(T, value))
+            self._close(value)
 
 
 class Keyed(Generic[K, V]):
@@ -107,13 +104,14 @@ class Keyed(Generic[K, V]):
 
     def get(self, key: K) -> V:
         """The object for ``key``, built now if this is the key's first use."""
-        value = self._values.get(key, _UNSET)  # a dict read needs no lock
-        if value is _UNSET:
-            with self._lock:
-                value = self._values.get(key, _UNSET)
-                if value is _UNSET:
-                    value = self._values[key] = self._build(key)
-        return cast(V, value)
+        try:
+            return self._values[key]  # a dict read needs no lock
+        except KeyError:
+            pass
+        with self._lock:
+            if key not in self._values:
+                self._values[key] = self._build(key)
+            return self._values[key]
 
     def values(self) -> list[V]:
         """The objects built so far."""
