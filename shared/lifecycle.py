@@ -11,17 +11,21 @@ surfaces on the first call that needs the object, where it can be answered.
   source per identity and scope). ``.get(key)`` builds ``build(key)`` on first use.
 
 Either may take ``close``, called with the object when it is reset (a thread pool shut
-down, telemetry flushed), and ``stale``, which marks a built object as unusable so the
-next ``get`` builds another (an event loop that was closed). Objects tied to an event loop
-(httpx and redis clients) are keyed by the loop, so one loop never sees another's.
+down, telemetry flushed). A ``Singleton`` may take ``stale``, which marks a built object as
+unusable so the next ``get`` builds another (an event loop that was closed); ``Keyed.drop``
+forgets the entries whose key went stale. Objects tied to an event loop (httpx clients) are
+keyed by the loop, so one loop never sees another's, and are forgotten rather than closed:
+their loop may be gone by the time of a reset, so ``close`` is synchronous.
 
 ``reset_all()`` forgets every one of them, closing what has a ``close``: tests call it
 between cases, after changing the environment, and the next call builds afresh from it.
 Each object's own ``.reset()`` is there for the few places that need just one. Create
 them at module level only: each registers itself for ``reset_all`` and stays registered.
+(``functools.cache`` would not do: it may run the builder twice in a race, knows no
+``reset_all`` and closes nothing.)
 
-Standard library only, and nothing but ``threading`` and ``typing``: importing this costs
-nothing on a cold start.
+Standard library only (``threading``, ``typing``, ``collections.abc``): importing this
+costs nothing on a cold start.
 """
 
 from __future__ import annotations
