@@ -66,13 +66,6 @@ OPERATIONS = {
     "completions": "text_completion",
     "embeddings": "embeddings",
 }
-#: Backend kind -> ``gen_ai.provider.name``.
-PROVIDERS = {
-    "openai": "openai",
-    "azure_openai": "azure.ai.openai",
-    "azureml": "azure.ai.inference",
-    "sagemaker": "aws.sagemaker",
-}
 #: Request fields -> span attributes.
 REQUEST_FIELDS = {
     "max_tokens": "gen_ai.request.max_tokens",
@@ -142,7 +135,7 @@ class _Telemetry:
             else:  # SageMaker without an endpoint_url override
                 host, port = f"runtime.sagemaker.{getattr(config, 'region', '')}.amazonaws.com", 443
             found = {
-                "gen_ai.provider.name": PROVIDERS.get(str(config.kind), str(config.kind)),
+                "gen_ai.provider.name": config.provider or str(config.kind),
                 "server.address": host,
                 "server.port": port,
                 "infer.backend": backend.name,

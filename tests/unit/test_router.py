@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from shared.backends.base import ByteStream, Result
+from shared.backends.openai_compat import OpenAIBackendConfig
 from shared.context import Context
 from shared.errors import (
     BackendConnectionError,
@@ -19,7 +20,6 @@ from shared.errors import (
 )
 from shared.router import Router
 from shared.schemas import Operation
-from shared.settings import OpenAIBackendConfig
 
 
 class Clock:
