@@ -27,7 +27,7 @@ from pydantic import Field
 from shared.backends import tgi
 from shared.backends.azure_auth import AZURE_ML_SCOPE
 from shared.backends.base import ByteStream, Result
-from shared.backends.http import HttpBackend, error_from_response, stream_error
+from shared.backends.http import HttpBackend, SSEPassThrough, error_from_response
 from shared.context import Context
 from shared.errors import BackendError, InferenceError
 from shared.schemas import Operation
@@ -60,39 +60,29 @@ def score_error(
     return err
 
 
-class _TgiStream:
+class _TgiStream(SSEPassThrough):
     """A TGI SSE answer translated into OpenAI chunks as it arrives."""
 
     def __init__(self, response: httpx.Response, translator: tgi.StreamTranslator,
                  backend: str, ctx: Context) -> None:  # fmt: skip
-        self._response = response
+        super().__init__(response, backend, ctx)
         self._translator = translator
-        self._backend = backend
-        self._ctx = ctx
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for line in self._response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if not data or data == "[DONE]":
-                    continue
-                try:
-                    event = json.loads(data)
-                except ValueError as exc:
-                    raise BackendError(f"backend {self._backend!r} sent a bad event") from exc
-                out = self._translator.event(event)
-                if out:
-                    yield out
-            yield self._translator.end()
-        except httpx.TransportError as exc:
-            raise stream_error(exc, self._ctx, self._backend) from exc
-        finally:
-            await self._response.aclose()
-
-    async def aclose(self) -> None:
-        await self._response.aclose()
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for line in self._response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if not data or data == "[DONE]":
+                continue
+            try:
+                event = json.loads(data)
+            except ValueError as exc:
+                raise BackendError(f"backend {self._backend!r} sent a bad event") from exc
+            out = self._translator.event(event)
+            if out:
+                yield out
+        yield self._translator.end()
 
 
 class AzureMLBackend(HttpBackend[AzureMLBackendConfig]):

@@ -193,16 +193,23 @@ def error_from_response(
 
 
 class SSEPassThrough:
-    """An accepted streaming response whose bytes are forwarded as they arrive."""
+    """An accepted streaming response whose bytes are forwarded as they arrive.
+
+    A stream that translates instead overrides ``chunks``; the transport-error mapping and
+    the release of the connection stay here."""
 
     def __init__(self, response: httpx.Response, backend: str, ctx: Context) -> None:
         self._response = response
         self._backend = backend
         self._ctx = ctx
 
+    def chunks(self) -> AsyncIterator[bytes]:
+        """What the caller gets: the response's bytes as they arrive."""
+        return self._response.aiter_bytes()
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._response.aiter_bytes():
+            async for chunk in self.chunks():
                 yield chunk
         except httpx.TransportError as exc:
             raise stream_error(exc, self._ctx, self._backend) from exc
