@@ -57,6 +57,10 @@ class BackendConfig(BaseModel):
     #: What the scheduled probe sends (shared/probe.py); None: the kind's default.
     probe: Literal["stream", "chat", "ready", "off"] | None = None
 
+    def server_url(self) -> str | None:
+        """The endpoint's URL, for telemetry's ``server.address``/``port`` (None: unknown)."""
+        return None
+
     def serves(self, model: str) -> bool:
         return "*" in self.models or model in self.models
 

@@ -26,6 +26,9 @@ class ToyBackendConfig(BackendConfig):
     url: str = Field(pattern=r"^https?://")
     upstream_model: str = Field(min_length=1)
 
+    def server_url(self) -> str:
+        return self.url
+
 
 class ToyBackend(HttpBackend[ToyBackendConfig]):
     config_class = ToyBackendConfig

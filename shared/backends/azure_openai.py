@@ -44,6 +44,9 @@ class AzureOpenAIBackendConfig(BackendConfig):
     api_version: str | None = None
     api_style: Literal["deployments", "v1"] = "deployments"
 
+    def server_url(self) -> str:
+        return self.endpoint
+
 
 def is_prompt_filter_chunk(line: bytes) -> bool:
     """An SSE line carrying only Azure's prompt filter results (no choice, no usage)."""

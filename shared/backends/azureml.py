@@ -45,6 +45,9 @@ class AzureMLBackendConfig(BackendConfig):
     deployment: str | None = None
     payload: Literal["openai_chat", "tgi"] = "openai_chat"
 
+    def server_url(self) -> str:
+        return self.scoring_url
+
 
 def score_error(
     status: int, headers: Mapping[str, str], body: bytes, backend: str

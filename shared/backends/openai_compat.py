@@ -27,6 +27,9 @@ class OpenAIBackendConfig(BackendConfig):
     base_url: str = Field(pattern=r"^https?://")
     served_model: str | None = None
 
+    def server_url(self) -> str:
+        return self.base_url
+
 
 def _model_rewriter(served: str, public: str) -> tuple[bytes, bytes, bytes, bytes]:
     dump = json.dumps

@@ -70,6 +70,9 @@ class SageMakerBackendConfig(BackendConfig):
     payload: Literal["messages", "tgi"] = "messages"
     endpoint_url: str | None = None
 
+    def server_url(self) -> str:
+        return self.endpoint_url or f"https://runtime.sagemaker.{self.region}.amazonaws.com"
+
 
 T = TypeVar("T")
 
