@@ -15,11 +15,12 @@ Which credential:
 
 The sync credential runs in a worker thread (``asyncio.to_thread``): the aio credential
 needs aiohttp, which the functions do not ship. A lock makes concurrent callers share one
-fetch. Requests get their token from :class:`BearerTokenAuth`, an ``httpx.Auth`` flow: when
-an endpoint refuses a token (401: revoked, expired early, wrong audience) the flow calls
-:meth:`TokenSource.refresh` with the refused token; the credential is rebuilt (its own cache
-would hand back the same token), a fresh token is fetched once, however many requests saw
-the refusal, and the request is sent once more.
+fetch. Requests get their token from ``shared.backends.http.BearerTokenAuth``, an
+``httpx.Auth`` flow: when an endpoint refuses a token (401: revoked, expired early, wrong
+audience) the flow calls :meth:`TokenSource.refresh` with the refused token; the credential
+is rebuilt (its own cache would hand back the same token), a fresh token is fetched once,
+however many requests saw the refusal, and the request is sent once more. This module does
+not import httpx: the Redis sign-in (``shared.state``) uses the same token sources.
 """
 
 from __future__ import annotations
@@ -28,10 +29,8 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import Callable
 from typing import Any
-
-import httpx
 
 from shared.errors import BackendError
 
@@ -134,37 +133,3 @@ def reset_token_sources() -> None:
     """Forget every cached credential and token (tests; after the identity changes)."""
     with _lock:
         _sources.clear()
-
-
-class BearerTokenAuth(httpx.Auth):
-    """httpx's auth seam for managed identity: every request carries ``Authorization:
-    Bearer <token>`` from ``tokens``; a 401 answered to it drops that token, fetches a fresh
-    one (once for everyone who saw the refusal) and sends the request once more.
-
-    The flow reads neither the request body (backend bodies are bytes, so the retry resends
-    them as they are) nor the response body (``requires_response_body`` stays False, and
-    ``async_auth_flow`` decides on the status alone), so a streamed request's accepted
-    response reaches the caller unread. A second 401 is the answer.
-    """
-
-    requires_request_body = False
-    requires_response_body = False
-
-    def __init__(self, tokens: TokenSource) -> None:
-        self.tokens = tokens
-
-    def sync_auth_flow(
-        self, request: httpx.Request
-    ) -> Generator[httpx.Request, httpx.Response, None]:
-        raise RuntimeError("BearerTokenAuth fetches tokens asynchronously: use an AsyncClient")
-
-    async def async_auth_flow(
-        self, request: httpx.Request
-    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        token = await self.tokens.token()
-        request.headers["authorization"] = f"Bearer {token}"
-        response = yield request
-        if response.status_code == 401:
-            token = await self.tokens.refresh(token)
-            request.headers["authorization"] = f"Bearer {token}"
-            yield request

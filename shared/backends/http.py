@@ -1,4 +1,6 @@
-"""HTTP plumbing shared by the HTTP backends: one pooled client per process, error mapping.
+"""HTTP plumbing shared by the HTTP backends: one pooled client per process, one send path
+(``send_json``, plain and streamed), bearer tokens as an ``httpx.Auth`` flow, error mapping,
+and ``HttpBackend``, the HTTP transport of ``BaseBackend``.
 
 httpx is imported here, not by ``shared`` at large; the client is built on first use and
 reused by every warm invocation. An ``httpx.AsyncClient`` belongs to the event loop that
@@ -10,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
-
-import httpx  # without its command-line tool: see shared/backends/__init__.py
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Mapping
+from typing import Any, ClassVar, Protocol
 
 from shared.backends.base import BaseBackend, ByteStream, ConfigT
 from shared.context import Context
@@ -32,8 +33,13 @@ from shared.retry import server_delay, should_retry
 from shared.schemas import Operation
 from shared.telemetry import traceparent
 
-if TYPE_CHECKING:
-    from shared.backends.azure_auth import TokenSource
+# httpx's __init__ tries to import its command-line tool (click, pygments, rich) and keeps
+# whatever it got before failing. uvicorn brings click into both deployment artifacts, so
+# that attempt costs ~40 ms of every cold start for a CLI no function uses. A None entry
+# makes that one optional import fail at once; nothing else changes.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+import httpx  # noqa: E402
 
 _lock = threading.Lock()
 _clients: dict[int, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
@@ -248,6 +254,50 @@ class LineBlockStream:
         await self._inner.aclose()
 
 
+class Tokens(Protocol):
+    """Where bearer tokens come from (``azure_auth.TokenSource``)."""
+
+    async def token(self) -> str: ...
+
+    async def refresh(self, refused: str) -> str: ...
+
+
+class BearerTokenAuth(httpx.Auth):
+    """httpx's auth seam for bearer tokens (managed identity: ``azure_auth.TokenSource``).
+
+    Every request carries ``Authorization: Bearer <token>`` from ``tokens``; a 401 answered
+    to it drops that token, fetches a fresh one (once for everyone who saw the refusal) and
+    sends the request once more. A second 401 is the answer.
+
+    The flow reads neither the request body (backend bodies are bytes, so the retry resends
+    them as they are) nor the response body (``requires_response_body`` stays False, and
+    ``async_auth_flow`` decides on the status alone), so a streamed request's accepted
+    response reaches the caller unread.
+    """
+
+    requires_request_body = False
+    requires_response_body = False
+
+    def __init__(self, tokens: Tokens) -> None:
+        self.tokens = tokens
+
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        raise RuntimeError("BearerTokenAuth fetches tokens asynchronously: use an AsyncClient")
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        token = await self.tokens.token()
+        request.headers["authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code == 401:
+            token = await self.tokens.refresh(token)
+            request.headers["authorization"] = f"Bearer {token}"
+            yield request
+
+
 ErrorMapper = Callable[[int, Mapping[str, str], bytes, str], InferenceError]
 
 
@@ -268,7 +318,7 @@ async def send_json(
     body, backend)`` otherwise (3xx included: redirects are not followed, and are not
     answers). A complete (non-streamed) 2xx whose body is not a JSON object is a
     ``BackendError`` too. ``auth`` is an ``httpx.Auth`` flow (managed identity:
-    ``azure_auth.BearerTokenAuth``, which also retries once on a 401); with ``stream`` the
+    ``BearerTokenAuth``, which also retries once on a 401); with ``stream`` the
     accepted response comes back unread."""
     client = get_client()
     if (parent := traceparent(ctx)) is not None:
@@ -334,10 +384,10 @@ class HttpBackend(BaseBackend[ConfigT]):
 
     def __init__(self, config: ConfigT) -> None:
         super().__init__(config)
-        self.tokens: TokenSource | None = None
+        self.tokens: Tokens | None = None
         self.auth: httpx.Auth | None = None
         if config.auth == "managed_identity" and self.token_scope is not None:
-            from shared.backends.azure_auth import BearerTokenAuth, token_source
+            from shared.backends.azure_auth import token_source
 
             self.tokens = token_source(config.client_id, self.token_scope)
             self.auth = BearerTokenAuth(self.tokens)
