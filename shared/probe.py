@@ -84,7 +84,7 @@ def probe_mode(backend: Backend) -> ProbeMode:
     configured: ProbeMode | None = backend.config.probe
     if configured is not None:
         return configured
-    return "chat" if backend.config.kind == "sagemaker" else "stream"
+    return backend.config.default_probe
 
 
 def probe_model(backend: Backend) -> str:

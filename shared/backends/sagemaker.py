@@ -32,10 +32,12 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field
 
 from shared.backends import tgi
-from shared.backends.base import SSE_DONE, ByteStream, Result
+from shared.backends.base import SSE_DONE, BaseBackend, ByteStream, Result
 from shared.blocking import WORKERS as POOL_WORKERS
 from shared.blocking import executor
 from shared.context import Context
@@ -52,8 +54,26 @@ from shared.errors import (
 from shared.lifecycle import Keyed, Singleton
 from shared.retry import server_delay
 from shared.schemas import Operation
-from shared.settings import SageMakerBackendConfig
+from shared.settings import AuthKind, BackendConfig
 from shared.telemetry import traceparent
+
+
+class SageMakerBackendConfig(BackendConfig):
+    provider = "aws.sagemaker"
+    #: A stream probe would hold a worker thread for the whole answer: ask for a chat.
+    default_probe = "chat"
+
+    kind: Literal["sagemaker"]
+    auth: AuthKind = "aws_iam"
+    endpoint_name: str = Field(min_length=1)
+    region: str = Field(min_length=1)
+    inference_component: str | None = None
+    payload: Literal["messages", "tgi"] = "messages"
+    endpoint_url: str | None = None
+
+    def server_url(self) -> str:
+        return self.endpoint_url or f"https://runtime.sagemaker.{self.region}.amazonaws.com"
+
 
 T = TypeVar("T")
 
@@ -252,10 +272,8 @@ def _trace(params: dict[str, Any], ctx: Context) -> None:
         params["CustomAttributes"] = f"traceparent={parent}"
 
 
-class SageMakerBackend:
-    def __init__(self, config: SageMakerBackendConfig) -> None:
-        self.name = config.name
-        self.config = config
+class SageMakerBackend(BaseBackend[SageMakerBackendConfig]):
+    config_class = SageMakerBackendConfig
 
     def _client(self, ctx: Context) -> Any:
         """The client whose read timeout fits what remains of the invocation."""
@@ -294,63 +312,54 @@ class SageMakerBackend:
         except Exception as exc:
             raise map_client_error(exc, self.name) from exc
 
-    def _params(self, op: Operation, payload: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+    def encode(self, op: Operation, payload: dict[str, Any], *, stream: bool) -> bytes:
+        native = self.config.payload == "tgi"
+        return tgi.request_body(op, payload, stream=stream, native=native, backend=self.name,
+                                chat_only="sagemaker, payload messages")  # fmt: skip
+
+    def _params(self, body: bytes, ctx: Context, *, stream: bool) -> dict[str, Any]:
         c = self.config
-        if c.payload == "tgi":
-            body = tgi.to_tgi(op, payload, stream=stream)
-        elif op is Operation.CHAT:
-            body = payload
-        else:
-            raise BackendRejected(
-                f"backend {self.name!r} (sagemaker, payload messages) serves chat only",
-                status=400,
-                code="unsupported_operation",
-            )
         params: dict[str, Any] = {
             "EndpointName": c.endpoint_name,
-            "Body": json.dumps(body).encode(),
+            "Body": body,
             "ContentType": "application/json",
         }
         if not stream:
             params["Accept"] = "application/json"
         if c.inference_component:
             params["InferenceComponentName"] = c.inference_component
+        _trace(params, ctx)
         return params
 
-    async def invoke(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
+    async def send(
+        self, op: Operation, payload: dict[str, Any], body: bytes, ctx: Context
+    ) -> bytes:
         client = self._client(ctx)
-        params = self._params(op, payload, stream=False)
-        _trace(params, ctx)
+        params = self._params(body, ctx, stream=False)
 
         def call() -> bytes:
             response = client.invoke_endpoint(**params)
             return bytes(response["Body"].read())
 
-        content = await self._call(call, ctx=ctx)
+        return await self._call(call, ctx=ctx)
+
+    def decode(self, op: Operation, payload: dict[str, Any], content: bytes) -> Result:
         if self.config.payload == "tgi":
-            try:
-                data = json.loads(content)
-            except ValueError as exc:
-                raise BackendError(f"backend {self.name!r} answered invalid JSON") from exc
-            result = tgi.from_tgi(op, data, str(payload.get("model", "")))
-            return Result.from_data(result, backend=self.name)
+            return tgi.result(op, payload, content, self.name)
         return Result(content=content, backend=self.name)
 
-    async def open_stream(self, op: Operation, payload: dict[str, Any], ctx: Context) -> ByteStream:
+    async def send_stream(
+        self, op: Operation, payload: dict[str, Any], body: bytes, ctx: Context
+    ) -> ByteStream:
         client = self._client(ctx)
-        params = self._params(op, payload, stream=True)
-        _trace(params, ctx)
+        params = self._params(body, ctx, stream=True)
         response = await self._call(client.invoke_endpoint_with_response_stream, ctx=ctx, **params)
-        body = response["Body"]
+        events = response["Body"]
         if self.config.payload == "tgi":
-            include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-            translator = tgi.StreamTranslator(op, str(payload.get("model", "")), include_usage)
-            return _EventStreamBody(self, body, _tgi_line(translator, self.name), translator.end,
-                                    ctx)  # fmt: skip
-        return _EventStreamBody(self, body, _sse_line, lambda: SSE_DONE, ctx)
-
-    async def list_models(self, ctx: Context) -> list[str]:
-        return []
+            translator = tgi.stream_translator(op, payload)
+            return _EventStreamBody(self, events, _tgi_line(translator, self.name),
+                                    translator.end, ctx)  # fmt: skip
+        return _EventStreamBody(self, events, _sse_line, lambda: SSE_DONE, ctx)
 
     async def check_ready(self, ctx: Context) -> None:
         """SageMaker has no data-plane health call: check the client builds and credentials
@@ -364,9 +373,6 @@ class SageMakerBackend:
 
         if await self._call(credentials, ctx=ctx) is None:
             raise BackendError(f"backend {self.name!r}: no AWS credentials found")
-
-    async def aclose(self) -> None:
-        return None
 
 
 def _sse_line(line: bytes) -> bytes:

@@ -67,13 +67,6 @@ OPERATIONS = {
     "completions": "text_completion",
     "embeddings": "embeddings",
 }
-#: Backend kind -> ``gen_ai.provider.name``.
-PROVIDERS = {
-    "openai": "openai",
-    "azure_openai": "azure.ai.openai",
-    "azureml": "azure.ai.inference",
-    "sagemaker": "aws.sagemaker",
-}
 #: Request fields -> span attributes.
 REQUEST_FIELDS = {
     "max_tokens": "gen_ai.request.max_tokens",
@@ -128,22 +121,17 @@ class _Telemetry:
         found = self._servers.get(backend.name)
         if found is None:
             config: Any = backend.config
-            url = (
-                getattr(config, "base_url", None)
-                or getattr(config, "endpoint", None)
-                or getattr(config, "scoring_url", None)
-                or getattr(config, "endpoint_url", None)
-            )
+            url = config.server_url()
             if url:
                 parts = urlsplit(str(url))
                 host, port = (
                     parts.hostname or "",
                     parts.port or (443 if parts.scheme == "https" else 80),
                 )
-            else:  # SageMaker without an endpoint_url override
-                host, port = f"runtime.sagemaker.{getattr(config, 'region', '')}.amazonaws.com", 443
+            else:
+                host, port = "", 0
             found = {
-                "gen_ai.provider.name": PROVIDERS.get(str(config.kind), str(config.kind)),
+                "gen_ai.provider.name": config.provider or str(config.kind),
                 "server.address": host,
                 "server.port": port,
                 "infer.backend": backend.name,

@@ -14,12 +14,11 @@ from collections.abc import Callable
 import pytest
 
 from shared.backends import sagemaker
-from shared.backends.sagemaker import SageMakerBackend, read_timeout
+from shared.backends.sagemaker import SageMakerBackend, SageMakerBackendConfig, read_timeout
 from shared.context import Context
 from shared.errors import InferenceError
 from shared.lifecycle import reset_all
 from shared.schemas import Operation
-from shared.settings import SageMakerBackendConfig
 from tests.fixtures.devhost import wait_for
 from tests.fixtures.gpusim import Gpusim
 
