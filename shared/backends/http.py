@@ -27,6 +27,7 @@ from shared.errors import (
     DeadlineExceeded,
     InferenceError,
 )
+from shared.lines import LineSplitter
 from shared.retry import server_delay, should_retry
 from shared.telemetry import traceparent
 
@@ -229,15 +230,12 @@ class LineBlockStream:
         self._edit = edit
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        pending = b""
+        lines = LineSplitter()
         async for chunk in self._inner:
-            pending += chunk
-            cut = pending.rfind(b"\n") + 1
-            if cut:
-                block, pending = self._edit(pending[:cut]), pending[cut:]
-                if block:
-                    yield block
-        if pending and (block := self._edit(pending)):
+            whole = lines.block(chunk)
+            if whole and (block := self._edit(whole)):
+                yield block
+        if (rest := lines.rest(keep_ends=True)) and (block := self._edit(rest)):
             yield block
 
     async def aclose(self) -> None:
