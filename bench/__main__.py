@@ -14,6 +14,7 @@ BENCHES = [
     "bench.cache",
     "bench.controls",
     "bench.telemetry",
+    "bench.revisions",
 ]
 
 
