@@ -38,14 +38,9 @@ class Request:
     traceparent: str | None = None  # the line's own trace context, when it carries one
 
 
-class LineError(Exception):
-    """A line that cannot be sent: ``custom_id`` is set when the line had a readable one."""
-
-    def __init__(self, code: str, message: str, custom_id: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.custom_id = custom_id
+#: A line that cannot be sent: ``code`` names the rule, ``custom_id`` is set when the line
+#: had a readable one. The same error the shared Batch-line rules raise.
+LineError = BadLine
 
 
 def split_lines(chunks: Iterable[bytes], start: int, end: int | None) -> Iterator[Line]:
@@ -86,17 +81,18 @@ def parse(line: Line, validate: Any) -> Request | None:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:  # too deep a line is invalid too
         raise LineError("invalid_json", f"line is not valid JSON: {exc}") from None
-    try:
-        checked_line = parse_batch_line(data)
-    except BadLine as bad:
-        raise LineError(bad.code, bad.message, bad.custom_id) from None
+    checked_line = parse_batch_line(data)
     cid = checked_line.custom_id
     if cid is None:
-        raise LineError("missing_custom_id", "'custom_id' must be a non-empty string")
+        raise LineError(
+            "missing_custom_id", "'custom_id' must be a non-empty string", param="custom_id"
+        )
     try:
         checked = validate(checked_line.op, checked_line.body)
     except InvalidRequest as err:
-        raise LineError("invalid_request", f"body: {err.message}", cid) from None
+        raise LineError(
+            "invalid_request", f"body: {err.message}", param=err.param, custom_id=cid
+        ) from None
     return Request(cid, checked_line.op, checked, checked_line.traceparent)
 
 
