@@ -1,4 +1,5 @@
-"""Per-invocation context: the deadline every retry and wait respects."""
+"""Per-invocation context: the deadline every retry and wait respects, and the retry budget
+(service tries) an outer layer hands to the service for one unit of work."""
 
 from __future__ import annotations
 
@@ -53,6 +54,12 @@ class Context:
     cache_status: str | None = None
     #: Cosine distance of a semantic hit (``x-cache-distance``).
     cache_distance: float | None = None
+    #: Service tries this invocation may still make for its unit of work, drawn by
+    #: ``shared.retry.call_with_retry`` (one per try, each try failing over across the
+    #: backends once). Set by the outer layer from the unit's one budget (a batch line, a job
+    #: delivery: ``shared.retry.retry_share``); None: only ``INFER_MAX_RETRIES`` bounds them.
+    #: See docs/architecture.md, "One retry budget".
+    tries_left: int | None = None
 
     @property
     def served_from_cache(self) -> bool:

@@ -9,6 +9,11 @@ in openai-python's ``_base_client.py``: retry 408, 409, 429, >= 500 and connecti
 Unlike a client library, a serverless function cannot wait for long: ``call_with_retry``
 never sleeps past the invocation's deadline and gives up early when the wait would leave no
 time for another attempt, re-raising the last error (with its Retry-After for the caller).
+
+One budget across layers: a batch line or a job that retries the service call itself does
+not multiply its retries by the service's. It has ``unit_budget`` service tries in all; each
+of its own tries gets a ``retry_share`` of what is left (``Context.tries_left``), which
+``call_with_retry`` draws from. docs/architecture.md ("One retry budget") gives the numbers.
 """
 
 from __future__ import annotations
@@ -103,13 +108,17 @@ async def call_with_retry(
 ) -> T:
     """Run ``attempt(n)`` until it succeeds, a non-retryable error, or the budget runs out.
 
-    The budget is the smaller of ``max_retries`` and the invocation's remaining time: each
-    attempt is cancelled when the deadline passes (``DeadlineExceeded``, 504), and a wait
-    that would leave less than ``MIN_ATTEMPT_S`` for the next attempt is not started.
+    The budget is the smallest of ``max_retries``, the tries the unit of work has left
+    (``ctx.tries_left``, when an outer layer set it: each try draws one; the first try is
+    always made) and the invocation's remaining time: each attempt is cancelled when the
+    deadline passes (``DeadlineExceeded``, 504), and a wait that would leave less than
+    ``MIN_ATTEMPT_S`` for the next attempt is not started.
     """
     retries = 0
     while True:
         left = ctx.check()
+        if ctx.tries_left is not None:
+            ctx.tries_left -= 1
         try:
             async with asyncio.timeout(left):
                 return await attempt(retries)
@@ -120,9 +129,29 @@ async def call_with_retry(
         except InferenceError as err:
             if not err.retryable or retries >= max_retries:
                 raise
+            if ctx.tries_left is not None and ctx.tries_left <= 0:
+                raise  # the unit of work's budget is spent
             delay = retry_delay(err.retry_after, retries, rand())
             if delay is None or delay + MIN_ATTEMPT_S >= ctx.remaining():
                 raise
             record_retry(ctx, err)
             await sleep(delay)
             retries += 1
+
+
+def unit_budget(max_retries: int, outer_retries: int) -> int:
+    """Service tries one unit of work may make in all, whatever layer retries: the
+    service's own ``1 + max_retries`` (``INFER_MAX_RETRIES``) plus one for each retry the
+    outer layer may make (a batch line's ``INFER_BATCH_LINE_RETRIES``; a job's further
+    deliveries and throttling deferrals). Added, not multiplied."""
+    return 1 + max(0, max_retries) + max(0, outer_retries)
+
+
+def retry_share(left: int, max_retries: int, later: int) -> int:
+    """Service tries the outer layer's next try may use: the service's ``1 + max_retries``,
+    less one kept back for each of the ``later`` retries the outer layer may still make,
+    and at least one (0 only when nothing is ``left``). So the first try gets the service's
+    retries, and each later one gets one try more, until the unit's budget is spent."""
+    if left <= 0:
+        return 0
+    return max(1, min(1 + max(0, max_retries), left - max(0, later)))

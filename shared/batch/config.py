@@ -34,7 +34,8 @@ class BatchSettings(BaseSettings):
     latency_tolerance: float = Field(default=1.5, gt=1)
     #: Multiplicative back-off on 429/503 (new limit = limit * backoff).
     backoff: float = Field(default=0.7, gt=0, lt=1)
-    #: Attempts per line beyond the service's own retries, for retryable errors.
+    #: Line retries for retryable errors; with the service's they share one budget of
+    #: ``1 + INFER_MAX_RETRIES + line_retries`` tries (``shared.retry.unit_budget``).
     line_retries: int = Field(default=3, ge=0, le=20)
     #: Queue that carries shard and continuation messages.
     queue: str = "batch-shards"

@@ -41,7 +41,7 @@ from shared.batch.state import RunRef, Stores, dumps
 from shared.blocking import run_blocking
 from shared.context import Context
 from shared.errors import DeadlineExceeded, InferenceError
-from shared.retry import MIN_ATTEMPT_S, retry_delay
+from shared.retry import MIN_ATTEMPT_S, retry_delay, retry_share, unit_budget
 from shared.service import Service
 from shared.storage import PreconditionFailed
 
@@ -228,9 +228,15 @@ class ShardRunner:
     async def _line(self, line: L.Line, req: L.Request, held: list[bool]) -> None:
         """Call the model for one line. The limiter slot is held on entry; ``held[0]`` says
         whether it still is (the task's done-callback frees it if the task is cancelled).
+
+        The line has one retry budget (``unit_budget``: 1 + INFER_MAX_RETRIES +
+        INFER_BATCH_LINE_RETRIES service tries) that its own retries and the service's draw
+        from; a wait for the caller's own limits draws nothing (no model call was made).
         """
         rid = f"{self.run.run_id}-{line.start}"
         attempt = 0
+        per_call = self.service.settings.max_retries
+        tries = unit_budget(per_call, self.settings.line_retries)
 
         def release(
             err: InferenceError | None = None, latency: float = 0.0, tokens: int = 1
@@ -250,7 +256,9 @@ class ShardRunner:
                 caller=self.caller,
                 traceparent=req.traceparent,
                 entry="batch",
+                tries_left=retry_share(tries, per_call, self.settings.line_retries - attempt),
             )
+            share = ctx.tries_left or 0
             started = time.monotonic()
             self.calls += 1
             try:
@@ -261,10 +269,12 @@ class ShardRunner:
             except InferenceError as err:
                 release(err)
                 self._observe_router()
+                tries -= share - max(ctx.tries_left or 0, 0)
                 # over the caller's own limit: wait and retry without using up the line's
                 # attempts (the limiter above paused every line for the Retry-After)
                 throttled = getattr(err, "caller_limit", False)
-                if err.retryable and (throttled or attempt < self.settings.line_retries):
+                retries_left = throttled or attempt < self.settings.line_retries
+                if err.retryable and tries > 0 and retries_left:
                     delay = retry_delay(err.retry_after, attempt, random.random())
                     if delay is not None:
                         if time.monotonic() + delay + MIN_ATTEMPT_S >= self.line_deadline:

@@ -66,6 +66,9 @@ class JobRecord(BaseModel):
     caller: str | None = None
     lease: Lease | None = None
     deferrals: int = 0
+    #: Service tries charged to the job's retry budget (``Worker.budget``): a claim reserves
+    #: its delivery's share, the result or release gives back what it did not use.
+    tries: int = 0
 
     @property
     def terminal(self) -> bool:

@@ -10,7 +10,9 @@
   endpoint's Retry-After when it gave one, else exponential backoff), another delivery holds
   the job's lease, or too little time was left to start. On the last attempt
   (``attempt.last``) a model failure is written to the job as ``failed`` first, and the
-  platform then moves the message to the poison queue / DLQ.
+  platform then moves the message to the poison queue / DLQ. The deliveries and the
+  service's retries share one budget of tries (``Worker.budget``, counted in the record):
+  once it is spent the job is ``failed`` and its message ``poison``, whatever delivery it is.
 - ``defer``: the endpoint is throttling (429, or 503 / a cooling-down circuit): the adapter
   sends the same message again with ``delay_s`` (the Retry-After) and acks this one, so a
   long rate-limit episode does not use up the delivery attempts (``maxDequeueCount``) and
@@ -65,6 +67,7 @@ from shared.jobs.model import (
     parse_line,
 )
 from shared.jobs.store import JobStore, PreconditionFailed, Versioned, get_job_store
+from shared.retry import retry_share, unit_budget
 from shared.service import Service, get_service
 from shared.storage.deadline import storage_deadline
 
@@ -75,6 +78,8 @@ MIN_RUN_S = 0.5
 #: A lease outlives the invocation deadline by this much (clock skew, write latency).
 LEASE_MARGIN_S = 2.0
 CLAIM_TRIES = 4
+#: Why a delivery finds nothing left of the job's retry budget (``Worker.budget``).
+BUDGET_SPENT = "the job's retry budget is spent"
 
 Action = Literal["ack", "retry", "defer", "poison"]
 Clock = Callable[[], float]
@@ -124,6 +129,13 @@ class Worker:
     def backoff(self, attempt: Attempt) -> float:
         base = self.settings.job_retry_base_s * 2.0 ** max(0, attempt.number - 1)
         return min(base, self.settings.job_retry_max_s) * (1 - 0.25 * self.rand())
+
+    def budget(self, attempt: Attempt) -> int:
+        """Service tries one job may make over all its deliveries: 1 + INFER_MAX_RETRIES, plus
+        one for each further delivery (INFER_MAX_ATTEMPTS - 1) and throttling deferral
+        (INFER_JOB_MAX_DEFERS). Counted in the record (``tries``), so redeliveries share it."""
+        later = attempt.max_attempts - 1 + self.settings.job_max_defers
+        return unit_budget(self.service.settings.max_retries, later)
 
     def retry_delay(self, err: InferenceError, attempt: Attempt) -> float:
         if err.retry_after is not None and err.retry_after > 0:
@@ -212,8 +224,11 @@ class Worker:
         except Exception:  # storage trouble: the lease simply expires
             log.warning("job %s: releasing its lease failed", record.id, exc_info=True)
 
-    async def _claim(self, line: JobLine, job_id: str, ctx: Context) -> Versioned | Outcome:
-        """One conditional write: ``running`` + a lease that outlives this invocation."""
+    async def _claim(
+        self, line: JobLine, job_id: str, ctx: Context, attempt: Attempt
+    ) -> Versioned | Outcome:
+        """One conditional write: ``running`` + a lease that outlives this invocation, and
+        this delivery's share of the job's retry budget reserved (``ctx.tries_left``)."""
 
         def build(record: JobRecord) -> JobRecord | Outcome:
             if record.terminal:
@@ -226,10 +241,18 @@ class Worker:
                 return Outcome(
                     "retry", job_id, delay_s=wait, reason="leased by another delivery", requeue=True
                 )
+            # keep one try back for each delivery the job may still get after this one
+            later = attempt.max_attempts - attempt.number
+            later += max(0, self.settings.job_max_defers - record.deferrals)
+            share = retry_share(self.budget(attempt) - record.tries, self._max_retries, later)
+            if share <= 0:
+                return Outcome("poison", job_id, reason=BUDGET_SPENT, status="failed")
+            ctx.tries_left = share  # the share of the record this build returns (last wins)
             lease = Lease(token=uuid.uuid4().hex, until=now + ctx.remaining() + LEASE_MARGIN_S)
             return record.model_copy(
-                update={"status": "running", "attempts": record.attempts + 1, "lease": lease}
-            )
+                update={"status": "running", "attempts": record.attempts + 1, "lease": lease,
+                        "tries": record.tries + share}
+            )  # fmt: skip
 
         return await self._write_over(line, job_id, build)
 
@@ -286,8 +309,15 @@ class Worker:
         if ctx.remaining() < MIN_RUN_S:
             await self._ensure_record(line, job_id)
             return Outcome("retry", job_id, delay_s=1.0, reason="too little time left to start")
-        claim = await self._claim(line, job_id, ctx)
+        claim = await self._claim(line, job_id, ctx, attempt)
         if isinstance(claim, Outcome):
+            if claim.reason == BUDGET_SPENT:  # earlier deliveries used it (one died holding it)
+                error = {"code": "retry_budget_spent", "message": BUDGET_SPENT}
+                record, wrote = await self._finish_unclaimed(
+                    line, job_id, {"status": "failed", "error": error}
+                )
+                if wrote:
+                    await self._callback(line, record, ctx)
             return claim
         held.append(claim)
         # charged to the caller that submitted it (stored with the job at submit time)
@@ -323,10 +353,17 @@ class Worker:
         try:
             body = await self._answer(line, payload, ctx)
         except InferenceError as err:
+            claim = self._settle_tries(claim, ctx)
             if not (err.retryable or isinstance(err, DeadlineExceeded)):
                 record, _ = await self._write_final(claim, _failure(err))
                 await self._callback(line, record, ctx)
                 return Outcome("ack", job_id, reason=err.message, status="failed")
+            spent = claim.record.tries >= self.budget(attempt)
+            if spent and not attempt.last:  # no try left for a later delivery: fail it now
+                record, _ = await self._write_final(claim, _failure(err))
+                await self._callback(line, record, ctx)
+                reason = f"failed after {claim.record.tries} tries: {err.message}"
+                return Outcome("poison", job_id, reason=reason, status="failed")
             if _throttled(err) and claim.record.deferrals < self.settings.job_max_defers:
                 released = claim.record.model_copy(update={"deferrals": claim.record.deferrals + 1})
                 await self._release(Versioned(released, claim.etag))
@@ -351,8 +388,9 @@ class Worker:
                 status="queued",
             )
         except BaseException:
-            await asyncio.shield(self._release(claim))
+            await asyncio.shield(self._release(self._settle_tries(claim, ctx)))
             raise
+        claim = self._settle_tries(claim, ctx)
         response = {"status_code": 200, "request_id": job_id, "body": body}
         record, wrote = await self._write_final(
             claim, {"status": "succeeded", "response": response, "error": None}
@@ -360,6 +398,20 @@ class Worker:
         if wrote:
             await self._callback(line, record, ctx)
         return Outcome("ack", job_id, status=record.status)
+
+    @property
+    def _max_retries(self) -> int:
+        return self.service.settings.max_retries
+
+    @staticmethod
+    def _settle_tries(claim: Versioned, ctx: Context) -> Versioned:
+        """The claim with the tries it reserved but did not use given back (written with
+        the release or the result, over the claim's etag)."""
+        unused = max(ctx.tries_left or 0, 0)
+        if not unused:
+            return claim
+        record = claim.record.model_copy(update={"tries": claim.record.tries - unused})
+        return Versioned(record, claim.etag)
 
     async def _failed_delivery(
         self,

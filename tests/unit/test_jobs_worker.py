@@ -268,3 +268,39 @@ async def test_message_without_id_gets_a_stable_derived_id(endpoint: Endpoint) -
     assert out.job_id == derived_id(raw) and record(out.job_id).custom_id == "row-1"
     again = await process_message(raw, Attempt(2, 5), ctx())
     assert again.action == "ack" and endpoint.calls == {out.job_id: 1}
+
+
+async def test_a_job_whose_retry_budget_is_spent_fails_and_is_poisoned_without_a_call(
+    endpoint: Endpoint,
+) -> None:
+    # a budget of 1 + 0 + 4 + 20 = 25 tries (job_env: INFER_MAX_RETRIES=0), all reserved by
+    # earlier deliveries (one died holding its share)
+    line = JobLine(op=Operation.CHAT, url="/v1/chat/completions", body=BODY)
+    get_job_store().create(JobRecord.new(line, "job-b").model_copy(update={"tries": 25}))
+    out = await process_message(message("job-b"), Attempt(2, 5), ctx())
+    assert (out.action, out.status) == ("poison", "failed")
+    rec = record("job-b")
+    assert rec.status == "failed" and rec.error is not None
+    assert rec.error["code"] == "retry_budget_spent"
+    assert endpoint.calls == {}
+
+
+async def test_the_try_that_spends_the_budget_fails_the_job_before_its_last_delivery(
+    job_env: Path, fake_endpoint: Callable[[Handler], None]
+) -> None:
+    calls: list[int] = []
+
+    def down(req: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(500, json={"error": {"message": "gpu on fire"}})
+
+    fake_endpoint(down)
+    line = JobLine(op=Operation.CHAT, url="/v1/chat/completions", body=BODY)
+    get_job_store().create(JobRecord.new(line, "job-c").model_copy(update={"tries": 24}))
+    out = await process_message(message("job-c"), Attempt(1, 5), ctx())
+    assert (out.action, out.status) == ("poison", "failed")
+    assert "after 25 tries" in out.reason
+    rec = record("job-c")
+    assert rec.status == "failed" and rec.tries == 25 and rec.lease is None
+    assert rec.error is not None and rec.error["code"] == "backend_error"
+    assert len(calls) == 1

@@ -8,7 +8,15 @@ import pytest
 
 from shared.context import Context
 from shared.errors import BackendRateLimited, BackendRejected, BackendUnavailable, DeadlineExceeded
-from shared.retry import backoff_delay, call_with_retry, retry_delay, server_delay, should_retry
+from shared.retry import (
+    backoff_delay,
+    call_with_retry,
+    retry_delay,
+    retry_share,
+    server_delay,
+    should_retry,
+    unit_budget,
+)
 
 
 class FakeClock:
@@ -128,9 +136,23 @@ async def test_expired_deadline_raises_before_calling() -> None:
         await call_with_retry(attempt, ctx, max_retries=2, sleep=clock.sleep)
 
 
-async def test_max_retries_bounds_attempts() -> None:
+@pytest.mark.parametrize(
+    ("max_retries", "tries_left", "calls_made", "left_after", "sleeps"),
+    [
+        (2, None, 3, None, [0.5, 1.0]),  # no outer layer: max_retries alone bounds the tries
+        (5, 2, 2, 0, [0.5]),  # the unit of work's tries left bound it below max_retries
+        (1, 4, 2, 2, [0.5]),  # and max_retries still bounds the service's share
+    ],
+)
+async def test_max_retries_and_the_units_tries_left_bound_attempts(
+    max_retries: int,
+    tries_left: int | None,
+    calls_made: int,
+    left_after: int | None,
+    sleeps: list[float],
+) -> None:
     clock = FakeClock()
-    ctx = Context(deadline=clock() + 600, clock=clock)
+    ctx = Context(deadline=clock() + 600, clock=clock, tries_left=tries_left)
     calls = 0
 
     async def attempt(n: int) -> str:
@@ -139,6 +161,40 @@ async def test_max_retries_bounds_attempts() -> None:
         raise BackendUnavailable("down")
 
     with pytest.raises(BackendUnavailable):
-        await call_with_retry(attempt, ctx, max_retries=2, sleep=clock.sleep, rand=lambda: 0)
-    assert calls == 3
-    assert clock.sleeps == [0.5, 1.0]
+        await call_with_retry(
+            attempt, ctx, max_retries=max_retries, sleep=clock.sleep, rand=lambda: 0
+        )
+    assert calls == calls_made
+    assert ctx.tries_left == left_after
+    assert clock.sleeps == sleeps
+
+
+async def test_each_try_draws_one_success_included() -> None:
+    clock = FakeClock()
+    ctx = Context(deadline=clock() + 600, clock=clock, tries_left=3)
+
+    async def attempt(n: int) -> str:
+        if n == 0:
+            raise BackendUnavailable("down")
+        return "ok"
+
+    assert await call_with_retry(attempt, ctx, max_retries=5, sleep=clock.sleep) == "ok"
+    assert ctx.tries_left == 1  # what the outer layer gives back to the unit's budget
+
+
+def test_budgets_add_the_layers_retries() -> None:
+    assert unit_budget(2, 3) == 6  # a batch line: 1 + INFER_MAX_RETRIES + line retries
+    assert unit_budget(2, 4 + 20) == 27  # a job: + (deliveries - 1) + deferrals
+    assert unit_budget(0, 0) == 1
+
+
+def test_the_first_try_gets_the_service_retries_and_each_later_one_one_try() -> None:
+    left, later, shares = unit_budget(2, 3), 3, []
+    while left > 0:
+        share = retry_share(left, 2, later)
+        shares.append(share)
+        left, later = left - share, later - 1
+    assert shares == [3, 1, 1, 1]
+    assert retry_share(0, 2, 0) == 0
+    assert retry_share(1, 2, 5) == 1  # at least one while anything is left
+    assert retry_share(6, 2, 0) == 3  # never more than the service's own 1 + max_retries
