@@ -36,7 +36,6 @@ from shared import telemetry
 from shared.batch import lines as L
 from shared.batch.config import BatchSettings
 from shared.batch.limiter import AdaptiveLimiter
-from shared.batch.sinks import read_from
 from shared.batch.state import RunRef, Stores, dumps
 from shared.blocking import run_blocking
 from shared.context import Context
@@ -147,7 +146,7 @@ class ShardRunner:
     def _lines(self) -> Iterator[L.Line]:
         nxt = int(self.ckpt["next"])
         end = self.ckpt.get("end")
-        chunks = read_from(self.stores.inp, self.run.input_key, max(nxt - 1, 0), self.run.size)
+        chunks = self.stores.inp.stream(self.run.input_key, max(nxt - 1, 0), self.run.size)
         return L.split_lines(chunks, nxt, end)
 
     async def run_unit(self) -> UnitResult:

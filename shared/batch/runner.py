@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shared.batch import sinks
 from shared.batch.config import BatchSettings, get_batch_settings
 from shared.batch.engine import USAGE_KEYS, ShardRunner, make_limiter, new_checkpoint
 from shared.batch.limiter import AdaptiveLimiter
@@ -108,7 +107,7 @@ class Batch:
         name = name_from_path(path)
         if name is None:
             return f"ignored {path!r}: not batch-in/<name>.jsonl"
-        info = await run_blocking(sinks.stat, self.stores.inp, f"{name}.jsonl")
+        info = await run_blocking(self.stores.inp.stat, f"{name}.jsonl")
         if info is None:
             return f"ignored {path!r}: it no longer exists"
         run = RunRef(name, info[1], info[0])
@@ -143,7 +142,7 @@ class Batch:
         status = await run_blocking(read_json, self.stores.out, status_key(name))
         if status and status[0].get("input_etag") == etag and status[0]["status"] in FINAL:
             return f"{name}: already {status[0]['status']}"
-        info = await run_blocking(sinks.stat, self.stores.inp, f"{name}.jsonl")
+        info = await run_blocking(self.stores.inp.stat, f"{name}.jsonl")
         if info is None or info[1] != etag:
             return f"{name}: input replaced or deleted; shard {shard} of the old version dropped"
         run = RunRef(name, etag, info[0])
@@ -278,8 +277,8 @@ class Batch:
             return f"{run.name}: not every shard is done yet"
         outs = [p["out"] for c in ckpts for p in c["parts"] if p.get("out")]
         errs = [p["err"] for c in ckpts for p in c["parts"] if p.get("err")]
-        sinks.concat(self.stores.out, output_key(run.name), self.stores.work, outs)
-        sinks.concat(self.stores.out, errors_key(run.name), self.stores.work, errs)
+        self.stores.out.concat(output_key(run.name), self.stores.work, outs)
+        self.stores.out.concat(errors_key(run.name), self.stores.work, errs)
         totals = self._totals(ckpts)
         t = now()
         wrote = self._set_status(

@@ -2,18 +2,26 @@
 
 Conditions map to blob ETags: ``if_none_match`` is ``overwrite=False`` (``If-None-Match: *``),
 ``if_match`` is ``etag=`` + ``MatchConditions.IfNotModified``; a refusal (412, 409) becomes
-``PreconditionFailed``. Reads stream in 4 MiB ranges.
+``PreconditionFailed``. Reads stream in 4 MiB ranges. ``stat`` reads the blob's properties,
+``stream`` is one ranged download, and ``concat`` stages each chunk as a block and commits
+the block list once, so the blob appears whole. Every call goes through the store's own
+``BlobServiceClient`` (the one injected, or the process's).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from shared.storage.azure_conn import AzureConnection, connection_from_env, credential
 from shared.storage.base import (
+    Condition,
+    ObjectInfo,
     ObjectNotFound,
+    ObjectStore,
     PreconditionFailed,
     Reader,
     StorageError,
@@ -60,7 +68,7 @@ class _DownloadReader:
         return None
 
 
-class AzureBlobStore:
+class AzureBlobStore(ObjectStore):
     def __init__(self, namespace: str, service: Any | None = None) -> None:
         self.namespace = namespace
         self._service = service or blob_service()
@@ -86,31 +94,23 @@ class AzureBlobStore:
             return None
         return StoredObject(data=data, etag=str(downloader.properties.etag))
 
-    def put(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        if_match: str | None = None,
-        if_none_match: bool = False,
-        content_type: str = "application/json",
-    ) -> str:
+    def _put(self, key: str, data: bytes, cond: Condition, content_type: str) -> str:
         from azure.core import MatchConditions
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
         from azure.storage.blob import ContentSettings
 
         self._ensure_container()
         kwargs: dict[str, Any] = {
-            "overwrite": not if_none_match,
+            "overwrite": not cond.if_none_match,
             "content_settings": ContentSettings(content_type=content_type),
         }
-        if if_match is not None:
-            kwargs["etag"] = if_match
+        if cond.if_match is not None:
+            kwargs["etag"] = cond.if_match
             kwargs["match_condition"] = MatchConditions.IfNotModified
         try:
             props = self._container.get_blob_client(key).upload_blob(data, **kwargs)
         except ResourceNotFoundError as exc:
-            if if_match is not None:
+            if cond.if_match is not None:
                 raise PreconditionFailed(f"{self.namespace}/{key} does not exist") from exc
             raise StorageError(f"writing {self.namespace}/{key} failed: {exc}") from exc
         except HttpResponseError as exc:
@@ -142,3 +142,45 @@ class AzureBlobStore:
 
         with contextlib.suppress(ResourceNotFoundError):
             self._container.delete_blob(key)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            props = self._container.get_blob_client(key).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return ObjectInfo(int(props.size), str(props.etag))
+
+    def stream(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """One ranged download (``offset``/``length``), its body in ``CHUNK`` pieces."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        if end is not None and start >= end:
+            return
+        length = None if end is None else end - start
+        try:
+            downloader = self._container.download_blob(key, offset=start, length=length)
+            yield from downloader.chunks()
+        except ResourceNotFoundError:
+            raise ObjectNotFound(f"{self.namespace}/{key} does not exist") from None
+
+    def _put_stream(self, key: str, chunks: Iterator[bytes], content_type: str) -> None:
+        """Each chunk is staged as a block; committing the block list makes the blob appear
+        at once. Blocks never committed are discarded by the service."""
+        from azure.core.exceptions import HttpResponseError
+        from azure.storage.blob import BlobBlock, ContentSettings
+
+        self._ensure_container()
+        blob = self._container.get_blob_client(key)
+        blocks: list[BlobBlock] = []
+        prefix = uuid.uuid4().hex[:16]
+        try:
+            for chunk in chunks:
+                block_id = f"{prefix}-{len(blocks):08d}"
+                blob.stage_block(block_id, chunk)
+                blocks.append(BlobBlock(block_id=block_id))
+            settings = ContentSettings(content_type=content_type)
+            blob.commit_block_list(blocks, content_settings=settings)
+        except HttpResponseError as exc:
+            raise StorageError(f"writing {self.namespace}/{key} failed: {exc}") from exc

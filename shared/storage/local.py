@@ -1,7 +1,8 @@
 """Local-directory object store: development, tests, and a single machine.
 
 Layout: ``<root>/<namespace>/<key>``. Writes go to a temp file in the same directory and are
-moved into place with ``os.replace`` (atomic on POSIX). The etag is a hash of the content.
+moved into place with ``os.replace`` (atomic on POSIX), ``concat`` included. The etag is a
+hash of the content (``stat`` hashes the file in chunks); ``stream`` seeks.
 Conditional writes hold an exclusive ``fcntl.flock`` on ``<root>/<namespace>/.lock`` around
 check-and-replace, so they are safe across threads and processes sharing the directory
 (devhost, a test process and a worker may all use the same store).
@@ -15,20 +16,34 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from shared.storage.base import ObjectNotFound, PreconditionFailed, Reader, StoredObject
+from shared.storage.base import (
+    Condition,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+    PreconditionFailed,
+    Reader,
+    StoredObject,
+    read_chunks,
+)
 
 _LOCK_NAME = ".lock"
 _TMP_PREFIX = ".tmp-"
 
 
 def content_etag(data: bytes) -> str:
-    return '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+    return _etag_of(hashlib.sha256(data))
 
 
-class LocalStore:
+def _etag_of(digest: hashlib._Hash) -> str:
+    return '"' + digest.hexdigest()[:32] + '"'
+
+
+class LocalStore(ObjectStore):
     def __init__(self, root: Path | str, namespace: str) -> None:
         self.namespace = namespace
         self.base = Path(root).resolve() / namespace
@@ -58,45 +73,65 @@ class LocalStore:
             return None
         return StoredObject(data=data, etag=content_etag(data))
 
-    def put(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        if_match: str | None = None,
-        if_none_match: bool = False,
-        content_type: str = "application/json",
-    ) -> str:
+    def _put(self, key: str, data: bytes, cond: Condition, content_type: str) -> str:
         path = self._path(key)
-        if if_match is None and not if_none_match:
-            self._write(path, data)
+        if not cond.conditional:
+            self._write(path, (data,))
             return content_etag(data)
         with self._locked():
             current = self.get(key)
-            if if_none_match and current is not None:
-                raise PreconditionFailed(f"{self.namespace}/{key} already exists")
-            if if_match is not None and (current is None or current.etag != if_match):
-                raise PreconditionFailed(f"{self.namespace}/{key} changed (etag mismatch)")
-            self._write(path, data)
+            if not cond.allows(None if current is None else current.etag):
+                why = "already exists" if cond.if_none_match else "changed (etag mismatch)"
+                raise PreconditionFailed(f"{self.namespace}/{key} {why}")
+            self._write(path, (data,))
         return content_etag(data)
 
-    def _write(self, path: Path, data: bytes) -> None:
+    def _put_stream(self, key: str, chunks: Iterator[bytes], content_type: str) -> None:
+        self._write(self._path(key), chunks)
+
+    def _write(self, path: Path, chunks: Iterable[bytes]) -> None:
+        """Write to a temp file beside ``path``, then move it into place (atomic); an error,
+        from the disk or from ``chunks``, removes the temp file and leaves ``path`` as it was."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                for chunk in chunks:
+                    fh.write(chunk)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
 
-    def open_read(self, key: str) -> Reader:
+    def _open(self, key: str) -> BinaryIO:
         try:
             return open(self._path(key), "rb")
         except FileNotFoundError:
             raise ObjectNotFound(f"{self.namespace}/{key} does not exist") from None
+
+    def open_read(self, key: str) -> Reader:
+        return self._open(key)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """The etag is the content's hash, so the file is read, in chunks, never whole."""
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with self._open(key) as fh:
+                for chunk in read_chunks(fh):
+                    digest.update(chunk)
+                    size += len(chunk)
+        except ObjectNotFound:
+            return None
+        return ObjectInfo(size, _etag_of(digest))
+
+    def stream(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        if end is not None and start >= end:
+            return
+        with self._open(key) as fh:
+            fh.seek(start)
+            yield from read_chunks(fh, None if end is None else end - start)
 
     def list(self, prefix: str = "") -> list[str]:
         keys: list[str] = []

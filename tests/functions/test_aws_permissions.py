@@ -144,13 +144,12 @@ def test_failed_output_upload_is_aborted(
 ) -> None:
     """A part file gone before the merge: the multipart upload already begun is aborted."""
     from functions.batch.aws import handler, shard_handler
-    from shared.batch import sinks
-    from shared.storage.s3 import aws_client
+    from shared.storage.s3 import S3Store, aws_client
 
     batch_env.setenv("INFER_BUCKET", "batch-bucket")
     batch_env.setenv("INFER_BACKENDS", gpusim_backend(gpusim.v1))
     batch_env.setenv("INFER_BATCH_SHARD_BYTES", "3000")
-    batch_env.setattr(sinks, "S3_PART", 1024)  # a multipart upload from the first KiB
+    batch_env.setattr(S3Store, "part_bytes", 1024)  # a multipart upload from the first KiB
     s3, sqs = aws_client("s3"), aws_client("sqs")
     s3.create_bucket(Bucket="batch-bucket")
     url = sqs.create_queue(QueueName="shards")["QueueUrl"]
