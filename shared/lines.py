@@ -31,20 +31,23 @@ class LineSplitter:
     __slots__ = ("_pending",)
 
     def __init__(self) -> None:
-        self._pending = bytearray()  # never holds a b"\n"
+        self._pending: list[bytes] = []  # pieces of the line under way (no b"\n" in them)
 
     def block(self, data: bytes) -> bytes:
-        """The lines ``data`` completes, as one block ending in ``b"\\n"`` (``b""``: none)."""
+        """The lines ``data`` completes, as one block ending in ``b"\n"`` (``b""``: none)."""
         cut = data.rfind(b"\n") + 1
+        pending = self._pending
         if not cut:
-            self._pending += data
+            pending.append(data)
             return b""
-        if self._pending:
-            self._pending += data[:cut]
-            whole = bytes(self._pending)
+        if pending:  # joined once: a long line over many pieces is not copied per piece
+            pending.append(data[:cut])
+            whole = b"".join(pending)
+            pending.clear()
         else:
             whole = data[:cut]
-        self._pending = bytearray(data[cut:])
+        if cut < len(data):
+            pending.append(data[cut:])
         return whole
 
     def lines(self, data: bytes, *, keep_ends: bool = False) -> list[bytes]:
@@ -68,7 +71,7 @@ class LineSplitter:
     def rest(self, *, keep_ends: bool = False) -> bytes:
         """What came after the last newline (``b""`` when nothing did), and forget it;
         without ``keep_ends`` a trailing ``\\r`` is dropped, as ``lines`` does."""
-        rest, self._pending = bytes(self._pending), bytearray()
+        rest, self._pending = b"".join(self._pending), []
         return rest if keep_ends else rest.rstrip(b"\r")
 
 
