@@ -34,7 +34,7 @@ class LineSplitter:
         self._pending: list[bytes] = []  # pieces of the line under way (no b"\n" in them)
 
     def block(self, data: bytes) -> bytes:
-        """The lines ``data`` completes, as one block ending in ``b"\n"`` (``b""``: none)."""
+        """The lines ``data`` completes, as one block ending in ``b"\\n"`` (``b""``: none)."""
         cut = data.rfind(b"\n") + 1
         pending = self._pending
         if not cut:
