@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from shared.jobs.queue_runtime import run_sqs_batch
+from shared.platform.aws import run_sqs_batch
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

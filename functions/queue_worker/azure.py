@@ -8,7 +8,7 @@ after the computed delay, and this one completes; any other retryable failure ra
 
 import azure.functions as func
 
-from shared.jobs.queue_runtime import run_storage_queue_message
+from shared.platform.azure import run_storage_queue_message
 
 bp = func.Blueprint()
 

@@ -188,6 +188,17 @@ def test_s3_event_for_another_file_is_ignored(
     assert result["outcomes"][0].startswith("ignored")
 
 
+def test_s3_test_event_without_records_starts_nothing(
+    lambda_context: Callable[..., LambdaContext],
+) -> None:
+    """S3 sends ``s3:TestEvent`` (no ``Records``) when a notification is configured."""
+    from functions.batch.aws import handler
+
+    event = {"Service": "Amazon S3", "Event": "s3:TestEvent", "Time": "2025-10-19T12:00:00Z",
+             "Bucket": "infer-bucket", "RequestId": "5582815E1AEA5ADF"}  # fmt: skip
+    assert handler(event, lambda_context(10, "batch")) == {"outcomes": []}
+
+
 def test_sqs_shard_messages_from_a_sharded_s3_file_merge_once(
     aws_env: Any, lambda_context: Callable[..., LambdaContext], batch_env: pytest.MonkeyPatch
 ) -> None:
@@ -213,8 +224,11 @@ def test_sqs_shard_messages_from_a_sharded_s3_file_merge_once(
             for m in got
         ]  # fmt: skip
     assert len(records) == -(-len(data) // 2500)
-    result = shard_handler({"Records": records + records[:1]}, lambda_context(60, "batch"))
-    assert result == {"batchItemFailures": []}
+    # a duplicate delivery, and a message that is not a shard: only that one is reported
+    broken = {**records[0], "messageId": "not-a-shard", "body": "{not json"}
+    batch = [*records[:1], broken, *records[1:], records[0]]
+    result = shard_handler({"Records": batch}, lambda_context(60, "batch"))
+    assert result == {"batchItemFailures": [{"itemIdentifier": "not-a-shard"}]}
     get = s3.get_object
     check_outputs(
         get(Bucket=BUCKET, Key="batch-out/sharded.output.jsonl")["Body"].read(),

@@ -10,6 +10,7 @@ The precise figures come from `make bench` (bench/coldstart.py); these guard reg
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 from typing import Any
@@ -121,14 +122,56 @@ def test_cold_start_with_otlp_telemetry_on_flushes_and_stays_in_budget(
     assert {p.name for p in otlp_receiver.metrics()} >= {"gen_ai.server.request.duration"}
 
 
+#: Platform SDKs and adapters (any submodule): never imported by importing shared/.
+PLATFORM_SDKS = ("azure", "aws_lambda_powertools", "boto3", "botocore", "mangum", "openai")
+CORE_MODULES = "shared.service,shared.web,shared.router,shared.settings,shared.batch,shared.probe"
+
+
 def test_shared_imports_no_platform_sdk() -> None:
-    code = (
-        "import sys, shared.service, shared.web, shared.router, shared.settings;"
-        "bad=[m for m in ('azure.functions','mangum','boto3','botocore','azure.identity',"
-        "'azure.storage','openai') if m in sys.modules]; print(bad)"
-    )
+    """Importing shared/ (every module of shared/jobs/ included, and the platform glue in
+    shared/platform/ itself) loads no platform SDK; the core does not load the glue."""
+    code = f"""
+import importlib, json, pkgutil, sys
+import shared.jobs
+def sdks():
+    return sorted(m for m in sys.modules if m.split(".")[0] in {PLATFORM_SDKS!r})
+core = "{CORE_MODULES}".split(",") + [
+    m.name for m in pkgutil.walk_packages(shared.jobs.__path__, "shared.jobs.")]
+for name in core:
+    importlib.import_module(name)
+out = {{"core": core, "core_sdks": sdks(),
+        "glue_loaded": sorted(m for m in sys.modules if m.startswith("shared.platform"))}}
+importlib.import_module("shared.platform.aws")
+importlib.import_module("shared.platform.azure")
+out["glue_sdks"] = sdks()
+print(json.dumps(out))
+"""
     out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert out.stdout.strip() == "[]"
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"shared.jobs.worker", "shared.jobs.queue_runtime", "shared.jobs.http"} <= set(
+        found["core"]
+    )
+    assert found["core_sdks"] == [], found
+    assert found["glue_loaded"] == [], found
+    assert found["glue_sdks"] == [], found
+
+
+def test_only_the_adapters_import_the_platform_glue() -> None:
+    """``shared.platform`` is imported by functions/ only: no module of the core imports it,
+    not even inside a function (where the import-time check above cannot see it)."""
+    offenders = []
+    for path in sorted((ROOT / "shared").rglob("*.py")):
+        if path.is_relative_to(ROOT / "shared" / "platform"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n == "shared.platform" or n.startswith("shared.platform.") for n in names):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
 
 
 CACHE_CASES = [
