@@ -66,7 +66,6 @@ class ProbeSettings(BaseSettings):
 
 _settings = CachedSettings(ProbeSettings)
 get_probe_settings = _settings.get
-reset_probe_settings = _settings.reset
 
 
 @dataclass

@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from shared.backends.registry import build_backend
 from shared.cache import build_cache
 from shared.context import Context
 from shared.errors import BackendError, DeadlineExceeded, InferenceError
+from shared.lifecycle import Singleton
 from shared.lines import usage_from_tail
 from shared.retry import call_with_retry
 from shared.router import Router
@@ -339,34 +339,9 @@ class Service:
         )
 
 
-_lock = threading.Lock()
-_service: Service | None = None
+_service = Singleton(lambda: Service.from_settings(get_settings()))
 
 
 def get_service() -> Service:
     """The process's service, built on first use (settings validated then, not at import)."""
-    global _service
-    if _service is None:
-        with _lock:
-            if _service is None:
-                _service = Service.from_settings(get_settings())
-    return _service
-
-
-def reset_service() -> None:
-    """Forget the service and settings (tests; devhost after changing the environment)."""
-    global _service
-    from shared.callers import reset_callers
-    from shared.settings import reset_settings
-    from shared.state import reset_state
-    from shared.telemetry import reset as reset_telemetry
-
-    with _lock:
-        _service = None
-    reset_settings()
-    reset_callers()
-    reset_state()
-    from shared.limits import reset_limiter
-
-    reset_limiter()
-    reset_telemetry()
+    return _service.get()

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-import threading
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
+from shared.lifecycle import Singleton
 
 DEFAULT_BACKEND_URL = "http://127.0.0.1:8081/v1"
 DEFAULT_MODEL = "local-model"
@@ -174,27 +174,12 @@ def build_settings(cls: type[S]) -> S:
         raise ConfigError(f"invalid configuration: {name}: not valid JSON") from None
 
 
-class CachedSettings(Generic[S]):
-    """One settings object per process: built (and validated) on first use, never at
-    import, reused by warm invocations; ``reset`` for tests and devhost."""
+class CachedSettings(Singleton[S]):
+    """One settings object per process (``shared.lifecycle``): built (and validated) on
+    first use, never at import, reused by warm invocations; ``reset_all`` for tests."""
 
     def __init__(self, cls: type[S]) -> None:
-        self._cls = cls
-        self._lock = threading.Lock()
-        self._value: S | None = None
-
-    def get(self) -> S:
-        value = self._value
-        if value is None:
-            with self._lock:
-                if self._value is None:
-                    self._value = build_settings(self._cls)
-                value = self._value
-        return value
-
-    def reset(self) -> None:
-        with self._lock:
-            self._value = None
+        super().__init__(lambda: build_settings(cls))
 
 
 def load_settings() -> Settings:
@@ -205,5 +190,3 @@ def load_settings() -> Settings:
 _cached = CachedSettings(Settings)
 #: The process's settings, built on first use and reused on warm invocations.
 get_settings = _cached.get
-#: Forget cached settings (tests, and devhost after it changes the environment).
-reset_settings = _cached.reset

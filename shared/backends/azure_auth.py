@@ -41,6 +41,7 @@ from shared.backends.http import (
 )
 from shared.context import Context
 from shared.errors import BackendError, InferenceError
+from shared.lifecycle import Keyed
 
 #: A token with less than this left counts as expired (azure-identity and MSAL use 5 min).
 REFRESH_MARGIN_S = 300.0
@@ -123,24 +124,12 @@ class TokenSource:
         return await asyncio.to_thread(self._get_sync, refused)
 
 
-_lock = threading.Lock()
-_sources: dict[tuple[str | None, str], TokenSource] = {}
+_sources: Keyed[tuple[str | None, str], TokenSource] = Keyed(lambda key: TokenSource(*key))
 
 
 def token_source(client_id: str | None, scope: str) -> TokenSource:
     """The process's token source for (identity, scope), built on first use."""
-    key = (client_id, scope)
-    source = _sources.get(key)
-    if source is None:
-        with _lock:
-            source = _sources.setdefault(key, TokenSource(client_id, scope))
-    return source
-
-
-def reset_token_sources() -> None:
-    """Forget every cached credential and token (tests; after the identity changes)."""
-    with _lock:
-        _sources.clear()
+    return _sources.get((client_id, scope))
 
 
 ErrorMapper = Callable[[int, Mapping[str, str], bytes, str], InferenceError]

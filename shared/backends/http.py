@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -27,6 +26,7 @@ from shared.errors import (
     DeadlineExceeded,
     InferenceError,
 )
+from shared.lifecycle import Keyed
 from shared.lines import LineSplitter
 from shared.retry import server_delay, should_retry
 from shared.telemetry import traceparent
@@ -39,8 +39,6 @@ sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 import httpx  # noqa: E402
 
-_lock = threading.Lock()
-_clients: dict[int, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
 _transport: httpx.AsyncBaseTransport | None = None
 
 CONNECT_TIMEOUT_S = 5.0
@@ -76,34 +74,32 @@ class _SchemeTransport(httpx.AsyncBaseTransport):
             await pool.aclose()
 
 
+def _build_client(loop: asyncio.AbstractEventLoop) -> httpx.AsyncClient:
+    # Drop clients of loops that have closed (their connections are unusable).
+    _clients.drop(lambda lp: lp.is_closed())
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+    return httpx.AsyncClient(
+        transport=_transport or _SchemeTransport(limits),
+        limits=limits,
+        timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT_S),
+        follow_redirects=False,
+    )
+
+
+#: One client per event loop: a client's connections belong to the loop that opened them.
+_clients: Keyed[asyncio.AbstractEventLoop, httpx.AsyncClient] = Keyed(_build_client)
+
+
 def set_transport(transport: httpx.AsyncBaseTransport | None) -> None:
     """Route every backend request through ``transport`` (tests: ``httpx.MockTransport``)."""
     global _transport
-    with _lock:
-        _transport = transport
-        _clients.clear()
+    _transport = transport
+    _clients.reset()
 
 
 def get_client() -> httpx.AsyncClient:
     """The process's client for the running event loop, built on first use."""
-    loop = asyncio.get_running_loop()
-    key = id(loop)
-    entry = _clients.get(key)
-    if entry is not None and entry[0] is loop:
-        return entry[1]
-    with _lock:
-        # Drop clients of loops that have closed (their connections are unusable).
-        for k in [k for k, (lp, _) in _clients.items() if lp.is_closed()]:
-            del _clients[k]
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-        client = httpx.AsyncClient(
-            transport=_transport or _SchemeTransport(limits),
-            limits=limits,
-            timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT_S),
-            follow_redirects=False,
-        )
-        _clients[key] = (loop, client)
-        return client
+    return _clients.get(asyncio.get_running_loop())
 
 
 def timeout_for(ctx: Context, backend_timeout_s: float) -> httpx.Timeout:

@@ -49,6 +49,7 @@ from shared.errors import (
     DeadlineExceeded,
     InferenceError,
 )
+from shared.lifecycle import Keyed, Singleton
 from shared.lines import LineSplitter
 from shared.retry import server_delay
 from shared.schemas import Operation
@@ -56,9 +57,6 @@ from shared.settings import SageMakerBackendConfig
 from shared.telemetry import traceparent
 
 T = TypeVar("T")
-
-_lock = threading.Lock()
-_clients: dict[tuple[str, str | None, float], Any] = {}
 
 #: Read timeouts (s) used when less than ``timeout_s`` remains: few clients, little waste.
 TIMEOUT_BUCKETS = (0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50,
@@ -100,50 +98,36 @@ class CallGate:
             self.running -= 1
 
 
-_gate: CallGate | None = None
+_gate = Singleton(lambda: CallGate(MAX_IN_FLIGHT))
 
 
 def gate() -> CallGate:
     """The process's gate, built on first use with ``MAX_IN_FLIGHT``."""
-    global _gate
-    if _gate is None:
-        with _lock:
-            if _gate is None:
-                _gate = CallGate(MAX_IN_FLIGHT)
-    return _gate
+    return _gate.get()
+
+
+def _build_client(key: tuple[str, str | None, float]) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    region, endpoint_url, timeout_s = key
+    config = Config(
+        retries={"max_attempts": 1, "mode": "standard"},
+        connect_timeout=min(5.0, timeout_s),
+        read_timeout=timeout_s,
+        max_pool_connections=POOL_WORKERS,
+    )
+    return boto3.session.Session().client(
+        "sagemaker-runtime", region_name=region, endpoint_url=endpoint_url, config=config
+    )
+
+
+_clients: Keyed[tuple[str, str | None, float], Any] = Keyed(_build_client)
 
 
 def get_client(region: str, endpoint_url: str | None, timeout_s: float) -> Any:
     """The process's ``sagemaker-runtime`` client for this region/endpoint_url/timeout."""
-    key = (region, endpoint_url, timeout_s)
-    client = _clients.get(key)
-    if client is not None:
-        return client
-    with _lock:
-        client = _clients.get(key)
-        if client is None:
-            import boto3
-            from botocore.config import Config
-
-            config = Config(
-                retries={"max_attempts": 1, "mode": "standard"},
-                connect_timeout=min(5.0, timeout_s),
-                read_timeout=timeout_s,
-                max_pool_connections=POOL_WORKERS,
-            )
-            client = boto3.session.Session().client(
-                "sagemaker-runtime", region_name=region, endpoint_url=endpoint_url, config=config
-            )
-            _clients[key] = client
-        return client
-
-
-def reset_clients() -> None:
-    """Forget cached clients and the call gate (tests; after credentials or endpoints change)."""
-    global _gate
-    with _lock:
-        _clients.clear()
-        _gate = None
+    return _clients.get((region, endpoint_url, timeout_s))
 
 
 def map_client_error(exc: Exception, backend: str) -> InferenceError:

@@ -39,6 +39,7 @@ from shared.batch.state import (
 from shared.blocking import run_blocking
 from shared.context import Context
 from shared.errors import ConfigError, InvalidRequest
+from shared.lifecycle import Singleton
 from shared.service import Service, get_service
 from shared.storage import ObjectNotFound
 
@@ -298,20 +299,12 @@ class Batch:
         return f"{run.name}: completed ({counts['completed']} ok, {counts['failed']} failed)"
 
 
-_batch: Batch | None = None
+_batch = Singleton(Batch)
 
 
 def get_batch() -> Batch:
     """The process's batch flow, built on first use and reused by warm invocations."""
-    global _batch
-    if _batch is None:
-        _batch = Batch()
-    return _batch
-
-
-def reset_batch() -> None:
-    global _batch
-    _batch = None
+    return _batch.get()
 
 
 def invocation_context(

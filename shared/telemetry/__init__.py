@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
+from shared.lifecycle import Singleton
 from shared.lines import data_events
 from shared.telemetry import names as N
 
@@ -181,12 +182,6 @@ class _Telemetry:
             sink.shutdown()
 
 
-_UNSET: Any = object()
-_lock = threading.Lock()
-_state: _Telemetry | None = _UNSET
-_capture: Redactor | None = _UNSET
-
-
 def _build() -> _Telemetry | None:
     env = os.environ
     if _truthy(env.get("OTEL_SDK_DISABLED")):
@@ -216,15 +211,13 @@ def _build() -> _Telemetry | None:
     return _Telemetry(sinks, otel) if sinks else None
 
 
-def _get() -> _Telemetry | None:
-    global _state
-    state = _state
-    if state is _UNSET:
-        with _lock:
-            if _state is _UNSET:
-                _state = _build()
-            state = _state
-    return state
+def _shutdown(state: _Telemetry | None) -> None:
+    if state is not None:
+        state.shutdown()
+
+
+_state = Singleton(_build, close=_shutdown)
+_get = _state.get
 
 
 def enabled() -> bool:
@@ -236,32 +229,19 @@ def capture() -> Redactor | None:
 
     ``INFER_LOG_PROMPTS`` (the former setting) is read as the same opt-in.
     """
-    global _capture
-    found = _capture
-    if found is _UNSET:
-        with _lock:
-            if _capture is _UNSET:
-                env = os.environ
-                on = _truthy(env.get("INFER_CAPTURE_CONTENT")) or _truthy(
-                    env.get("INFER_LOG_PROMPTS")
-                )
-                if on:
-                    from shared.telemetry.redact import Redactor, parse_patterns
-
-                    _capture = Redactor(parse_patterns(env.get("INFER_REDACT_PATTERNS")))
-                else:
-                    _capture = None
-            found = _capture
-    return found
+    return _capture.get()
 
 
-def reset() -> None:
-    """Forget the configuration (tests; devhost after changing the environment)."""
-    global _state, _capture
-    with _lock:
-        state, _state, _capture = _state, _UNSET, _UNSET
-    if state is not _UNSET and state is not None:
-        state.shutdown()
+def _build_capture() -> Redactor | None:
+    env = os.environ
+    if not (_truthy(env.get("INFER_CAPTURE_CONTENT")) or _truthy(env.get("INFER_LOG_PROMPTS"))):
+        return None
+    from shared.telemetry.redact import Redactor, parse_patterns
+
+    return Redactor(parse_patterns(env.get("INFER_REDACT_PATTERNS")))
+
+
+_capture = Singleton(_build_capture)
 
 
 def _clean(attrs: Attrs) -> Attrs:

@@ -17,6 +17,7 @@ from shared.backends import sagemaker
 from shared.backends.sagemaker import SageMakerBackend, read_timeout
 from shared.context import Context
 from shared.errors import InferenceError
+from shared.lifecycle import reset_all
 from shared.schemas import Operation
 from shared.settings import SageMakerBackendConfig
 from tests.fixtures.devhost import wait_for
@@ -69,7 +70,7 @@ async def test_calls_in_flight_are_capped(
     monkeypatch: pytest.MonkeyPatch, gpusim_factory: Callable[..., Gpusim]
 ) -> None:
     monkeypatch.setattr(sagemaker, "MAX_IN_FLIGHT", 3)
-    sagemaker.reset_clients()
+    reset_all()
     slow = gpusim_factory(ttft_base_ms=20_000, hang_s=30)
     errors = await _burst(backend(slow.url), 10, deadline_s=1.0)
     assert all(e.status == 504 for e in errors), errors
