@@ -21,6 +21,7 @@ from shared.cache import build_cache
 from shared.context import Context
 from shared.errors import BackendError, DeadlineExceeded, InferenceError
 from shared.lifecycle import Singleton
+from shared.lines import usage_from_tail
 from shared.retry import call_with_retry
 from shared.router import Router
 from shared.schemas import Operation, validate_payload
@@ -44,19 +45,6 @@ READY_CACHE_S = 5.0
 def sse_error(err: InferenceError) -> bytes:
     """An OpenAI-style error event: the ``openai`` SDK raises it as ``APIError``."""
     return b"data: " + json.dumps(err.to_dict()).encode() + b"\n\n"
-
-
-def usage_from_tail(tail: bytes) -> dict[str, Any] | None:
-    """The ``usage`` of the last SSE event that carries one (``include_usage`` chunk)."""
-    for line in reversed(tail.split(b"\n")):
-        if line.startswith(b"data: {") and b'"usage"' in line:
-            try:
-                usage = json.loads(line[6:]).get("usage")
-            except ValueError:
-                continue
-            if isinstance(usage, dict):
-                return usage
-    return None
 
 
 class _Seen:

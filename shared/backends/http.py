@@ -29,6 +29,7 @@ from shared.errors import (
     InferenceError,
 )
 from shared.lifecycle import Keyed
+from shared.lines import LineSplitter
 from shared.retry import server_delay, should_retry
 from shared.schemas import Operation
 from shared.telemetry import traceparent
@@ -235,15 +236,12 @@ class LineBlockStream:
         self._edit = edit
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        pending = b""
+        lines = LineSplitter()
         async for chunk in self._inner:
-            pending += chunk
-            cut = pending.rfind(b"\n") + 1
-            if cut:
-                block, pending = self._edit(pending[:cut]), pending[cut:]
-                if block:
-                    yield block
-        if pending and (block := self._edit(pending)):
+            whole = lines.block(chunk)
+            if whole and (block := self._edit(whole)):
+                yield block
+        if (rest := lines.rest(keep_ends=True)) and (block := self._edit(rest)):
             yield block
 
     async def aclose(self) -> None:

@@ -52,6 +52,7 @@ from shared.errors import (
     InferenceError,
 )
 from shared.lifecycle import Keyed, Singleton
+from shared.lines import LineSplitter
 from shared.retry import server_delay
 from shared.schemas import Operation
 from shared.settings import AuthKind, BackendConfig
@@ -149,24 +150,6 @@ def get_client(region: str, endpoint_url: str | None, timeout_s: float) -> Any:
     return _clients.get((region, endpoint_url, timeout_s))
 
 
-class LineBuffer:
-    """Bytes in, complete lines out: payload parts split lines (and characters) anywhere."""
-
-    def __init__(self) -> None:
-        self._pending = b""
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self._pending += data
-        if b"\n" not in data:
-            return []
-        *lines, self._pending = self._pending.split(b"\n")
-        return [line.rstrip(b"\r") for line in lines]
-
-    def flush(self) -> list[bytes]:
-        rest, self._pending = self._pending.rstrip(b"\r"), b""
-        return [rest] if rest else []
-
-
 def map_client_error(exc: Exception, backend: str) -> InferenceError:
     """Translate a botocore exception into the shared error tree."""
     from botocore.exceptions import (
@@ -240,7 +223,7 @@ class _EventStreamBody:
         self._ctx = ctx
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        lines = LineBuffer()
+        lines = LineSplitter()
         sentinel: dict[str, Any] = {}
         try:
             while True:
@@ -250,11 +233,11 @@ class _EventStreamBody:
                 part = event.get("PayloadPart") if isinstance(event, dict) else None
                 if not part:
                     continue
-                out = b"".join(self._convert(line) for line in lines.feed(part.get("Bytes", b"")))
+                out = b"".join(self._convert(line) for line in lines.lines(part.get("Bytes", b"")))
                 if out:
                     yield out
-            out = b"".join(self._convert(line) for line in lines.flush())
-            yield out + self._end()
+            rest = lines.rest()
+            yield (self._convert(rest) if rest else b"") + self._end()
         finally:
             await self.aclose()
 

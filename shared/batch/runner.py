@@ -214,7 +214,7 @@ class Batch:
                 out.append(found[0])
         return out
 
-    def _set_status(self, run: RunRef, fields: dict[str, Any], *, final: bool = False) -> bool:
+    def _set_status(self, run: RunRef, fields: dict[str, Any]) -> bool:
         def change(cur: dict[str, Any] | None) -> dict[str, Any] | None:
             same = cur is not None and cur.get("input_etag") == run.etag
             if same and cur is not None and cur.get("status") in FINAL:
@@ -291,7 +291,6 @@ class Batch:
                 "progress": {"bytes_done": run.size, "bytes_total": run.size},
                 "completed_at": t,
             },
-            final=True,
         )
         if wrote:
             for key in self.stores.work.list(run.prefix):

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from shared.lifecycle import Singleton
+from shared.lines import data_events
 from shared.telemetry import names as N
 
 if TYPE_CHECKING:
@@ -479,22 +480,9 @@ NO_REQUEST = _NoRequest()
 NO_ATTEMPT = _NoAttempt()
 
 
-def _events(tail: bytes) -> list[dict[str, Any]]:
-    out = []
-    for line in tail.split(b"\n"):
-        if line.startswith(b"data: {"):
-            try:
-                value = json.loads(line[6:])
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                out.append(value)
-    return out
-
-
 def _last_event(tail: bytes) -> dict[str, Any] | None:
     """id, model and the finish reasons of a stream, from the events in its tail."""
-    events = _events(tail)
+    events = list(data_events(tail))
     if not events:
         return None
     merged: dict[str, Any] = {"id": events[-1].get("id"), "model": events[-1].get("model")}
@@ -512,7 +500,7 @@ def _output_messages(data: dict[str, Any] | None, streamed: bytes, stream: bool)
             if isinstance(c, dict)
         ]
     parts: list[str] = []
-    for event in _events(streamed):
+    for event in data_events(streamed):
         for c in event.get("choices") or []:
             if not isinstance(c, dict):
                 continue

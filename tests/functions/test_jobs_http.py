@@ -85,7 +85,10 @@ async def test_unknown_job_is_404_envelope(api: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize(
     ("line", "param"),
     [
-        ({**LINE, "url": "/v1/images/generations"}, None),
+        ({**LINE, "url": "/v1/images/generations"}, "url"),
+        ({**LINE, "method": "post"}, "method"),  # OpenAI Batch: "POST", exactly
+        ({**LINE, "custom_id": ""}, "custom_id"),
+        ({**LINE, "body": {**LINE["body"], "stream": True}}, "stream"),  # answers are whole
         ({**LINE, "body": {"model": "local-model"}}, "messages"),
         ({**LINE, "body_ref": "job-bodies/x.json"}, "body_ref"),
     ],
