@@ -169,9 +169,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from shared.service import reset_service
+    from shared.lifecycle import reset_all
 
-    reset_service()
+    reset_all()
     seq = await fixed(args.sample, 1)
     f8 = await fixed(max(400, args.lines // 20), 8)
     sweep = [await fixed(args.sweep_requests, c) for c in (32, 64, 96)]

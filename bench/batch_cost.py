@@ -64,7 +64,7 @@ async def _run(stores: Any, n: int) -> dict[str, Any]:
 
 def azure(n: int) -> dict[str, Any]:
     from shared.batch.state import Stores
-    from shared.storage import reset_stores
+    from shared.lifecycle import reset_all
     from shared.storage.azure_blob import AzureBlobStore
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-az-"))
@@ -80,7 +80,7 @@ def azure(n: int) -> dict[str, Any]:
         f"QueueEndpoint=http://127.0.0.1:{queue}/{ACCOUNT};"
     )
     storage_ops.install_azure()
-    reset_stores()
+    reset_all()
     try:
         suffix = uuid.uuid4().hex[:6]
         stores = Stores(AzureBlobStore(f"batch-in-{suffix}"), AzureBlobStore(f"batch-out-{suffix}"),
@@ -88,14 +88,14 @@ def azure(n: int) -> dict[str, Any]:
         return asyncio.run(_run(stores, n))
     finally:
         os.environ.pop("AzureWebJobsStorage", None)
-        reset_stores()
+        reset_all()
         proc.kill()
 
 
 def aws(n: int) -> dict[str, Any]:
     from shared.batch.state import Stores
-    from shared.storage import reset_stores
-    from shared.storage.s3 import S3Store, aws_client, reset_clients
+    from shared.lifecycle import reset_all
+    from shared.storage.s3 import S3Store, aws_client
 
     port = free_port()
     proc = ServerProcess(
@@ -105,8 +105,7 @@ def aws(n: int) -> dict[str, Any]:
     saved = {k: os.environ.get(k) for k in (*AWS_ENV, "AWS_ENDPOINT_URL")}
     os.environ.update({**AWS_ENV, "AWS_ENDPOINT_URL": proc.url})
     storage_ops.install_aws()
-    reset_clients()
-    reset_stores()
+    reset_all()
     try:
         bucket = "bench-batch-" + uuid.uuid4().hex[:6]
         aws_client("s3").create_bucket(Bucket=bucket)
@@ -119,8 +118,7 @@ def aws(n: int) -> dict[str, Any]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        reset_clients()
-        reset_stores()
+        reset_all()
         proc.stop()
 
 

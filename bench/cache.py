@@ -58,8 +58,7 @@ def redis_stack() -> ServerProcess:
 
 
 def configure(mode: str, sim: ServerProcess, redis_url: str) -> None:
-    from shared.service import reset_service
-    from shared.state import reset_state
+    from shared.lifecycle import reset_all
 
     os.environ["INFER_BACKENDS"] = json.dumps(
         [{"name": "sim", "kind": "openai", "base_url": sim.url + "/v1"}]
@@ -71,8 +70,7 @@ def configure(mode: str, sim: ServerProcess, redis_url: str) -> None:
         os.environ["INFER_CACHE"] = json.dumps(cache)
     if mode in USES_REDIS:
         os.environ["INFER_STATE_URL"] = redis_url
-    reset_service()
-    reset_state()
+    reset_all()
 
 
 def body(question: str) -> dict[str, Any]:

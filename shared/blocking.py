@@ -12,27 +12,25 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
+
+from shared.lifecycle import Singleton
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 WORKERS = 64
 
-_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
+_pool = Singleton(
+    lambda: ThreadPoolExecutor(WORKERS, thread_name_prefix="blocking-io"),
+    close=lambda pool: pool.shutdown(wait=False),  # calls already running finish
+)
 
 
 def executor() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        with _lock:
-            if _pool is None:
-                _pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="blocking-io")
-    return _pool
+    return _pool.get()
 
 
 async def run_blocking(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:

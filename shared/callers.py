@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -37,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import AuthenticationFailed, ConfigError
+from shared.lifecycle import Singleton
 from shared.settings import CachedSettings
 
 if TYPE_CHECKING:
@@ -331,26 +331,13 @@ def iam_principal(request: Request) -> str | None:
     return f"iam:{caller_id}" if isinstance(caller_id, str) and caller_id else None
 
 
-_lock = threading.Lock()
-_auth: Authenticator | None = None
+_auth = Singleton(lambda: Authenticator(get_caller_settings()))
 
 
 def get_authenticator() -> Authenticator:
-    global _auth
-    if _auth is None:
-        with _lock:
-            if _auth is None:
-                _auth = Authenticator(get_caller_settings())
-    return _auth
+    return _auth.get()
 
 
 def auth_configured() -> bool:
     """Whether inbound keys or tokens are configured (callers see only their own jobs)."""
     return get_authenticator().configured
-
-
-def reset_callers() -> None:
-    global _auth
-    with _lock:
-        _auth = None
-    _settings.reset()

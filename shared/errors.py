@@ -4,7 +4,6 @@
     ├── InvalidRequest                  (400 invalid_request_error)
     │   └── PayloadTooLarge             (413)
     ├── AuthenticationFailed            (401 authentication_error)
-    ├── PermissionDenied                (403 permission_error)
     ├── ModelNotFound                   (404 not_found_error, code model_not_found)
     ├── NotFound                        (404 not_found_error)
     ├── QuotaExceeded                   (429 rate_limit_exceeded, inbound quota)
@@ -82,11 +81,6 @@ class AuthenticationFailed(InferenceError):
     status = 401
     type = "authentication_error"
     code = "invalid_api_key"
-
-
-class PermissionDenied(InferenceError):
-    status = 403
-    type = "permission_error"
 
 
 class NotFound(InferenceError):

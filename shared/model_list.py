@@ -1,6 +1,7 @@
 """The public model list (``GET /v1/models``), wildcard backends included.
 
-A backend with ``models: ["*"]`` routes any name, so its names come from the endpoint:
+A backend with ``models: ["*"]`` routes any name, so its names come from its kind's
+``list_models`` (each kind's module says what it lists):
 - ``openai``: the endpoint's own ``GET /v1/models`` (vLLM, TGI, SGLang, Ollama list what
   they serve);
 - ``azure_openai``: the ``deployment`` when one is set (every name goes to it); otherwise,
@@ -46,20 +47,15 @@ class ModelLister:
         config: Any = backend.config
         names: list[str] = []
         ttl = LIST_TTL_S
-        kind = getattr(config, "kind", "")
-        deployment = getattr(config, "deployment", None)
         try:
-            if kind in ("azure_openai", "azureml") and deployment:
-                names = [str(deployment)]
-            elif kind == "openai" or (kind == "azure_openai" and config.api_style == "v1"):
-                bounded = Context(
-                    deadline=min(ctx.deadline, ctx.clock() + LIST_TIMEOUT_S),
-                    request_id=ctx.request_id,
-                    clock=ctx.clock,
-                    caller=ctx.caller,
-                )
-                async with asyncio.timeout(max(bounded.remaining(), 0.0)):
-                    names = await backend.list_models(bounded)
+            bounded = Context(
+                deadline=min(ctx.deadline, ctx.clock() + LIST_TIMEOUT_S),
+                request_id=ctx.request_id,
+                clock=ctx.clock,
+                caller=ctx.caller,
+            )
+            async with asyncio.timeout(max(bounded.remaining(), 0.0)):
+                names = await backend.list_models(bounded)
         except Exception as err:  # any failure (refused, timeout, not JSON): skip it
             log.warning("model list: backend %s skipped: %s", backend.name, type(err).__name__)
             ttl = FAILED_TTL_S

@@ -42,6 +42,7 @@ from shared import telemetry
 from shared.backends.base import Backend
 from shared.context import Context
 from shared.errors import BackendError, DeadlineExceeded, InferenceError
+from shared.lines import LineSplitter, data_events
 from shared.router import Router, Slot
 from shared.schemas import Operation
 from shared.settings import DEFAULT_MODEL, CachedSettings
@@ -65,7 +66,6 @@ class ProbeSettings(BaseSettings):
 
 _settings = CachedSettings(ProbeSettings)
 get_probe_settings = _settings.get
-reset_probe_settings = _settings.reset
 
 
 @dataclass
@@ -85,7 +85,7 @@ def probe_mode(backend: Backend) -> ProbeMode:
     configured: ProbeMode | None = backend.config.probe
     if configured is not None:
         return configured
-    return "chat" if backend.config.kind == "sagemaker" else "stream"
+    return backend.config.default_probe
 
 
 def probe_model(backend: Backend) -> str:
@@ -107,17 +107,12 @@ def probe_payload(backend: Backend, prompt: str, *, stream: bool) -> dict[str, A
     return payload
 
 
-def _has_content(event: bytes) -> bool:
-    if not event.startswith(b"data: {"):
-        return False
-    try:
-        data = json.loads(event[6:])
-    except ValueError:
-        return False
-    for choice in data.get("choices") or ():
-        delta = choice.get("delta") or {}
-        if delta.get("content") or choice.get("text") or choice.get("finish_reason"):
-            return True
+def _has_content(line: bytes) -> bool:
+    for data in data_events(line):
+        for choice in data.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("content") or choice.get("text") or choice.get("finish_reason"):
+                return True
     return False
 
 
@@ -127,18 +122,16 @@ async def _stream_ttft(backend: Backend, payload: dict[str, Any], ctx: Context) 
     stream = await backend.open_stream(Operation.CHAT, payload, ctx)
     first_event: float | None = None
     ttft: float | None = None
-    buffer = b""
+    lines = LineSplitter()
     read = 0
     try:
         async for chunk in stream:
             read += len(chunk)
-            buffer += chunk
-            while b"\n\n" in buffer:
-                event, buffer = buffer.split(b"\n\n", 1)
+            for line in lines.lines(chunk):
                 now = time.monotonic() - started
-                if first_event is None and event.strip():
+                if first_event is None and line.strip():
                     first_event = now
-                if ttft is None and _has_content(event.strip()):
+                if ttft is None and _has_content(line):
                     ttft = now
             if read > _MAX_STREAM_BYTES:
                 break

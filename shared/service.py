@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,8 @@ from shared.backends.registry import build_backend
 from shared.cache import build_cache
 from shared.context import Context
 from shared.errors import BackendError, DeadlineExceeded, InferenceError
+from shared.lifecycle import Singleton
+from shared.lines import usage_from_tail
 from shared.retry import call_with_retry
 from shared.router import Router
 from shared.schemas import Operation, validate_payload
@@ -44,19 +45,6 @@ READY_CACHE_S = 5.0
 def sse_error(err: InferenceError) -> bytes:
     """An OpenAI-style error event: the ``openai`` SDK raises it as ``APIError``."""
     return b"data: " + json.dumps(err.to_dict()).encode() + b"\n\n"
-
-
-def usage_from_tail(tail: bytes) -> dict[str, Any] | None:
-    """The ``usage`` of the last SSE event that carries one (``include_usage`` chunk)."""
-    for line in reversed(tail.split(b"\n")):
-        if line.startswith(b"data: {") and b'"usage"' in line:
-            try:
-                usage = json.loads(line[6:]).get("usage")
-            except ValueError:
-                continue
-            if isinstance(usage, dict):
-                return usage
-    return None
 
 
 class _Seen:
@@ -351,34 +339,9 @@ class Service:
         )
 
 
-_lock = threading.Lock()
-_service: Service | None = None
+_service = Singleton(lambda: Service.from_settings(get_settings()))
 
 
 def get_service() -> Service:
     """The process's service, built on first use (settings validated then, not at import)."""
-    global _service
-    if _service is None:
-        with _lock:
-            if _service is None:
-                _service = Service.from_settings(get_settings())
-    return _service
-
-
-def reset_service() -> None:
-    """Forget the service and settings (tests; devhost after changing the environment)."""
-    global _service
-    from shared.callers import reset_callers
-    from shared.settings import reset_settings
-    from shared.state import reset_state
-    from shared.telemetry import reset as reset_telemetry
-
-    with _lock:
-        _service = None
-    reset_settings()
-    reset_callers()
-    reset_state()
-    from shared.limits import reset_limiter
-
-    reset_limiter()
-    reset_telemetry()
+    return _service.get()

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import os
 import re
-import threading
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
+from shared.lifecycle import Singleton
 
 DEFAULT_BACKEND_URL = "http://127.0.0.1:8081/v1"
 DEFAULT_MODEL = "local-model"
@@ -24,9 +33,18 @@ DEFAULT_MODEL = "local-model"
 AuthKind = Literal["none", "key", "managed_identity", "aws_iam"]
 
 
-class _BackendBase(BaseModel):
+class BackendConfig(BaseModel):
+    """The fields every backend entry has; each kind's module subclasses it with its own
+    (``kind: Literal[...]`` and the endpoint's fields), next to its backend class."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: What ``gen_ai.provider.name`` says for this kind (telemetry); None: the kind itself.
+    provider: ClassVar[str | None] = None
+    #: What the scheduled probe sends when ``probe`` is not set (shared/probe.py).
+    default_probe: ClassVar[Literal["stream", "chat", "ready"]] = "stream"
+
+    kind: str
     name: str = Field(min_length=1)
     models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     priority: int = 0
@@ -38,6 +56,10 @@ class _BackendBase(BaseModel):
     client_id: str | None = None
     #: What the scheduled probe sends (shared/probe.py); None: the kind's default.
     probe: Literal["stream", "chat", "ready", "off"] | None = None
+
+    def server_url(self) -> str | None:
+        """The endpoint's URL, for telemetry's ``server.address``/``port`` (None: unknown)."""
+        return None
 
     def serves(self, model: str) -> bool:
         return "*" in self.models or model in self.models
@@ -60,51 +82,51 @@ class _BackendBase(BaseModel):
         return value
 
 
-class OpenAIBackendConfig(_BackendBase):
-    kind: Literal["openai"]
-    base_url: str = Field(pattern=r"^https?://")
-    served_model: str | None = None
+def _kind_names() -> list[str]:
+    from shared.backends.registry import KINDS
+
+    return list(KINDS)
 
 
-class AzureOpenAIBackendConfig(_BackendBase):
-    kind: Literal["azure_openai"]
-    auth: AuthKind = "managed_identity"
-    endpoint: str = Field(pattern=r"^https?://")
-    deployment: str | None = None
-    api_version: str | None = None
-    api_style: Literal["deployments", "v1"] = "deployments"
+def backend_entry(value: Any) -> BackendConfig:
+    """One ``INFER_BACKENDS`` entry, validated by its kind's config class: the registry
+    names the kind's module, and only that module is imported."""
+    if isinstance(value, BackendConfig):
+        return value
+    if not isinstance(value, dict):
+        raise PydanticCustomError(
+            "model_type", "Input should be a valid dictionary or object to extract fields from"
+        )
+    kind = value.get("kind")
+    if kind is None:
+        raise PydanticCustomError("union_tag_not_found", "missing 'kind'")
+    from shared.backends.registry import KINDS, config_class
+
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise PydanticCustomError("union_tag_invalid", "unknown 'kind'")
+    try:
+        return config_class(kind).model_validate(value)
+    except ValidationError as exc:
+        # The kind goes into each error's location: "INFER_BACKENDS[1] (kind sagemaker): ...".
+        errors: list[InitErrorDetails] = [
+            {
+                "type": PydanticCustomError(e["type"], "{message}", {"message": e["msg"]}),
+                "loc": (kind, *e["loc"]),
+                "input": e["input"],
+            }
+            for e in exc.errors(include_url=False)
+        ]
+        raise ValidationError.from_exception_data(exc.title, errors) from None
 
 
-class AzureMLBackendConfig(_BackendBase):
-    kind: Literal["azureml"]
-    auth: AuthKind = "managed_identity"
-    scoring_url: str = Field(pattern=r"^https?://")
-    deployment: str | None = None
-    payload: Literal["openai_chat", "tgi"] = "openai_chat"
-
-
-class SageMakerBackendConfig(_BackendBase):
-    kind: Literal["sagemaker"]
-    auth: AuthKind = "aws_iam"
-    endpoint_name: str = Field(min_length=1)
-    region: str = Field(min_length=1)
-    inference_component: str | None = None
-    payload: Literal["messages", "tgi"] = "messages"
-    endpoint_url: str | None = None
-
-
-BackendConfig = Annotated[
-    OpenAIBackendConfig | AzureOpenAIBackendConfig | AzureMLBackendConfig | SageMakerBackendConfig,
-    Field(discriminator="kind"),
-]
+#: A validated backend entry: an instance of its kind's config class.
+BackendEntry = Annotated[SerializeAsAny[BackendConfig], PlainValidator(backend_entry)]
 
 
 def default_backends() -> list[BackendConfig]:
-    return [
-        OpenAIBackendConfig(
-            name="local", kind="openai", base_url=DEFAULT_BACKEND_URL, models=[DEFAULT_MODEL, "*"]
-        )
-    ]
+    entry = {"name": "local", "kind": "openai", "base_url": DEFAULT_BACKEND_URL,
+             "models": [DEFAULT_MODEL, "*"]}  # fmt: skip
+    return [backend_entry(entry)]
 
 
 class Settings(BaseSettings):
@@ -112,7 +134,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="INFER_", extra="ignore", frozen=True)
 
-    backends: list[BackendConfig] = Field(default_factory=default_backends)
+    backends: list[BackendEntry] = Field(default_factory=default_backends)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_tokens_cap: int = Field(default=4096, ge=1)
     log_prompts: bool = False
@@ -143,16 +165,16 @@ def _describe(err: Any, prefix: str = "INFER_") -> str:
     if rest and isinstance(rest[0], int):
         where += f"[{rest[0]}]"
         rest = rest[1:]
-        if rest and rest[0] in ("openai", "azure_openai", "azureml", "sagemaker"):
+        if rest and isinstance(rest[0], str) and rest[0] in _kind_names():
             where += f" (kind {rest[0]})"
             rest = rest[1:]
     if rest:
         where += ": field " + ".".join(repr(p) if isinstance(p, str) else f"[{p}]" for p in rest)
     msg = str(err.get("msg"))
     if err.get("type") == "union_tag_invalid":
-        msg = "unknown 'kind'; expected one of openai, azure_openai, azureml, sagemaker"
+        msg = f"unknown 'kind'; expected one of {', '.join(_kind_names())}"
     elif err.get("type") == "union_tag_not_found":
-        msg = "missing 'kind'; expected one of openai, azure_openai, azureml, sagemaker"
+        msg = f"missing 'kind'; expected one of {', '.join(_kind_names())}"
     return f"{where}: {msg}"
 
 
@@ -174,27 +196,12 @@ def build_settings(cls: type[S]) -> S:
         raise ConfigError(f"invalid configuration: {name}: not valid JSON") from None
 
 
-class CachedSettings(Generic[S]):
-    """One settings object per process: built (and validated) on first use, never at
-    import, reused by warm invocations; ``reset`` for tests and devhost."""
+class CachedSettings(Singleton[S]):
+    """One settings object per process (``shared.lifecycle``): built (and validated) on
+    first use, never at import, reused by warm invocations; ``reset_all`` for tests."""
 
     def __init__(self, cls: type[S]) -> None:
-        self._cls = cls
-        self._lock = threading.Lock()
-        self._value: S | None = None
-
-    def get(self) -> S:
-        value = self._value
-        if value is None:
-            with self._lock:
-                if self._value is None:
-                    self._value = build_settings(self._cls)
-                value = self._value
-        return value
-
-    def reset(self) -> None:
-        with self._lock:
-            self._value = None
+        super().__init__(lambda: build_settings(cls))
 
 
 def load_settings() -> Settings:
@@ -205,5 +212,3 @@ def load_settings() -> Settings:
 _cached = CachedSettings(Settings)
 #: The process's settings, built on first use and reused on warm invocations.
 get_settings = _cached.get
-#: Forget cached settings (tests, and devhost after it changes the environment).
-reset_settings = _cached.reset

@@ -46,6 +46,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
+from shared.lifecycle import Singleton, on_reset
 from shared.settings import CachedSettings
 
 if TYPE_CHECKING:
@@ -349,19 +350,15 @@ async def _close_later(client: Redis) -> None:
         await client.aclose()
 
 
-_lock = threading.Lock()
-_state: StateClient | None = None
+_state = Singleton(lambda: StateClient(get_state_settings()))
 _last_log: dict[str, float] = {}
+on_reset(failures.clear)
+on_reset(_last_log.clear)
 
 
 def state() -> StateClient:
     """The process's state client, built on first use."""
-    global _state
-    if _state is None:
-        with _lock:
-            if _state is None:
-                _state = StateClient(get_state_settings())
-    return _state
+    return _state.get()
 
 
 async def get_redis() -> Redis:
@@ -376,7 +373,7 @@ def key(*parts: str) -> str:
 
 def available() -> bool:
     """False while Redis is cooling down after a failure (callers fail open / skip)."""
-    s = _state
+    s = _state.peek()
     return s is None or time.monotonic() >= s.down_until
 
 
@@ -391,7 +388,7 @@ def op_timeout(ctx: Context | None) -> float:
 def note_failure(component: str, exc: BaseException) -> None:
     """Count and log (rate-limited) a failed state call; start the cool-down."""
     failures[component] += 1
-    s = _state
+    s = _state.peek()
     if s is not None:
         s.down_until = time.monotonic() + s.settings.cooldown_s
     now = time.monotonic()
@@ -425,13 +422,3 @@ async def run(component: str, ctx: Context | None, fn: Callable[[Redis], Awaitab
     except Exception as exc:  # redis errors, OSError, TimeoutError: all mean "not now"
         note_failure(component, exc)
         raise StateUnavailable(f"{type(exc).__name__}: {exc}") from exc
-
-
-def reset_state() -> None:
-    """Forget the client and settings (tests; devhost after changing the environment)."""
-    global _state
-    with _lock:
-        _state = None
-    _settings.reset()
-    failures.clear()
-    _last_log.clear()

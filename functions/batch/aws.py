@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.batch import get_batch, invocation_context
 from shared.context import lambda_remaining_s
+from shared.lifecycle import Singleton
 from shared.platform.aws import s3_object_keys, sqs_batch
 from shared.telemetry import flush_sync
 
@@ -27,17 +27,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("functions.batch")
 T = TypeVar("T")
 
-_lock = threading.Lock()
-_loop: asyncio.AbstractEventLoop | None = None
+
+def _close(loop: asyncio.AbstractEventLoop) -> None:
+    if not loop.is_running():
+        loop.close()
+
+
+_loop = Singleton(asyncio.new_event_loop, close=_close, stale=lambda loop: loop.is_closed())
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    global _loop
-    with _lock:
-        if _loop is None or _loop.is_closed():
-            _loop = asyncio.new_event_loop()
-        loop = _loop
-    return loop.run_until_complete(coro)
+    return _loop.get().run_until_complete(coro)
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

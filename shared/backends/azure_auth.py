@@ -15,10 +15,12 @@ Which credential:
 
 The sync credential runs in a worker thread (``asyncio.to_thread``): the aio credential
 needs aiohttp, which the functions do not ship. A lock makes concurrent callers share one
-fetch. When an endpoint refuses a token (401: revoked, expired early, wrong audience) the
-backend calls :meth:`TokenSource.refresh` with the refused token; the credential is rebuilt
-(its own cache would hand back the same token) and a fresh token is fetched once, however
-many requests saw the refusal.
+fetch. Requests get their token from ``shared.backends.http.BearerTokenAuth``, an
+``httpx.Auth`` flow: when an endpoint refuses a token (401: revoked, expired early, wrong
+audience) the flow calls :meth:`TokenSource.refresh` with the refused token; the credential
+is rebuilt (its own cache would hand back the same token), a fresh token is fetched once,
+however many requests saw the refusal, and the request is sent once more. This module does
+not import httpx: the Redis sign-in (``shared.state``) uses the same token sources.
 """
 
 from __future__ import annotations
@@ -27,20 +29,11 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-import httpx
-
-from shared.backends.http import (
-    check_json_object,
-    error_from_response,
-    get_client,
-    timeout_for,
-    transport_error,
-)
-from shared.context import Context
-from shared.errors import BackendError, InferenceError
+from shared.errors import BackendError
+from shared.lifecycle import Keyed
 
 #: A token with less than this left counts as expired (azure-identity and MSAL use 5 min).
 REFRESH_MARGIN_S = 300.0
@@ -123,72 +116,9 @@ class TokenSource:
         return await asyncio.to_thread(self._get_sync, refused)
 
 
-_lock = threading.Lock()
-_sources: dict[tuple[str | None, str], TokenSource] = {}
+_sources: Keyed[tuple[str | None, str], TokenSource] = Keyed(lambda key: TokenSource(*key))
 
 
 def token_source(client_id: str | None, scope: str) -> TokenSource:
     """The process's token source for (identity, scope), built on first use."""
-    key = (client_id, scope)
-    source = _sources.get(key)
-    if source is None:
-        with _lock:
-            source = _sources.setdefault(key, TokenSource(client_id, scope))
-    return source
-
-
-def reset_token_sources() -> None:
-    """Forget every cached credential and token (tests; after the identity changes)."""
-    with _lock:
-        _sources.clear()
-
-
-ErrorMapper = Callable[[int, Mapping[str, str], bytes, str], InferenceError]
-
-
-async def send_authorized(
-    method: str,
-    url: str,
-    *,
-    backend: str,
-    ctx: Context,
-    timeout_s: float,
-    headers: dict[str, str],
-    tokens: TokenSource | None,
-    body: bytes | None = None,
-    stream: bool = False,
-    map_error: ErrorMapper = error_from_response,
-) -> httpx.Response:
-    """Send a request (with a bearer token from ``tokens`` when given); return a 2xx
-    response, raise ``map_error(status, headers, body, backend)`` otherwise.
-
-    A 401 answered to a cached token drops it, fetches a fresh one and retries once: a token
-    refused as expired or for the wrong audience leads to a refresh, not a failure.
-    """
-    client = get_client()
-    token = await tokens.token() if tokens is not None else None
-    for attempt in (0, 1):
-        sent = headers if token is None else {**headers, "authorization": f"Bearer {token}"}
-        request = client.build_request(
-            method, url, content=body, headers=sent, timeout=timeout_for(ctx, timeout_s)
-        )
-        try:
-            response = await client.send(request, stream=stream)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, backend) from exc
-        if response.status_code == 401 and attempt == 0 and tokens is not None and token:
-            await response.aclose()
-            token = await tokens.refresh(token)
-            continue
-        if response.status_code < 300:
-            if not stream:
-                check_json_object(response.content, backend)
-            return response
-        try:
-            content = await response.aread()
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, backend) from exc
-        finally:
-            await response.aclose()
-        raise map_error(response.status_code, response.headers, content, backend)
-    raise AssertionError("unreachable")  # pragma: no cover
+    return _sources.get((client_id, scope))

@@ -17,18 +17,35 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
-from shared.backends.azure_auth import COGNITIVE_SERVICES_SCOPE, send_authorized, token_source
-from shared.backends.base import ByteStream, Result
-from shared.backends.http import LineBlockStream, SSEPassThrough
+import httpx
+from pydantic import Field
+
+from shared.backends.azure_auth import COGNITIVE_SERVICES_SCOPE
+from shared.backends.base import ByteStream
+from shared.backends.http import HttpBackend, LineBlockStream
 from shared.context import Context
 from shared.errors import InvalidRequest
 from shared.schemas import Operation
-from shared.settings import AzureOpenAIBackendConfig
+from shared.settings import AuthKind, BackendConfig
 
 DEFAULT_API_VERSION = "2024-10-21"
+
+
+class AzureOpenAIBackendConfig(BackendConfig):
+    provider = "azure.ai.openai"
+
+    kind: Literal["azure_openai"]
+    auth: AuthKind = "managed_identity"
+    endpoint: str = Field(pattern=r"^https?://")
+    deployment: str | None = None
+    api_version: str | None = None
+    api_style: Literal["deployments", "v1"] = "deployments"
+
+    def server_url(self) -> str:
+        return self.endpoint
 
 
 def is_prompt_filter_chunk(line: bytes) -> bool:
@@ -68,68 +85,51 @@ def deployment_name(model: object) -> str:
     return model
 
 
-class AzureOpenAIBackend:
+class AzureOpenAIBackend(HttpBackend[AzureOpenAIBackendConfig]):
+    config_class = AzureOpenAIBackendConfig
+    request_id_header = "x-ms-client-request-id"
+    token_scope = COGNITIVE_SERVICES_SCOPE
+
     def __init__(self, config: AzureOpenAIBackendConfig) -> None:
-        self.name = config.name
-        self.config = config
+        super().__init__(config)
         self._base = config.endpoint.rstrip("/") + "/openai"
         self._api_version = config.api_version or DEFAULT_API_VERSION
-        self._tokens = (
-            token_source(config.client_id, COGNITIVE_SERVICES_SCOPE)
-            if config.auth == "managed_identity"
-            else None
-        )
 
-    def _url_and_body(self, op: Operation, payload: dict[str, Any]) -> tuple[str, bytes]:
-        deployment = self.config.deployment or deployment_name(payload.get("model"))
+    def _deployment(self, payload: dict[str, Any]) -> str:
+        return self.config.deployment or deployment_name(payload.get("model"))
+
+    def url(self, op: Operation, payload: dict[str, Any]) -> str:
+        deployment = self._deployment(payload)
         if self.config.api_style == "v1":
-            return f"{self._base}/v1/{op.value}", json.dumps(
-                {**payload, "model": deployment}
-            ).encode()
+            return f"{self._base}/v1/{op.value}"
         path = quote(deployment, safe="")
-        url = f"{self._base}/deployments/{path}/{op.value}?api-version={self._api_version}"
-        return url, json.dumps(payload).encode()
+        return f"{self._base}/deployments/{path}/{op.value}?api-version={self._api_version}"
 
-    def _headers(self, ctx: Context, *, stream: bool = False) -> dict[str, str]:
-        headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream" if stream else "application/json",
-            "x-ms-client-request-id": ctx.request_id,
-        }
-        if self.config.auth == "key":
-            headers["api-key"] = self.config.api_key()
-        return headers
+    def encode(self, op: Operation, payload: dict[str, Any], *, stream: bool) -> bytes:
+        if self.config.api_style == "v1":
+            return json.dumps({**payload, "model": self._deployment(payload)}).encode()
+        return json.dumps(payload).encode()
 
-    async def invoke(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
-        url, body = self._url_and_body(op, payload)
-        response = await send_authorized(
-            "POST", url, backend=self.name, ctx=ctx, timeout_s=self.config.timeout_s,
-            headers=self._headers(ctx), tokens=self._tokens, body=body,
-        )  # fmt: skip
-        return Result(content=response.content, backend=self.name)
+    def key_header(self, key: str) -> tuple[str, str]:
+        return "api-key", key
 
-    async def open_stream(self, op: Operation, payload: dict[str, Any], ctx: Context) -> ByteStream:
-        url, body = self._url_and_body(op, payload)
-        response = await send_authorized(
-            "POST", url, backend=self.name, ctx=ctx, timeout_s=self.config.timeout_s,
-            headers=self._headers(ctx, stream=True), tokens=self._tokens, body=body, stream=True,
-        )  # fmt: skip
-        return LineBlockStream(SSEPassThrough(response, self.name, ctx), drop_prompt_filter_events)
+    def models_url(self) -> str:
+        if self.config.api_style == "v1":
+            return f"{self._base}/v1/models"
+        return f"{self._base}/models?api-version={self._api_version}"
 
     async def list_models(self, ctx: Context) -> list[str]:
-        if self.config.api_style == "v1":
-            url = f"{self._base}/v1/models"
-        else:
-            url = f"{self._base}/models?api-version={self._api_version}"
-        response = await send_authorized(
-            "GET", url, backend=self.name, ctx=ctx, timeout_s=min(self.config.timeout_s, 10.0),
-            headers=self._headers(ctx), tokens=self._tokens,
-        )  # fmt: skip
-        data = response.json().get("data", [])
-        return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
+        """The ``deployment`` when set (every name goes to it); otherwise the v1 API's model
+        list. The deployments API has no data-plane call that lists deployments."""
+        if self.config.deployment:
+            return [self.config.deployment]
+        if self.config.api_style != "v1":
+            return []
+        return await super().list_models(ctx)
 
-    async def check_ready(self, ctx: Context) -> None:
-        await self.list_models(ctx)
-
-    async def aclose(self) -> None:
-        return None
+    def stream(
+        self, op: Operation, payload: dict[str, Any], response: httpx.Response, ctx: Context
+    ) -> ByteStream:
+        return LineBlockStream(
+            super().stream(op, payload, response, ctx), drop_prompt_filter_events
+        )

@@ -19,20 +19,34 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+from pydantic import Field
 
 from shared.backends import tgi
-from shared.backends.azure_auth import AZURE_ML_SCOPE, send_authorized, token_source
+from shared.backends.azure_auth import AZURE_ML_SCOPE
 from shared.backends.base import ByteStream, Result
-from shared.backends.http import SSEPassThrough, error_from_response, stream_error
+from shared.backends.http import HttpBackend, SSEPassThrough, error_from_response
 from shared.context import Context
-from shared.errors import BackendError, BackendRejected, InferenceError
+from shared.errors import BackendError, InferenceError
 from shared.schemas import Operation
-from shared.settings import AzureMLBackendConfig
+from shared.settings import AuthKind, BackendConfig
 
 MODEL_ERROR_HEADER = "ms-azureml-model-error-statuscode"
+
+
+class AzureMLBackendConfig(BackendConfig):
+    provider = "azure.ai.inference"
+
+    kind: Literal["azureml"]
+    auth: AuthKind = "managed_identity"
+    scoring_url: str = Field(pattern=r"^https?://")
+    deployment: str | None = None
+    payload: Literal["openai_chat", "tgi"] = "openai_chat"
+
+    def server_url(self) -> str:
+        return self.scoring_url
 
 
 def score_error(
@@ -49,105 +63,69 @@ def score_error(
     return err
 
 
-class _TgiStream:
+class _TgiStream(SSEPassThrough):
     """A TGI SSE answer translated into OpenAI chunks as it arrives."""
 
     def __init__(self, response: httpx.Response, translator: tgi.StreamTranslator,
                  backend: str, ctx: Context) -> None:  # fmt: skip
-        self._response = response
+        super().__init__(response, backend, ctx)
         self._translator = translator
-        self._backend = backend
-        self._ctx = ctx
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for line in self._response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if not data or data == "[DONE]":
-                    continue
-                try:
-                    event = json.loads(data)
-                except ValueError as exc:
-                    raise BackendError(f"backend {self._backend!r} sent a bad event") from exc
-                out = self._translator.event(event)
-                if out:
-                    yield out
-            yield self._translator.end()
-        except httpx.TransportError as exc:
-            raise stream_error(exc, self._ctx, self._backend) from exc
-        finally:
-            await self._response.aclose()
-
-    async def aclose(self) -> None:
-        await self._response.aclose()
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for line in self._response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if not data or data == "[DONE]":
+                continue
+            try:
+                event = json.loads(data)
+            except ValueError as exc:
+                raise BackendError(f"backend {self._backend!r} sent a bad event") from exc
+            out = self._translator.event(event)
+            if out:
+                yield out
+        yield self._translator.end()
 
 
-class AzureMLBackend:
-    def __init__(self, config: AzureMLBackendConfig) -> None:
-        self.name = config.name
-        self.config = config
-        self._tokens = (
-            token_source(config.client_id, AZURE_ML_SCOPE)
-            if config.auth == "managed_identity"
-            else None
-        )
+class AzureMLBackend(HttpBackend[AzureMLBackendConfig]):
+    config_class = AzureMLBackendConfig
+    request_id_header = "x-ms-client-request-id"
+    token_scope = AZURE_ML_SCOPE
 
-    def _headers(self, ctx: Context, *, stream: bool = False) -> dict[str, str]:
-        headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream" if stream else "application/json",
-            "x-ms-client-request-id": ctx.request_id,
-        }
+    def url(self, op: Operation, payload: dict[str, Any]) -> str:
+        return self.config.scoring_url
+
+    def headers(self, ctx: Context, *, stream: bool) -> dict[str, str]:
+        headers = super().headers(ctx, stream=stream)
         if self.config.deployment:
             headers["azureml-model-deployment"] = self.config.deployment
-        if self.config.auth == "key":
-            headers["authorization"] = f"Bearer {self.config.api_key()}"
         return headers
 
-    def _body(self, op: Operation, payload: dict[str, Any], *, stream: bool) -> bytes:
-        if self.config.payload == "tgi":
-            return json.dumps(tgi.to_tgi(op, payload, stream=stream)).encode()
-        if op is not Operation.CHAT:
-            raise BackendRejected(
-                f"backend {self.name!r} (azureml, payload openai_chat) serves chat only",
-                status=400,
-                code="unsupported_operation",
-            )
-        return json.dumps(payload).encode()
+    def error(
+        self, status: int, headers: Mapping[str, str], body: bytes, backend: str
+    ) -> InferenceError:
+        return score_error(status, headers, body, backend)
 
-    async def _score(self, body: bytes, ctx: Context, *, stream: bool) -> httpx.Response:
-        return await send_authorized(
-            "POST", self.config.scoring_url, backend=self.name, ctx=ctx,
-            timeout_s=self.config.timeout_s, headers=self._headers(ctx, stream=stream),
-            tokens=self._tokens, body=body, stream=stream, map_error=score_error,
-        )  # fmt: skip
+    def encode(self, op: Operation, payload: dict[str, Any], *, stream: bool) -> bytes:
+        native = self.config.payload == "tgi"
+        return tgi.request_body(op, payload, stream=stream, native=native, backend=self.name,
+                                chat_only="azureml, payload openai_chat")  # fmt: skip
 
-    async def invoke(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
-        response = await self._score(self._body(op, payload, stream=False), ctx, stream=False)
+    def decode(self, op: Operation, payload: dict[str, Any], content: bytes) -> Result:
         if self.config.payload == "tgi":
-            data = tgi.from_tgi(op, response.json(), str(payload.get("model", "")))
-            return Result.from_data(data, backend=self.name)
-        return Result(content=response.content, backend=self.name)
+            return tgi.result(op, payload, content, self.name)
+        return Result(content=content, backend=self.name)
 
-    async def open_stream(self, op: Operation, payload: dict[str, Any], ctx: Context) -> ByteStream:
-        response = await self._score(self._body(op, payload, stream=True), ctx, stream=True)
+    def stream(
+        self, op: Operation, payload: dict[str, Any], response: httpx.Response, ctx: Context
+    ) -> ByteStream:
         if self.config.payload == "tgi":
-            include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-            translator = tgi.StreamTranslator(op, str(payload.get("model", "")), include_usage)
-            return _TgiStream(response, translator, self.name, ctx)
-        return SSEPassThrough(response, self.name, ctx)
+            return _TgiStream(response, tgi.stream_translator(op, payload), self.name, ctx)
+        return super().stream(op, payload, response, ctx)
 
     async def list_models(self, ctx: Context) -> list[str]:
         return [self.config.deployment] if self.config.deployment else []
 
-    async def check_ready(self, ctx: Context) -> None:
-        """An online endpoint has no health route for callers: prove the token is obtainable."""
-        if self._tokens is not None:
-            await self._tokens.token()
-        else:
-            self.config.api_key()
-
-    async def aclose(self) -> None:
-        return None
+    # check_ready: an online endpoint has no health route for callers (no ``models_url``),
+    # so HttpBackend proves the token (or key) is obtainable.

@@ -1,13 +1,19 @@
-"""The Backend protocol: the one seam between the service and a model endpoint.
+"""The Backend protocol, the one seam between the service and a model endpoint, and
+``BaseBackend``, the flow every kind shares.
 
-A backend speaks one endpoint kind (``openai``, ``azure_openai``, ``azureml``,
-``sagemaker``) and always answers in OpenAI shapes: JSON bodies for ``invoke`` and OpenAI
+A backend speaks one endpoint kind (the kinds are listed in ``shared.backends.registry``)
+and always answers in OpenAI shapes: JSON bodies for ``invoke`` and OpenAI
 SSE bytes (``data: {chunk}\\n\\n`` ... ``data: [DONE]\\n\\n``) for ``open_stream``. It raises
 only errors from ``shared.errors`` (provider errors translated at the edge, chained).
 
 ``open_stream`` returns once the endpoint has accepted the request (status known), so the
 service can retry or fail over before the first byte reaches the caller; failures after that
 surface as exceptions from the iterator.
+
+``BaseBackend`` owns that flow: ``invoke`` is encode -> send -> decode, ``open_stream`` is
+encode -> send_stream; a kind overrides only the hooks that differ (payload translation,
+transport, response translation, listing, readiness). ``shared.backends.http.HttpBackend``
+is the transport for the HTTP kinds (URL, headers, auth and error mapping as hooks).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 from shared.context import Context
 from shared.schemas import Operation
@@ -31,7 +37,6 @@ class Result:
 
     content: bytes
     backend: str = ""
-    headers: dict[str, str] = field(default_factory=dict)
     _data: dict[str, Any] | None = field(default=None, repr=False)
 
     def json(self) -> dict[str, Any]:
@@ -80,3 +85,62 @@ class Backend(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+ConfigT = TypeVar("ConfigT", bound=BackendConfig)
+
+
+class BaseBackend(Generic[ConfigT]):
+    """The flow of one backend kind, in terms of hooks the kind overrides.
+
+    A kind sets ``config_class`` (its ``BackendConfig`` subclass, which settings validates
+    its entries with) and implements ``send`` and ``send_stream`` (or inherits them from
+    ``HttpBackend``); ``encode`` and ``decode`` translate payloads when the endpoint does not
+    speak OpenAI; ``list_models``, ``check_ready`` and ``aclose`` default to "nothing to
+    list", "ready" and "nothing to release".
+    """
+
+    config_class: ClassVar[type[BackendConfig]]
+
+    def __init__(self, config: ConfigT) -> None:
+        self.name = config.name
+        self.config = config
+
+    # -- hooks ------------------------------------------------------------------------------
+    def encode(self, op: Operation, payload: dict[str, Any], *, stream: bool) -> bytes:
+        """The request body the endpoint gets for an OpenAI ``payload`` (as is, by default)."""
+        return json.dumps(payload).encode()
+
+    async def send(
+        self, op: Operation, payload: dict[str, Any], body: bytes, ctx: Context
+    ) -> bytes:
+        """Send ``body``; return the endpoint's complete answer (raise a shared error)."""
+        raise NotImplementedError
+
+    async def send_stream(
+        self, op: Operation, payload: dict[str, Any], body: bytes, ctx: Context
+    ) -> ByteStream:
+        """Send ``body`` asking for a stream; return once accepted, as OpenAI SSE bytes."""
+        raise NotImplementedError
+
+    def decode(self, op: Operation, payload: dict[str, Any], content: bytes) -> Result:
+        """The OpenAI answer for the endpoint's ``content`` (passed through, by default)."""
+        return Result(content=content, backend=self.name)
+
+    # -- the flow ---------------------------------------------------------------------------
+    async def invoke(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
+        content = await self.send(op, payload, self.encode(op, payload, stream=False), ctx)
+        return self.decode(op, payload, content)
+
+    async def open_stream(self, op: Operation, payload: dict[str, Any], ctx: Context) -> ByteStream:
+        return await self.send_stream(op, payload, self.encode(op, payload, stream=True), ctx)
+
+    async def list_models(self, ctx: Context) -> list[str]:
+        """What this backend adds to ``GET /v1/models`` when it serves ``"*"``."""
+        return []
+
+    async def check_ready(self, ctx: Context) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

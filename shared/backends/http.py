@@ -1,4 +1,6 @@
-"""HTTP plumbing shared by the HTTP backends: one pooled client per process, error mapping.
+"""HTTP plumbing shared by the HTTP backends: one pooled client per process, one send path
+(``send_json``, plain and streamed), bearer tokens as an ``httpx.Auth`` flow, error mapping,
+and ``HttpBackend``, the HTTP transport of ``BaseBackend``.
 
 httpx is imported here, not by ``shared`` at large; the client is built on first use and
 reused by every warm invocation. An ``httpx.AsyncClient`` belongs to the event loop that
@@ -11,11 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import threading
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Mapping
+from typing import Any, ClassVar, Protocol
 
-from shared.backends.base import ByteStream
+from shared.backends.base import BaseBackend, ByteStream, ConfigT
 from shared.context import Context
 from shared.errors import (
     BackendConnectionError,
@@ -27,7 +28,10 @@ from shared.errors import (
     DeadlineExceeded,
     InferenceError,
 )
+from shared.lifecycle import Keyed
+from shared.lines import LineSplitter
 from shared.retry import server_delay, should_retry
+from shared.schemas import Operation
 from shared.telemetry import traceparent
 
 # httpx's __init__ tries to import its command-line tool (click, pygments, rich) and keeps
@@ -38,8 +42,6 @@ sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 import httpx  # noqa: E402
 
-_lock = threading.Lock()
-_clients: dict[int, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
 _transport: httpx.AsyncBaseTransport | None = None
 
 CONNECT_TIMEOUT_S = 5.0
@@ -75,34 +77,32 @@ class _SchemeTransport(httpx.AsyncBaseTransport):
             await pool.aclose()
 
 
+def _build_client(loop: asyncio.AbstractEventLoop) -> httpx.AsyncClient:
+    # Drop clients of loops that have closed (their connections are unusable).
+    _clients.drop(lambda lp: lp.is_closed())
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+    return httpx.AsyncClient(
+        transport=_transport or _SchemeTransport(limits),
+        limits=limits,
+        timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT_S),
+        follow_redirects=False,
+    )
+
+
+#: One client per event loop: a client's connections belong to the loop that opened them.
+_clients: Keyed[asyncio.AbstractEventLoop, httpx.AsyncClient] = Keyed(_build_client)
+
+
 def set_transport(transport: httpx.AsyncBaseTransport | None) -> None:
     """Route every backend request through ``transport`` (tests: ``httpx.MockTransport``)."""
     global _transport
-    with _lock:
-        _transport = transport
-        _clients.clear()
+    _transport = transport
+    _clients.reset()
 
 
 def get_client() -> httpx.AsyncClient:
     """The process's client for the running event loop, built on first use."""
-    loop = asyncio.get_running_loop()
-    key = id(loop)
-    entry = _clients.get(key)
-    if entry is not None and entry[0] is loop:
-        return entry[1]
-    with _lock:
-        # Drop clients of loops that have closed (their connections are unusable).
-        for k in [k for k, (lp, _) in _clients.items() if lp.is_closed()]:
-            del _clients[k]
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-        client = httpx.AsyncClient(
-            transport=_transport or _SchemeTransport(limits),
-            limits=limits,
-            timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT_S),
-            follow_redirects=False,
-        )
-        _clients[key] = (loop, client)
-        return client
+    return _clients.get(asyncio.get_running_loop())
 
 
 def timeout_for(ctx: Context, backend_timeout_s: float) -> httpx.Timeout:
@@ -196,16 +196,23 @@ def error_from_response(
 
 
 class SSEPassThrough:
-    """An accepted streaming response whose bytes are forwarded as they arrive."""
+    """An accepted streaming response whose bytes are forwarded as they arrive.
+
+    A stream that translates instead overrides ``chunks``; the transport-error mapping and
+    the release of the connection stay here."""
 
     def __init__(self, response: httpx.Response, backend: str, ctx: Context) -> None:
         self._response = response
         self._backend = backend
         self._ctx = ctx
 
+    def chunks(self) -> AsyncIterator[bytes]:
+        """What the caller gets: the response's bytes as they arrive."""
+        return self._response.aiter_bytes()
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._response.aiter_bytes():
+            async for chunk in self.chunks():
                 yield chunk
         except httpx.TransportError as exc:
             raise stream_error(exc, self._ctx, self._backend) from exc
@@ -229,19 +236,63 @@ class LineBlockStream:
         self._edit = edit
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        pending = b""
+        lines = LineSplitter()
         async for chunk in self._inner:
-            pending += chunk
-            cut = pending.rfind(b"\n") + 1
-            if cut:
-                block, pending = self._edit(pending[:cut]), pending[cut:]
-                if block:
-                    yield block
-        if pending and (block := self._edit(pending)):
+            whole = lines.block(chunk)
+            if whole and (block := self._edit(whole)):
+                yield block
+        if (rest := lines.rest(keep_ends=True)) and (block := self._edit(rest)):
             yield block
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+class Tokens(Protocol):
+    """Where bearer tokens come from (``azure_auth.TokenSource``)."""
+
+    async def token(self) -> str: ...
+
+    async def refresh(self, refused: str) -> str: ...
+
+
+class BearerTokenAuth(httpx.Auth):
+    """httpx's auth seam for bearer tokens (managed identity: ``azure_auth.TokenSource``).
+
+    Every request carries ``Authorization: Bearer <token>`` from ``tokens``; a 401 answered
+    to it drops that token, fetches a fresh one (once for everyone who saw the refusal) and
+    sends the request once more. A second 401 is the answer.
+
+    The flow reads neither the request body (backend bodies are bytes, so the retry resends
+    them as they are) nor the response body (``requires_response_body`` stays False, and
+    ``async_auth_flow`` decides on the status alone), so a streamed request's accepted
+    response reaches the caller unread.
+    """
+
+    requires_request_body = False
+    requires_response_body = False
+
+    def __init__(self, tokens: Tokens) -> None:
+        self.tokens = tokens
+
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        raise RuntimeError("BearerTokenAuth fetches tokens asynchronously: use an AsyncClient")
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        token = await self.tokens.token()
+        request.headers["authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code == 401:
+            token = await self.tokens.refresh(token)
+            request.headers["authorization"] = f"Bearer {token}"
+            yield request
+
+
+ErrorMapper = Callable[[int, Mapping[str, str], bytes, str], InferenceError]
 
 
 async def send_json(
@@ -254,10 +305,15 @@ async def send_json(
     headers: dict[str, str],
     body: bytes | None = None,
     stream: bool = False,
+    auth: httpx.Auth | None = None,
+    map_error: ErrorMapper = error_from_response,
 ) -> httpx.Response:
-    """Send a request; return the response when 2xx, raise a mapped error otherwise (3xx
-    included: redirects are not followed, and are not answers). A complete (non-streamed)
-    2xx whose body is not a JSON object is a ``BackendError`` too."""
+    """Send a request; return the response when 2xx, raise ``map_error(status, headers,
+    body, backend)`` otherwise (3xx included: redirects are not followed, and are not
+    answers). A complete (non-streamed) 2xx whose body is not a JSON object is a
+    ``BackendError`` too. ``auth`` is an ``httpx.Auth`` flow (managed identity:
+    ``BearerTokenAuth``, which also retries once on a 401); with ``stream`` the
+    accepted response comes back unread."""
     client = get_client()
     if (parent := traceparent(ctx)) is not None:
         headers = {**headers, "traceparent": parent}
@@ -265,7 +321,7 @@ async def send_json(
         method, url, content=body, headers=headers, timeout=timeout_for(ctx, timeout_s)
     )
     try:
-        response = await client.send(request, stream=stream)
+        response = await client.send(request, stream=stream, auth=auth)
     except httpx.HTTPError as exc:
         raise transport_error(exc, backend) from exc
     if response.status_code >= 300:
@@ -276,7 +332,7 @@ async def send_json(
         finally:
             if stream:
                 await response.aclose()
-        raise error_from_response(response.status_code, response.headers, content, backend)
+        raise map_error(response.status_code, response.headers, content, backend)
     if not stream:
         check_json_object(response.content, backend)
     return response
@@ -296,3 +352,108 @@ def check_json_object(content: bytes, backend: str) -> None:
             f"backend {backend!r} answered 2xx with a body that is not a JSON object "
             f"({len(content)} bytes)"
         )
+
+
+def model_ids(response: httpx.Response) -> list[str]:
+    """The ids of an OpenAI ``GET /models`` answer."""
+    data = response.json().get("data", [])
+    return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
+
+
+class HttpBackend(BaseBackend[ConfigT]):
+    """The HTTP transport of ``BaseBackend``: one ``send_json`` for every request.
+
+    Hooks a kind overrides: ``url`` (where an operation goes), ``models_url`` (an OpenAI
+    ``GET /models``, if the endpoint has one: it is what ``list_models`` reads and what
+    ``check_ready`` asks), ``headers`` (``request_id_header``, ``key_header`` and any of the
+    kind's own), ``token_scope`` (the Entra scope for ``auth: managed_identity``),
+    ``error`` (status -> shared error), ``stream`` (an accepted streamed response -> OpenAI
+    SSE bytes), and ``BaseBackend``'s ``encode``/``decode``.
+    """
+
+    #: The header that carries the request id to the endpoint.
+    request_id_header: ClassVar[str] = "x-request-id"
+    #: The Entra scope of ``auth: managed_identity``; None: the kind has no such auth.
+    token_scope: ClassVar[str | None] = None
+
+    def __init__(self, config: ConfigT) -> None:
+        super().__init__(config)
+        self.tokens: Tokens | None = None
+        self.auth: httpx.Auth | None = None
+        if config.auth == "managed_identity" and self.token_scope is not None:
+            from shared.backends.azure_auth import token_source
+
+            self.tokens = token_source(config.client_id, self.token_scope)
+            self.auth = BearerTokenAuth(self.tokens)
+
+    # -- hooks ------------------------------------------------------------------------------
+    def url(self, op: Operation, payload: dict[str, Any]) -> str | httpx.URL:
+        raise NotImplementedError
+
+    def models_url(self) -> str | httpx.URL | None:
+        return None
+
+    def key_header(self, key: str) -> tuple[str, str]:
+        """How ``auth: key`` sends the key (a bearer token, by default)."""
+        return "authorization", f"Bearer {key}"
+
+    def headers(self, ctx: Context, *, stream: bool) -> dict[str, str]:
+        headers = {
+            "content-type": "application/json",
+            "accept": "text/event-stream" if stream else "application/json",
+            self.request_id_header: ctx.request_id,
+        }
+        if self.config.auth == "key":
+            name, value = self.key_header(self.config.api_key())
+            headers[name] = value
+        return headers
+
+    def error(
+        self, status: int, headers: Mapping[str, str], body: bytes, backend: str
+    ) -> InferenceError:
+        return error_from_response(status, headers, body, backend)
+
+    def stream(
+        self, op: Operation, payload: dict[str, Any], response: httpx.Response, ctx: Context
+    ) -> ByteStream:
+        return SSEPassThrough(response, self.name, ctx)
+
+    # -- transport --------------------------------------------------------------------------
+    async def _send(self, method: str, url: str | httpx.URL, ctx: Context, *,
+                    body: bytes | None = None, stream: bool = False,
+                    timeout_s: float | None = None) -> httpx.Response:  # fmt: skip
+        return await send_json(
+            method, url, backend=self.name, ctx=ctx,
+            timeout_s=timeout_s if timeout_s is not None else self.config.timeout_s,
+            headers=self.headers(ctx, stream=stream), body=body, stream=stream,
+            auth=self.auth, map_error=self.error,
+        )  # fmt: skip
+
+    async def send(
+        self, op: Operation, payload: dict[str, Any], body: bytes, ctx: Context
+    ) -> bytes:
+        response = await self._send("POST", self.url(op, payload), ctx, body=body)
+        return response.content
+
+    async def send_stream(
+        self, op: Operation, payload: dict[str, Any], body: bytes, ctx: Context
+    ) -> ByteStream:
+        response = await self._send("POST", self.url(op, payload), ctx, body=body, stream=True)
+        return self.stream(op, payload, response, ctx)
+
+    async def _get_models(self, url: str | httpx.URL, ctx: Context) -> httpx.Response:
+        return await self._send("GET", url, ctx, timeout_s=min(self.config.timeout_s, 10.0))
+
+    async def list_models(self, ctx: Context) -> list[str]:
+        url = self.models_url()
+        return model_ids(await self._get_models(url, ctx)) if url is not None else []
+
+    async def check_ready(self, ctx: Context) -> None:
+        """Ask ``models_url``; an endpoint without one: prove the credential is obtainable."""
+        url = self.models_url()
+        if url is not None:
+            await self._get_models(url, ctx)
+        elif self.tokens is not None:
+            await self.tokens.token()
+        elif self.config.auth == "key":
+            self.config.api_key()

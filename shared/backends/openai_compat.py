@@ -10,15 +10,25 @@ needs (usage). There are no client-side retries here: the project's policy gover
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+from pydantic import Field
 
 from shared.backends.base import ByteStream, Result
-from shared.backends.http import LineBlockStream, SSEPassThrough, send_json
+from shared.backends.http import HttpBackend, LineBlockStream
 from shared.context import Context
 from shared.schemas import Operation
-from shared.settings import OpenAIBackendConfig
+from shared.settings import BackendConfig
+
+
+class OpenAIBackendConfig(BackendConfig):
+    kind: Literal["openai"]
+    base_url: str = Field(pattern=r"^https?://")
+    served_model: str | None = None
+
+    def server_url(self) -> str:
+        return self.base_url
 
 
 def _model_rewriter(served: str, public: str) -> tuple[bytes, bytes, bytes, bytes]:
@@ -31,83 +41,48 @@ def _model_rewriter(served: str, public: str) -> tuple[bytes, bytes, bytes, byte
     )
 
 
-class OpenAIBackend:
+class OpenAIBackend(HttpBackend[OpenAIBackendConfig]):
     """Forwards OpenAI API requests to ``base_url`` (which ends in ``/v1``)."""
 
+    config_class = OpenAIBackendConfig
+
     def __init__(self, config: OpenAIBackendConfig) -> None:
-        self.name = config.name
-        self.config = config
+        super().__init__(config)
         self._base = config.base_url.rstrip("/")
         # Parsed once: httpx would otherwise parse the URL string on every request.
         self._urls = {op: httpx.URL(f"{self._base}/{op.value}") for op in Operation}
+        self._models_url = httpx.URL(f"{self._base}/models")
 
-    def _headers(self, ctx: Context, *, stream: bool = False) -> dict[str, str]:
-        headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream" if stream else "application/json",
-            "x-request-id": ctx.request_id,
-        }
-        if self.config.auth == "key":
-            headers["authorization"] = f"Bearer {self.config.api_key()}"
-        return headers
+    def url(self, op: Operation, payload: dict[str, Any]) -> httpx.URL:
+        return self._urls[op]
 
-    def _body(self, payload: dict[str, Any]) -> tuple[bytes, str | None]:
+    def models_url(self) -> httpx.URL:
+        return self._models_url
+
+    def _public(self, payload: dict[str, Any]) -> str | None:
+        """The caller's model name when the endpoint is asked for ``served_model`` instead."""
         public = payload.get("model")
         served = self.config.served_model
-        if served and served != public:
-            payload = {**payload, "model": served}
-            return json.dumps(payload).encode(), str(public)
-        return json.dumps(payload).encode(), None
+        return str(public) if served and served != public else None
 
-    async def invoke(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
-        body, public = self._body(payload)
-        response = await send_json(
-            "POST",
-            self._urls[op],
-            backend=self.name,
-            ctx=ctx,
-            timeout_s=self.config.timeout_s,
-            headers=self._headers(ctx),
-            body=body,
-        )
-        content = response.content
+    def encode(self, op: Operation, payload: dict[str, Any], *, stream: bool) -> bytes:
+        if self._public(payload) is not None:
+            payload = {**payload, "model": self.config.served_model}
+        return json.dumps(payload).encode()
+
+    def decode(self, op: Operation, payload: dict[str, Any], content: bytes) -> Result:
+        public = self._public(payload)
         if public is not None and self.config.served_model:
             a, b, c, d = _model_rewriter(self.config.served_model, public)
             content = content.replace(a, b).replace(c, d)
         return Result(content=content, backend=self.name)
 
-    async def open_stream(self, op: Operation, payload: dict[str, Any], ctx: Context) -> ByteStream:
-        body, public = self._body(payload)
-        response = await send_json(
-            "POST",
-            self._urls[op],
-            backend=self.name,
-            ctx=ctx,
-            timeout_s=self.config.timeout_s,
-            headers=self._headers(ctx, stream=True),
-            body=body,
-            stream=True,
-        )
-        stream = SSEPassThrough(response, self.name, ctx)
+    def stream(
+        self, op: Operation, payload: dict[str, Any], response: httpx.Response, ctx: Context
+    ) -> ByteStream:
+        stream = super().stream(op, payload, response, ctx)
+        public = self._public(payload)
         if public is not None and self.config.served_model:
             a, b, c, d = _model_rewriter(self.config.served_model, public)
             return LineBlockStream(stream, lambda block: block.replace(a, b).replace(c, d))
         return stream
-
-    async def list_models(self, ctx: Context) -> list[str]:
-        response = await send_json(
-            "GET",
-            f"{self._base}/models",
-            backend=self.name,
-            ctx=ctx,
-            timeout_s=min(self.config.timeout_s, 10.0),
-            headers=self._headers(ctx),
-        )
-        data = response.json().get("data", [])
-        return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
-
-    async def check_ready(self, ctx: Context) -> None:
-        await self.list_models(ctx)
-
-    async def aclose(self) -> None:
-        return None

@@ -32,10 +32,12 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field
 
 from shared.backends import tgi
-from shared.backends.base import SSE_DONE, ByteStream, Result
+from shared.backends.base import SSE_DONE, BaseBackend, ByteStream, Result
 from shared.blocking import WORKERS as POOL_WORKERS
 from shared.blocking import executor
 from shared.context import Context
@@ -49,15 +51,32 @@ from shared.errors import (
     DeadlineExceeded,
     InferenceError,
 )
+from shared.lifecycle import Keyed, Singleton
+from shared.lines import LineSplitter
 from shared.retry import server_delay
 from shared.schemas import Operation
-from shared.settings import SageMakerBackendConfig
+from shared.settings import AuthKind, BackendConfig
 from shared.telemetry import traceparent
 
-T = TypeVar("T")
 
-_lock = threading.Lock()
-_clients: dict[tuple[str, str | None, float], Any] = {}
+class SageMakerBackendConfig(BackendConfig):
+    provider = "aws.sagemaker"
+    #: A stream probe would hold a worker thread for the whole answer: ask for a chat.
+    default_probe = "chat"
+
+    kind: Literal["sagemaker"]
+    auth: AuthKind = "aws_iam"
+    endpoint_name: str = Field(min_length=1)
+    region: str = Field(min_length=1)
+    inference_component: str | None = None
+    payload: Literal["messages", "tgi"] = "messages"
+    endpoint_url: str | None = None
+
+    def server_url(self) -> str:
+        return self.endpoint_url or f"https://runtime.sagemaker.{self.region}.amazonaws.com"
+
+
+T = TypeVar("T")
 
 #: Read timeouts (s) used when less than ``timeout_s`` remains: few clients, little waste.
 TIMEOUT_BUCKETS = (0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50,
@@ -99,68 +118,36 @@ class CallGate:
             self.running -= 1
 
 
-_gate: CallGate | None = None
+_gate = Singleton(lambda: CallGate(MAX_IN_FLIGHT))
 
 
 def gate() -> CallGate:
     """The process's gate, built on first use with ``MAX_IN_FLIGHT``."""
-    global _gate
-    if _gate is None:
-        with _lock:
-            if _gate is None:
-                _gate = CallGate(MAX_IN_FLIGHT)
-    return _gate
+    return _gate.get()
+
+
+def _build_client(key: tuple[str, str | None, float]) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    region, endpoint_url, timeout_s = key
+    config = Config(
+        retries={"max_attempts": 1, "mode": "standard"},
+        connect_timeout=min(5.0, timeout_s),
+        read_timeout=timeout_s,
+        max_pool_connections=POOL_WORKERS,
+    )
+    return boto3.session.Session().client(
+        "sagemaker-runtime", region_name=region, endpoint_url=endpoint_url, config=config
+    )
+
+
+_clients: Keyed[tuple[str, str | None, float], Any] = Keyed(_build_client)
 
 
 def get_client(region: str, endpoint_url: str | None, timeout_s: float) -> Any:
     """The process's ``sagemaker-runtime`` client for this region/endpoint_url/timeout."""
-    key = (region, endpoint_url, timeout_s)
-    client = _clients.get(key)
-    if client is not None:
-        return client
-    with _lock:
-        client = _clients.get(key)
-        if client is None:
-            import boto3
-            from botocore.config import Config
-
-            config = Config(
-                retries={"max_attempts": 1, "mode": "standard"},
-                connect_timeout=min(5.0, timeout_s),
-                read_timeout=timeout_s,
-                max_pool_connections=POOL_WORKERS,
-            )
-            client = boto3.session.Session().client(
-                "sagemaker-runtime", region_name=region, endpoint_url=endpoint_url, config=config
-            )
-            _clients[key] = client
-        return client
-
-
-def reset_clients() -> None:
-    """Forget cached clients and the call gate (tests; after credentials or endpoints change)."""
-    global _gate
-    with _lock:
-        _clients.clear()
-        _gate = None
-
-
-class LineBuffer:
-    """Bytes in, complete lines out: payload parts split lines (and characters) anywhere."""
-
-    def __init__(self) -> None:
-        self._pending = b""
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self._pending += data
-        if b"\n" not in data:
-            return []
-        *lines, self._pending = self._pending.split(b"\n")
-        return [line.rstrip(b"\r") for line in lines]
-
-    def flush(self) -> list[bytes]:
-        rest, self._pending = self._pending.rstrip(b"\r"), b""
-        return [rest] if rest else []
+    return _clients.get((region, endpoint_url, timeout_s))
 
 
 def map_client_error(exc: Exception, backend: str) -> InferenceError:
@@ -236,7 +223,7 @@ class _EventStreamBody:
         self._ctx = ctx
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        lines = LineBuffer()
+        lines = LineSplitter()
         sentinel: dict[str, Any] = {}
         try:
             while True:
@@ -246,11 +233,11 @@ class _EventStreamBody:
                 part = event.get("PayloadPart") if isinstance(event, dict) else None
                 if not part:
                     continue
-                out = b"".join(self._convert(line) for line in lines.feed(part.get("Bytes", b"")))
+                out = b"".join(self._convert(line) for line in lines.lines(part.get("Bytes", b"")))
                 if out:
                     yield out
-            out = b"".join(self._convert(line) for line in lines.flush())
-            yield out + self._end()
+            rest = lines.rest()
+            yield (self._convert(rest) if rest else b"") + self._end()
         finally:
             await self.aclose()
 
@@ -268,10 +255,8 @@ def _trace(params: dict[str, Any], ctx: Context) -> None:
         params["CustomAttributes"] = f"traceparent={parent}"
 
 
-class SageMakerBackend:
-    def __init__(self, config: SageMakerBackendConfig) -> None:
-        self.name = config.name
-        self.config = config
+class SageMakerBackend(BaseBackend[SageMakerBackendConfig]):
+    config_class = SageMakerBackendConfig
 
     def _client(self, ctx: Context) -> Any:
         """The client whose read timeout fits what remains of the invocation."""
@@ -310,63 +295,54 @@ class SageMakerBackend:
         except Exception as exc:
             raise map_client_error(exc, self.name) from exc
 
-    def _params(self, op: Operation, payload: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+    def encode(self, op: Operation, payload: dict[str, Any], *, stream: bool) -> bytes:
+        native = self.config.payload == "tgi"
+        return tgi.request_body(op, payload, stream=stream, native=native, backend=self.name,
+                                chat_only="sagemaker, payload messages")  # fmt: skip
+
+    def _params(self, body: bytes, ctx: Context, *, stream: bool) -> dict[str, Any]:
         c = self.config
-        if c.payload == "tgi":
-            body = tgi.to_tgi(op, payload, stream=stream)
-        elif op is Operation.CHAT:
-            body = payload
-        else:
-            raise BackendRejected(
-                f"backend {self.name!r} (sagemaker, payload messages) serves chat only",
-                status=400,
-                code="unsupported_operation",
-            )
         params: dict[str, Any] = {
             "EndpointName": c.endpoint_name,
-            "Body": json.dumps(body).encode(),
+            "Body": body,
             "ContentType": "application/json",
         }
         if not stream:
             params["Accept"] = "application/json"
         if c.inference_component:
             params["InferenceComponentName"] = c.inference_component
+        _trace(params, ctx)
         return params
 
-    async def invoke(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
+    async def send(
+        self, op: Operation, payload: dict[str, Any], body: bytes, ctx: Context
+    ) -> bytes:
         client = self._client(ctx)
-        params = self._params(op, payload, stream=False)
-        _trace(params, ctx)
+        params = self._params(body, ctx, stream=False)
 
         def call() -> bytes:
             response = client.invoke_endpoint(**params)
             return bytes(response["Body"].read())
 
-        content = await self._call(call, ctx=ctx)
+        return await self._call(call, ctx=ctx)
+
+    def decode(self, op: Operation, payload: dict[str, Any], content: bytes) -> Result:
         if self.config.payload == "tgi":
-            try:
-                data = json.loads(content)
-            except ValueError as exc:
-                raise BackendError(f"backend {self.name!r} answered invalid JSON") from exc
-            result = tgi.from_tgi(op, data, str(payload.get("model", "")))
-            return Result.from_data(result, backend=self.name)
+            return tgi.result(op, payload, content, self.name)
         return Result(content=content, backend=self.name)
 
-    async def open_stream(self, op: Operation, payload: dict[str, Any], ctx: Context) -> ByteStream:
+    async def send_stream(
+        self, op: Operation, payload: dict[str, Any], body: bytes, ctx: Context
+    ) -> ByteStream:
         client = self._client(ctx)
-        params = self._params(op, payload, stream=True)
-        _trace(params, ctx)
+        params = self._params(body, ctx, stream=True)
         response = await self._call(client.invoke_endpoint_with_response_stream, ctx=ctx, **params)
-        body = response["Body"]
+        events = response["Body"]
         if self.config.payload == "tgi":
-            include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-            translator = tgi.StreamTranslator(op, str(payload.get("model", "")), include_usage)
-            return _EventStreamBody(self, body, _tgi_line(translator, self.name), translator.end,
-                                    ctx)  # fmt: skip
-        return _EventStreamBody(self, body, _sse_line, lambda: SSE_DONE, ctx)
-
-    async def list_models(self, ctx: Context) -> list[str]:
-        return []
+            translator = tgi.stream_translator(op, payload)
+            return _EventStreamBody(self, events, _tgi_line(translator, self.name),
+                                    translator.end, ctx)  # fmt: skip
+        return _EventStreamBody(self, events, _sse_line, lambda: SSE_DONE, ctx)
 
     async def check_ready(self, ctx: Context) -> None:
         """SageMaker has no data-plane health call: check the client builds and credentials
@@ -380,9 +356,6 @@ class SageMakerBackend:
 
         if await self._call(credentials, ctx=ctx) is None:
             raise BackendError(f"backend {self.name!r}: no AWS credentials found")
-
-    async def aclose(self) -> None:
-        return None
 
 
 def _sse_line(line: bytes) -> bytes:

@@ -20,7 +20,7 @@ import time
 import uuid
 from typing import Any
 
-from shared.backends.base import SSE_DONE
+from shared.backends.base import SSE_DONE, Result
 from shared.errors import BackendError, BackendRejected
 from shared.schemas import Operation
 
@@ -181,3 +181,34 @@ class StreamTranslator:
             chunk = {**self._base, "choices": [], "usage": self._usage}
             out += b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
         return out + SSE_DONE
+
+
+def result(op: Operation, payload: dict[str, Any], content: bytes, backend: str) -> Result:
+    """The OpenAI answer for a TGI container's ``content`` (a ``BackendError`` when it is
+    not JSON)."""
+    try:
+        data = json.loads(content)
+    except ValueError as exc:
+        raise BackendError(f"backend {backend!r} answered invalid JSON") from exc
+    return Result.from_data(from_tgi(op, data, str(payload.get("model", ""))), backend=backend)
+
+
+def stream_translator(op: Operation, payload: dict[str, Any]) -> StreamTranslator:
+    """The translator for a streamed request's TGI events (usage chunk when asked for)."""
+    include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+    return StreamTranslator(op, str(payload.get("model", "")), include_usage)
+
+
+def request_body(op: Operation, payload: dict[str, Any], *, stream: bool, native: bool,
+                 backend: str, chat_only: str) -> bytes:  # fmt: skip
+    """The body for a container that speaks TGI's native payload (``native``) or else
+    OpenAI chat only (``chat_only`` names that payload in the refusal of other operations)."""
+    if native:
+        return json.dumps(to_tgi(op, payload, stream=stream)).encode()
+    if op is not Operation.CHAT:
+        raise BackendRejected(
+            f"backend {backend!r} ({chat_only}) serves chat only",
+            status=400,
+            code="unsupported_operation",
+        )
+    return json.dumps(payload).encode()

@@ -5,6 +5,6 @@ Entry points: ``get_batch().start(path, ctx)`` for a new ``batch-in/<name>.jsonl
 the flow, the formats and the guarantees.
 """
 
-from shared.batch.runner import MESSAGE_KIND, Batch, get_batch, invocation_context, reset_batch
+from shared.batch.runner import MESSAGE_KIND, Batch, get_batch, invocation_context
 
-__all__ = ["MESSAGE_KIND", "Batch", "get_batch", "invocation_context", "reset_batch"]
+__all__ = ["MESSAGE_KIND", "Batch", "get_batch", "invocation_context"]

@@ -48,4 +48,3 @@ class BatchSettings(BaseSettings):
 
 _cached = CachedSettings(BatchSettings)
 get_batch_settings = _cached.get
-reset_batch_settings = _cached.reset

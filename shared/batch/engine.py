@@ -306,8 +306,7 @@ class ShardRunner:
                 tokens if isinstance(tokens, int) else 1,
             )
             self._observe_router()
-            request_id = result.headers.get("x-request-id") or ctx.request_id
-            self._results[line.start] = L.success(self.run.run_id, line, req, body, request_id)
+            self._results[line.start] = L.success(self.run.run_id, line, req, body, ctx.request_id)
             return
 
     def _task_done(self, held: list[bool], task: asyncio.Task[None]) -> None:

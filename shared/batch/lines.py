@@ -17,13 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.errors import InferenceError, InvalidRequest
-from shared.schemas import Operation
-
-URLS = {
-    "/v1/chat/completions": Operation.CHAT,
-    "/v1/completions": Operation.COMPLETIONS,
-    "/v1/embeddings": Operation.EMBEDDINGS,
-}
+from shared.lines import LineSplitter
+from shared.schemas import BadLine, Operation, parse_batch_line
 
 
 @dataclass(frozen=True)
@@ -43,14 +38,9 @@ class Request:
     traceparent: str | None = None  # the line's own trace context, when it carries one
 
 
-class LineError(Exception):
-    """A line that cannot be sent: ``custom_id`` is set when the line had a readable one."""
-
-    def __init__(self, code: str, message: str, custom_id: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.custom_id = custom_id
+#: A line that cannot be sent: ``code`` names the rule, ``custom_id`` is set when the line
+#: had a readable one. The same error the shared Batch-line rules raise.
+LineError = BadLine
 
 
 def split_lines(chunks: Iterable[bytes], start: int, end: int | None) -> Iterator[Line]:
@@ -60,35 +50,29 @@ def split_lines(chunks: Iterable[bytes], start: int, end: int | None) -> Iterato
     when the byte before it is a newline; otherwise the partial line belongs to the previous
     shard and is skipped. The last line may run past ``end`` (it is read to its newline).
     """
-    pos = start - 1 if start > 0 else 0
-    buf = bytearray()
-    buf_at = pos  # file offset of buf[0]
+    pos = start - 1 if start > 0 else 0  # file offset of the next line
     skipping = start > 0
+    splitter = LineSplitter()
     for chunk in chunks:
-        buf += chunk
-        while True:
-            nl = buf.find(b"\n")
-            if nl < 0:
-                break
-            line_end = buf_at + nl + 1
-            data = bytes(buf[: nl + 1])
-            del buf[: nl + 1]
-            line_start = buf_at
-            buf_at = line_end
+        for data in splitter.lines(chunk, keep_ends=True):
+            line_start, pos = pos, pos + len(data)
             if skipping:
                 skipping = False
                 continue
             if end is not None and line_start >= end:
                 return
-            yield Line(line_start, line_end, data)
-    if buf and not skipping and (end is None or buf_at < end):
-        yield Line(buf_at, buf_at + len(buf), bytes(buf))
+            yield Line(line_start, pos, data)
+    data = splitter.rest(keep_ends=True)
+    if data and not skipping and (end is None or pos < end):
+        yield Line(pos, pos + len(data), data)
 
 
 def parse(line: Line, validate: Any) -> Request | None:
     """A request to send, ``None`` for a blank line, or ``LineError`` for a bad one.
 
-    ``validate(op, body)`` is the service's body validation (raises ``InvalidRequest``).
+    The line's rules are ``shared.schemas.parse_batch_line``'s, plus a batch's own: a
+    ``custom_id``. ``validate(op, body)`` is the service's body validation (raises
+    ``InvalidRequest``).
     """
     text = line.data.strip()
     if not text:
@@ -97,30 +81,19 @@ def parse(line: Line, validate: Any) -> Request | None:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:  # too deep a line is invalid too
         raise LineError("invalid_json", f"line is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise LineError("invalid_request", "line must be a JSON object")
-    custom_id = data.get("custom_id")
-    cid = custom_id if isinstance(custom_id, str) and custom_id else None
+    checked_line = parse_batch_line(data)
+    cid = checked_line.custom_id
     if cid is None:
-        raise LineError("missing_custom_id", "custom_id must be a non-empty string")
-    method = data.get("method", "POST")
-    if method != "POST":
-        raise LineError("invalid_method", f"method must be POST, got {method!r}", cid)
-    url = data.get("url")
-    op = URLS.get(str(url))
-    if op is None:
-        raise LineError("invalid_url", f"url must be one of {', '.join(URLS)}; got {url!r}", cid)
-    body = data.get("body")
-    if isinstance(body, dict) and body.get("stream"):
-        raise LineError("invalid_request", "body.stream is not supported in a batch", cid)
+        raise LineError(
+            "missing_custom_id", "'custom_id' must be a non-empty string", param="custom_id"
+        )
     try:
-        checked = validate(op, body)
+        checked = validate(checked_line.op, checked_line.body)
     except InvalidRequest as err:
-        raise LineError("invalid_request", f"body: {err.message}", cid) from None
-    parent = data.get("traceparent")
-    return Request(
-        cid, op, checked, parent if isinstance(parent, str) and len(parent) < 256 else None
-    )
+        raise LineError(
+            "invalid_request", f"body: {err.message}", param=err.param, custom_id=cid
+        ) from None
+    return Request(cid, checked_line.op, checked, checked_line.traceparent)
 
 
 def line_id(run_id: str, offset: int) -> str:

@@ -39,6 +39,7 @@ from shared.batch.state import (
 from shared.blocking import run_blocking
 from shared.context import Context
 from shared.errors import ConfigError, InvalidRequest
+from shared.lifecycle import Singleton
 from shared.service import Service, get_service
 from shared.storage import ObjectNotFound
 
@@ -213,7 +214,7 @@ class Batch:
                 out.append(found[0])
         return out
 
-    def _set_status(self, run: RunRef, fields: dict[str, Any], *, final: bool = False) -> bool:
+    def _set_status(self, run: RunRef, fields: dict[str, Any]) -> bool:
         def change(cur: dict[str, Any] | None) -> dict[str, Any] | None:
             same = cur is not None and cur.get("input_etag") == run.etag
             if same and cur is not None and cur.get("status") in FINAL:
@@ -290,7 +291,6 @@ class Batch:
                 "progress": {"bytes_done": run.size, "bytes_total": run.size},
                 "completed_at": t,
             },
-            final=True,
         )
         if wrote:
             for key in self.stores.work.list(run.prefix):
@@ -299,20 +299,12 @@ class Batch:
         return f"{run.name}: completed ({counts['completed']} ok, {counts['failed']} failed)"
 
 
-_batch: Batch | None = None
+_batch = Singleton(Batch)
 
 
 def get_batch() -> Batch:
     """The process's batch flow, built on first use and reused by warm invocations."""
-    global _batch
-    if _batch is None:
-        _batch = Batch()
-    return _batch
-
-
-def reset_batch() -> None:
-    global _batch
-    _batch = None
+    return _batch.get()
 
 
 def invocation_context(

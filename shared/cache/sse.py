@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from shared.backends.base import SSE_DONE
+from shared.lines import LineSplitter
 from shared.schemas import Operation
 
 _WORDS = re.compile(r"\s*\S+\s*|\s+")
@@ -32,7 +33,7 @@ class StreamAssembler:
 
     def __init__(self, op: Operation) -> None:
         self.op = op
-        self._buf = b""
+        self._lines = LineSplitter()
         self._done = False
         self._bad = False
         self._meta: dict[str, Any] = {}
@@ -42,10 +43,8 @@ class StreamAssembler:
     def feed(self, chunk: bytes) -> None:
         if self._bad:
             return
-        self._buf += chunk
-        while b"\n" in self._buf:
-            line, self._buf = self._buf.split(b"\n", 1)
-            self._line(line.rstrip(b"\r"))
+        for line in self._lines.lines(chunk):
+            self._line(line)
 
     def _line(self, line: bytes) -> None:
         if not line.startswith(b"data:"):

@@ -50,4 +50,3 @@ class JobSettings(BaseSettings):
 
 _cached = CachedSettings(JobSettings)
 get_job_settings = _cached.get
-reset_job_settings = _cached.reset

@@ -107,7 +107,7 @@ async def create_job_endpoint(request: Request) -> Response:
         try:
             line = parse_line(decode_json(raw))
         except MalformedMessage as exc:
-            raise InvalidRequest(exc.reason) from None
+            raise InvalidRequest(exc.reason, param=exc.param) from None
         if line.body_ref is not None:
             raise InvalidRequest(
                 "'body_ref' is for queue messages; send the 'body'", param="body_ref"

@@ -24,16 +24,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.schemas import Operation
+from shared.schemas import BadLine, Operation, parse_batch_line
 
 Status = Literal["queued", "running", "succeeded", "failed"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed"})
-
-URL_TO_OP: dict[str, Operation] = {
-    "/v1/chat/completions": Operation.CHAT,
-    "/v1/completions": Operation.COMPLETIONS,
-    "/v1/embeddings": Operation.EMBEDDINGS,
-}
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -41,10 +35,11 @@ JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 class MalformedMessage(ValueError):
     """A line or queue message that can never succeed (not JSON, no/unknown url, ...)."""
 
-    def __init__(self, reason: str, job_id: str | None = None) -> None:
+    def __init__(self, reason: str, job_id: str | None = None, param: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.job_id = job_id
+        self.param = param
 
 
 class Lease(BaseModel):
@@ -178,48 +173,41 @@ def _opt_str(data: dict[str, Any], name: str, job_id: str | None) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise MalformedMessage(f"'{name}' must be a non-empty string", job_id)
+        raise MalformedMessage(f"'{name}' must be a non-empty string", job_id, name)
     return value
 
 
 def parse_line(data: Any) -> JobLine:
-    """Check a decoded line's envelope (the body itself is validated by the service)."""
-    if not isinstance(data, dict):
-        raise MalformedMessage("a job line must be a JSON object")
-    raw_id = data.get("id")
+    """Check a decoded line's envelope (the body itself is validated by the service): the
+    OpenAI Batch line's rules (``shared.schemas.parse_batch_line``), then a job's own
+    fields: ``id``, ``body`` or ``body_ref``, ``callback_url`` and the ``job`` seed."""
+    raw_id = data.get("id") if isinstance(data, dict) else None
     job_id = raw_id if isinstance(raw_id, str) and JOB_ID.match(raw_id) else None
     if raw_id is not None and job_id is None:
         raise MalformedMessage(
-            "'id' must be 1-128 characters of letters, digits, '_', '-', '.'", None
+            "'id' must be 1-128 characters of letters, digits, '_', '-', '.'", None, "id"
         )
-    url = data.get("url")
-    if not url:
-        raise MalformedMessage("missing 'url'", job_id)
-    if not isinstance(url, str) or url not in URL_TO_OP:
-        raise MalformedMessage(
-            f"unknown url {url!r}; expected one of {', '.join(URL_TO_OP)}", job_id
-        )
-    method = data.get("method", "POST")
-    if str(method).upper() != "POST":
-        raise MalformedMessage(f"method must be POST, got {method!r}", job_id)
-    body = data.get("body")
+    try:
+        line = parse_batch_line(data)
+    except BadLine as bad:
+        raise MalformedMessage(bad.message, job_id, bad.param) from None
+    body = line.body
     body_ref = _opt_str(data, "body_ref", job_id)
     if body_ref is None and not isinstance(body, dict):
-        raise MalformedMessage("'body' must be a JSON object", job_id)
+        raise MalformedMessage("'body' must be a JSON object", job_id, "body")
     callback = _opt_str(data, "callback_url", job_id)
     if callback is not None and not callback.startswith(("http://", "https://")):
-        raise MalformedMessage("'callback_url' must be an http(s) URL", job_id)
-    parent = data.get("traceparent")
+        raise MalformedMessage("'callback_url' must be an http(s) URL", job_id, "callback_url")
     seed = data.get("job")
     return JobLine(
-        op=URL_TO_OP[url],
-        url=url,
+        op=line.op,
+        url=line.url,
         body=body if isinstance(body, dict) else None,
         id=job_id,
-        custom_id=_opt_str(data, "custom_id", job_id),
+        custom_id=line.custom_id,
         body_ref=body_ref,
         callback_url=callback,
-        traceparent=parent if isinstance(parent, str) and len(parent) < 256 else None,
+        traceparent=line.traceparent,
         seed=seed if isinstance(seed, dict) and job_id is not None else None,
     )
 

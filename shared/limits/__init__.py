@@ -8,9 +8,9 @@ which holds per instance. See docs/controls.md.
 
 from __future__ import annotations
 
-import threading
 import time
 
+from shared.lifecycle import Singleton
 from shared.limits.base import (
     NOOP,
     Admission,
@@ -21,7 +21,7 @@ from shared.limits.base import (
     estimate_prompt_tokens,
     format_duration,
 )
-from shared.limits.config import get_limit_settings, limits_configured, reset_limit_settings
+from shared.limits.config import get_limit_settings, limits_configured
 
 __all__ = [
     "NOOP",
@@ -33,41 +33,29 @@ __all__ = [
     "estimate_prompt_tokens",
     "format_duration",
     "get_limiter",
-    "reset_limiter",
 ]
 
-_lock = threading.Lock()
-_limiter: Limiter | None = None
-_built = False
+
+def _build() -> Limiter | None:
+    rules = get_limit_settings().limits if limits_configured() else []
+    if not rules:
+        return None
+    from shared.state import configured
+
+    if configured():
+        from shared.limits.redis_provider import RedisProvider
+
+        provider: object = RedisProvider()
+    else:
+        from shared.limits.memory import MemoryProvider
+
+        provider = MemoryProvider()
+    return Limiter(rules, provider, clock=time.time)  # type: ignore[arg-type]
+
+
+_limiter: Singleton[Limiter | None] = Singleton(_build)
 
 
 def get_limiter() -> Limiter | None:
     """The process's limiter, built on first use; ``None`` when ``INFER_LIMITS`` is unset."""
-    global _limiter, _built
-    if _built:
-        return _limiter
-    with _lock:
-        if not _built:
-            rules = get_limit_settings().limits if limits_configured() else []
-            if rules:
-                from shared.state import configured
-
-                if configured():
-                    from shared.limits.redis_provider import RedisProvider
-
-                    provider: object = RedisProvider()
-                else:
-                    from shared.limits.memory import MemoryProvider
-
-                    provider = MemoryProvider()
-                _limiter = Limiter(rules, provider, clock=time.time)  # type: ignore[arg-type]
-            _built = True
-    return _limiter
-
-
-def reset_limiter() -> None:
-    global _limiter, _built
-    with _lock:
-        _limiter = None
-        _built = False
-    reset_limit_settings()
+    return _limiter.get()

@@ -75,7 +75,6 @@ class LimitSettings(BaseSettings):
 
 _cached = CachedSettings(LimitSettings)
 get_limit_settings = _cached.get
-reset_limit_settings = _cached.reset
 
 
 def limits_configured() -> bool:

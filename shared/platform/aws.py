@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
@@ -37,6 +36,7 @@ from shared.context import Context
 from shared.jobs.config import QUEUE_NAME, get_job_settings
 from shared.jobs.queue_runtime import RetryLater, deliver
 from shared.jobs.worker import Attempt, Outcome
+from shared.lifecycle import Keyed
 from shared.storage.deadline import storage_deadline
 
 if TYPE_CHECKING:
@@ -74,9 +74,6 @@ def sqs_batch(
 
 # -- SQS calls -------------------------------------------------------------------------------
 
-_lock = threading.Lock()
-_urls: dict[str, str | None] = {}
-
 
 def _sqs() -> Any:
     from shared.storage.s3 import aws_client
@@ -84,31 +81,30 @@ def _sqs() -> Any:
     return aws_client("sqs")
 
 
-def _queue_url(arn: str) -> str:
-    """The URL of the queue an SQS record came from (cached per ARN)."""
-    with _lock:
-        url = _urls.get(arn)
-    if url:
-        return url
+def _lookup_queue_url(arn: str) -> str:
     parts = arn.split(":")
     name, account = parts[-1], parts[-2]
-    found = str(_sqs().get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"])
-    with _lock:
-        _urls[arn] = found
-    return found
+    return str(_sqs().get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"])
+
+
+def _lookup_dlq_url(arn: str) -> str | None:
+    attrs = _sqs().get_queue_attributes(QueueUrl=_queue_url(arn), AttributeNames=["RedrivePolicy"])
+    policy = attrs.get("Attributes", {}).get("RedrivePolicy")
+    return _queue_url(json.loads(policy)["deadLetterTargetArn"]) if policy else None
+
+
+#: Queue URLs per ARN (the queue an SQS record came from; its dead-letter queue, or None).
+_queue_urls = Keyed(_lookup_queue_url)
+_dlq_urls = Keyed(_lookup_dlq_url)
+
+
+def _queue_url(arn: str) -> str:
+    """The URL of the queue an SQS record came from (cached per ARN)."""
+    return _queue_urls.get(arn)
 
 
 def _dlq_url(arn: str) -> str | None:
-    key = "dlq:" + arn
-    with _lock:
-        if key in _urls:
-            return _urls[key]
-    attrs = _sqs().get_queue_attributes(QueueUrl=_queue_url(arn), AttributeNames=["RedrivePolicy"])
-    policy = attrs.get("Attributes", {}).get("RedrivePolicy")
-    url = _queue_url(json.loads(policy)["deadLetterTargetArn"]) if policy else None
-    with _lock:
-        _urls[key] = url
-    return url
+    return _dlq_urls.get(arn)
 
 
 def _change_visibility(record: SQSRecord, delay_s: float) -> None:

@@ -15,9 +15,9 @@ Stores and clients are built on first use and reused by warm invocations.
 from __future__ import annotations
 
 import os
-import threading
 
 from shared.errors import ConfigError
+from shared.lifecycle import Keyed
 from shared.storage.base import (
     ObjectNotFound,
     ObjectStore,
@@ -36,13 +36,9 @@ __all__ = [
     "StoredObject",
     "get_store",
     "provider",
-    "reset_stores",
 ]
 
 DEFAULT_LOCAL_ROOT = ".local/store"
-
-_lock = threading.Lock()
-_stores: dict[str, ObjectStore] = {}
 
 
 def provider() -> str:
@@ -81,19 +77,9 @@ def _build(namespace: str) -> ObjectStore:
     return LocalStore(os.environ.get("INFER_LOCAL_STORE") or DEFAULT_LOCAL_ROOT, namespace)
 
 
+_stores = Keyed(_build)
+
+
 def get_store(namespace: str) -> ObjectStore:
     """The store for ``namespace`` (an Azure container name: lowercase, digits, dashes)."""
-    with _lock:
-        store = _stores.get(namespace)
-        if store is None:
-            store = _stores[namespace] = _build(namespace)
-        return store
-
-
-def reset_stores() -> None:
-    """Forget stores and queue senders (tests; a process whose environment changed)."""
-    from shared.storage import queues
-
-    with _lock:
-        _stores.clear()
-    queues.reset_queues()
+    return _stores.get(namespace)

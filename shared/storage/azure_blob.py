@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from shared.lifecycle import Keyed
 from shared.storage.azure_conn import (
     AzureConnection,
     connection_from_env,
@@ -40,31 +41,29 @@ CHUNK = 4 * 1024 * 1024
 #: request it sends). Enough for every job a worker process has in flight.
 BLOB_CLIENTS = 256
 
-_lock = threading.Lock()
-_services: dict[AzureConnection, Any] = {}
+
+def _build_service(conn: AzureConnection) -> Any:
+    from azure.storage.blob import BlobServiceClient
+
+    from shared.storage.deadline import azure_retry_policy
+
+    opts: dict[str, Any] = {
+        "max_single_get_size": CHUNK,
+        "max_chunk_get_size": CHUNK,
+        "retry_policy": azure_retry_policy(),
+        "transport": sdk_transport(),
+    }
+    if conn.connection_string:
+        return BlobServiceClient.from_connection_string(conn.connection_string, **opts)
+    return BlobServiceClient(conn.account_url or "", credential=credential(conn), **opts)
+
+
+_services: Keyed[AzureConnection, Any] = Keyed(_build_service)
 
 
 def blob_service(conn: AzureConnection | None = None) -> Any:
     """The process's ``BlobServiceClient`` for the connection (built once, reused)."""
-    conn = conn or connection_from_env(service="blob")
-    with _lock:
-        if conn not in _services:
-            from azure.storage.blob import BlobServiceClient
-
-            from shared.storage.deadline import azure_retry_policy
-
-            opts: dict[str, Any] = {
-                "max_single_get_size": CHUNK,
-                "max_chunk_get_size": CHUNK,
-                "retry_policy": azure_retry_policy(),
-                "transport": sdk_transport(),
-            }
-            if conn.connection_string:
-                svc = BlobServiceClient.from_connection_string(conn.connection_string, **opts)
-            else:
-                svc = BlobServiceClient(conn.account_url or "", credential=credential(conn), **opts)
-            _services[conn] = svc
-        return _services[conn]
+    return _services.get(conn or connection_from_env(service="blob"))
 
 
 class _DownloadReader:

@@ -12,12 +12,12 @@ The credential is built once per process and shared by the blob and queue client
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from shared.errors import ConfigError
+from shared.lifecycle import Keyed
 
 PREFIX = "AzureWebJobsStorage"
 
@@ -116,23 +116,20 @@ def sdk_transport(env: Mapping[str, str] | None = None) -> Any:
     )
 
 
-_lock = threading.Lock()
-_credentials: dict[tuple[str | None, str | None], Any] = {}
+def _build_credential(key: tuple[str | None, str | None]) -> Any:
+    kind, client_id = key
+    if kind == "managedidentity":
+        from azure.identity import ManagedIdentityCredential
+
+        return ManagedIdentityCredential(client_id=client_id)
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(managed_identity_client_id=client_id)
+
+
+_credentials: Keyed[tuple[str | None, str | None], Any] = Keyed(_build_credential)
 
 
 def credential(conn: AzureConnection) -> Any:
     """The process's token credential for an identity-based connection (built once)."""
-    key = (conn.credential_kind, conn.client_id)
-    with _lock:
-        if key not in _credentials:
-            if conn.credential_kind == "managedidentity":
-                from azure.identity import ManagedIdentityCredential
-
-                _credentials[key] = ManagedIdentityCredential(client_id=conn.client_id)
-            else:
-                from azure.identity import DefaultAzureCredential
-
-                _credentials[key] = DefaultAzureCredential(
-                    managed_identity_client_id=conn.client_id
-                )
-        return _credentials[key]
+    return _credentials.get((conn.credential_kind, conn.client_id))

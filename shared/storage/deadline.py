@@ -32,6 +32,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from shared.lifecycle import Singleton
+
 #: Default of ``INFER_STORAGE_TIMEOUT_S``: the longest one storage call may take, retries included.
 DEFAULT_CALL_BUDGET_S = 10.0
 CONNECT_TIMEOUT_S = 3.0
@@ -44,23 +46,23 @@ MAX_BACKOFF_S = 2.0
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "storage_deadline", default=None
 )
-_budget: list[float] = []
+
+
+def _read_budget() -> float:
+    raw = os.environ.get("INFER_STORAGE_TIMEOUT_S", "")
+    try:
+        value = float(raw) if raw.strip() else DEFAULT_CALL_BUDGET_S
+    except ValueError:
+        value = DEFAULT_CALL_BUDGET_S
+    return value if value > 0 else DEFAULT_CALL_BUDGET_S
+
+
+_budget = Singleton(_read_budget)
 
 
 def call_budget_s() -> float:
     """``INFER_STORAGE_TIMEOUT_S`` (read once per process)."""
-    if not _budget:
-        raw = os.environ.get("INFER_STORAGE_TIMEOUT_S", "")
-        try:
-            value = float(raw) if raw.strip() else DEFAULT_CALL_BUDGET_S
-        except ValueError:
-            value = DEFAULT_CALL_BUDGET_S
-        _budget.append(value if value > 0 else DEFAULT_CALL_BUDGET_S)
-    return _budget[0]
-
-
-def reset_budget() -> None:
-    _budget.clear()
+    return _budget.get()
 
 
 @contextlib.contextmanager

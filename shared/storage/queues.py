@@ -23,13 +23,13 @@ import contextlib
 import json
 import math
 import os
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
 from shared.errors import ConfigError, InvalidRequest
+from shared.lifecycle import Keyed
 
 AZURE_LIMIT = 48 * 1024
 SQS_LIMIT = 240 * 1024  # 256 KiB less room for attributes
@@ -174,35 +174,26 @@ class LocalQueue:
         return out
 
 
-_lock = threading.Lock()
-_queues: dict[str, QueueSender] = {}
+def _build_queue(key: tuple[str, str | None]) -> QueueSender:
+    from shared.storage import DEFAULT_LOCAL_ROOT, provider
+
+    name, url = key
+    kind = provider()
+    if kind == "s3":
+        queue_url = url or os.environ.get("INFER_QUEUE_URL")
+        if not queue_url:
+            raise ConfigError(
+                "INFER_QUEUE_URL: the SQS queue URL is not set", param="INFER_QUEUE_URL"
+            )
+        return SqsQueue(name, queue_url)
+    if kind == "azure":
+        return AzureQueue(name)
+    return LocalQueue(name, os.environ.get("INFER_LOCAL_STORE") or DEFAULT_LOCAL_ROOT)
+
+
+_queues = Keyed(_build_queue)
 
 
 def get_queue(name: str = "inference-requests", *, url: str | None = None) -> QueueSender:
     """The sender for queue ``name`` (SQS: ``url`` or ``INFER_QUEUE_URL``), built once."""
-    from shared.storage import DEFAULT_LOCAL_ROOT, provider
-
-    cache_key = f"{name}|{url or ''}"
-    with _lock:
-        sender = _queues.get(cache_key)
-        if sender is not None:
-            return sender
-        kind = provider()
-        if kind == "s3":
-            queue_url = url or os.environ.get("INFER_QUEUE_URL")
-            if not queue_url:
-                raise ConfigError(
-                    "INFER_QUEUE_URL: the SQS queue URL is not set", param="INFER_QUEUE_URL"
-                )
-            sender = SqsQueue(name, queue_url)
-        elif kind == "azure":
-            sender = AzureQueue(name)
-        else:
-            sender = LocalQueue(name, os.environ.get("INFER_LOCAL_STORE") or DEFAULT_LOCAL_ROOT)
-        _queues[cache_key] = sender
-        return sender
-
-
-def reset_queues() -> None:
-    with _lock:
-        _queues.clear()
+    return _queues.get((name, url or None))

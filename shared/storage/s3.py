@@ -15,10 +15,10 @@ The client honours ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` (moto server l
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from typing import Any
 
+from shared.lifecycle import Keyed
 from shared.storage.base import (
     CHUNK,
     Condition,
@@ -31,30 +31,25 @@ from shared.storage.base import (
     StoredObject,
 )
 
-_lock = threading.Lock()
-_clients: dict[str, Any] = {}
-
 _PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+def _build_client(service: str) -> Any:
+    import boto3
+
+    from shared.storage.deadline import boto_config, install_boto_deadline
+
+    return install_boto_deadline(boto3.session.Session().client(service, config=boto_config()))
+
+
+_clients: Keyed[str, Any] = Keyed(_build_client)
 
 
 def aws_client(service: str) -> Any:
     """The process's boto3 client for ``service`` (built on first use, reused); its
     timeouts and retries are bounded per call (``shared.storage.deadline``)."""
-    with _lock:
-        if service not in _clients:
-            import boto3
-
-            from shared.storage.deadline import boto_config, install_boto_deadline
-
-            client = boto3.session.Session().client(service, config=boto_config())
-            _clients[service] = install_boto_deadline(client)
-        return _clients[service]
-
-
-def reset_clients() -> None:
-    with _lock:
-        _clients.clear()
+    return _clients.get(service)
 
 
 def _code(exc: Exception) -> str:

@@ -26,6 +26,8 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
+from shared.lifecycle import Singleton
+from shared.lines import data_events
 from shared.telemetry import names as N
 
 if TYPE_CHECKING:
@@ -65,13 +67,6 @@ OPERATIONS = {
     "chat/completions": "chat",
     "completions": "text_completion",
     "embeddings": "embeddings",
-}
-#: Backend kind -> ``gen_ai.provider.name``.
-PROVIDERS = {
-    "openai": "openai",
-    "azure_openai": "azure.ai.openai",
-    "azureml": "azure.ai.inference",
-    "sagemaker": "aws.sagemaker",
 }
 #: Request fields -> span attributes.
 REQUEST_FIELDS = {
@@ -127,22 +122,17 @@ class _Telemetry:
         found = self._servers.get(backend.name)
         if found is None:
             config: Any = backend.config
-            url = (
-                getattr(config, "base_url", None)
-                or getattr(config, "endpoint", None)
-                or getattr(config, "scoring_url", None)
-                or getattr(config, "endpoint_url", None)
-            )
+            url = config.server_url()
             if url:
                 parts = urlsplit(str(url))
                 host, port = (
                     parts.hostname or "",
                     parts.port or (443 if parts.scheme == "https" else 80),
                 )
-            else:  # SageMaker without an endpoint_url override
-                host, port = f"runtime.sagemaker.{getattr(config, 'region', '')}.amazonaws.com", 443
+            else:
+                host, port = "", 0
             found = {
-                "gen_ai.provider.name": PROVIDERS.get(str(config.kind), str(config.kind)),
+                "gen_ai.provider.name": config.provider or str(config.kind),
                 "server.address": host,
                 "server.port": port,
                 "infer.backend": backend.name,
@@ -180,12 +170,6 @@ class _Telemetry:
             sink.shutdown()
 
 
-_UNSET: Any = object()
-_lock = threading.Lock()
-_state: _Telemetry | None = _UNSET
-_capture: Redactor | None = _UNSET
-
-
 def _build() -> _Telemetry | None:
     env = os.environ
     if _truthy(env.get("OTEL_SDK_DISABLED")):
@@ -215,15 +199,13 @@ def _build() -> _Telemetry | None:
     return _Telemetry(sinks, otel) if sinks else None
 
 
-def _get() -> _Telemetry | None:
-    global _state
-    state = _state
-    if state is _UNSET:
-        with _lock:
-            if _state is _UNSET:
-                _state = _build()
-            state = _state
-    return state
+def _shutdown(state: _Telemetry | None) -> None:
+    if state is not None:
+        state.shutdown()
+
+
+_state = Singleton(_build, close=_shutdown)
+_get = _state.get
 
 
 def enabled() -> bool:
@@ -235,32 +217,19 @@ def capture() -> Redactor | None:
 
     ``INFER_LOG_PROMPTS`` (the former setting) is read as the same opt-in.
     """
-    global _capture
-    found = _capture
-    if found is _UNSET:
-        with _lock:
-            if _capture is _UNSET:
-                env = os.environ
-                on = _truthy(env.get("INFER_CAPTURE_CONTENT")) or _truthy(
-                    env.get("INFER_LOG_PROMPTS")
-                )
-                if on:
-                    from shared.telemetry.redact import Redactor, parse_patterns
-
-                    _capture = Redactor(parse_patterns(env.get("INFER_REDACT_PATTERNS")))
-                else:
-                    _capture = None
-            found = _capture
-    return found
+    return _capture.get()
 
 
-def reset() -> None:
-    """Forget the configuration (tests; devhost after changing the environment)."""
-    global _state, _capture
-    with _lock:
-        state, _state, _capture = _state, _UNSET, _UNSET
-    if state is not _UNSET and state is not None:
-        state.shutdown()
+def _build_capture() -> Redactor | None:
+    env = os.environ
+    if not (_truthy(env.get("INFER_CAPTURE_CONTENT")) or _truthy(env.get("INFER_LOG_PROMPTS"))):
+        return None
+    from shared.telemetry.redact import Redactor, parse_patterns
+
+    return Redactor(parse_patterns(env.get("INFER_REDACT_PATTERNS")))
+
+
+_capture = Singleton(_build_capture)
 
 
 def _clean(attrs: Attrs) -> Attrs:
@@ -511,22 +480,9 @@ NO_REQUEST = _NoRequest()
 NO_ATTEMPT = _NoAttempt()
 
 
-def _events(tail: bytes) -> list[dict[str, Any]]:
-    out = []
-    for line in tail.split(b"\n"):
-        if line.startswith(b"data: {"):
-            try:
-                value = json.loads(line[6:])
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                out.append(value)
-    return out
-
-
 def _last_event(tail: bytes) -> dict[str, Any] | None:
     """id, model and the finish reasons of a stream, from the events in its tail."""
-    events = _events(tail)
+    events = list(data_events(tail))
     if not events:
         return None
     merged: dict[str, Any] = {"id": events[-1].get("id"), "model": events[-1].get("model")}
@@ -544,7 +500,7 @@ def _output_messages(data: dict[str, Any] | None, streamed: bytes, stream: bool)
             if isinstance(c, dict)
         ]
     parts: list[str] = []
-    for event in _events(streamed):
+    for event in data_events(streamed):
         for c in event.get("choices") or []:
             if not isinstance(c, dict):
                 continue

@@ -93,6 +93,33 @@ async def test_refused_token_is_refreshed_not_a_failure(
     assert identity_server.stats()["tokens_issued"] - before == 2  # the fresh one is cached
 
 
+async def test_refused_token_on_a_stream_is_refreshed_before_the_first_byte(
+    monkeypatch: pytest.MonkeyPatch, cloudsim: Server, identity_server: Server, chat_client: Any
+) -> None:
+    """The 401 retry lives in the httpx.Auth flow, so it covers streamed requests too."""
+    set_backends(monkeypatch, aoai(cloudsim.url), INFER_MAX_RETRIES="0")
+    identity_server.faults({"type": "expired", "count": 1})
+    before = identity_server.stats()["tokens_issued"]
+    stream = await chat_client.chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, stream=True
+    )
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text
+    assert identity_server.stats()["tokens_issued"] - before == 2  # spoiled, then fresh
+
+
+async def test_a_second_refusal_is_the_answer_not_another_refresh(
+    monkeypatch: pytest.MonkeyPatch, cloudsim: Server, identity_server: Server, chat_client: Any
+) -> None:
+    set_backends(monkeypatch, aoai(cloudsim.url), INFER_MAX_RETRIES="0")
+    identity_server.faults({"type": "wrong_audience", "count": 2})
+    before = identity_server.stats()["tokens_issued"]
+    with pytest.raises(openai.APIStatusError) as info:
+        await chat_client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert info.value.status_code == 502 and "refused our credentials" in str(info.value)
+    assert identity_server.stats()["tokens_issued"] - before == 2  # one refresh, no more
+
+
 async def test_content_filter_reaches_caller_as_400(
     monkeypatch: pytest.MonkeyPatch, cloudsim: Server, chat_client: Any
 ) -> None:

@@ -14,11 +14,11 @@ from collections.abc import Callable
 import pytest
 
 from shared.backends import sagemaker
-from shared.backends.sagemaker import SageMakerBackend, read_timeout
+from shared.backends.sagemaker import SageMakerBackend, SageMakerBackendConfig, read_timeout
 from shared.context import Context
 from shared.errors import InferenceError
+from shared.lifecycle import reset_all
 from shared.schemas import Operation
-from shared.settings import SageMakerBackendConfig
 from tests.fixtures.devhost import wait_for
 from tests.fixtures.gpusim import Gpusim
 
@@ -69,7 +69,7 @@ async def test_calls_in_flight_are_capped(
     monkeypatch: pytest.MonkeyPatch, gpusim_factory: Callable[..., Gpusim]
 ) -> None:
     monkeypatch.setattr(sagemaker, "MAX_IN_FLIGHT", 3)
-    sagemaker.reset_clients()
+    reset_all()
     slow = gpusim_factory(ttft_base_ms=20_000, hang_s=30)
     errors = await _burst(backend(slow.url), 10, deadline_s=1.0)
     assert all(e.status == 504 for e in errors), errors

@@ -59,10 +59,10 @@ def test_sagemaker_calls_of_the_http_functions(
     monkeypatch: pytest.MonkeyPatch, cloudsim: Server, aws_permissions: list[Call]
 ) -> None:
     from functions.chat.aws import handler as chat
-    from shared.service import reset_service
+    from shared.lifecycle import reset_all
 
     monkeypatch.setenv("INFER_BACKENDS", sagemaker_backend(cloudsim.url))
-    reset_service()
+    reset_all()
     messages = [{"role": "user", "content": "hi"}]
     plain = chat(http_event("/v1/chat/completions", {"model": "m", "messages": messages}),
                  LambdaContext())  # fmt: skip
@@ -85,8 +85,7 @@ def test_sagemaker_calls_of_the_http_functions(
 def sqs_jobs(
     clean_env: pytest.MonkeyPatch, moto_env: MotoServer, gpusim: Gpusim
 ) -> Iterator[dict[str, Any]]:
-    from shared.jobs.config import reset_job_settings
-    from shared.storage import reset_stores
+    from shared.lifecycle import reset_all
     from shared.storage.s3 import aws_client
 
     for key in ("AzureWebJobsStorage", "INFER_STORE"):
@@ -103,11 +102,9 @@ def sqs_jobs(
     redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"})
     url = sqs.create_queue(QueueName="requests", Attributes={"RedrivePolicy": redrive})["QueueUrl"]
     clean_env.setenv("INFER_QUEUE_URL", url)
-    reset_job_settings()
-    reset_stores()
+    reset_all()
     yield {"sqs": sqs, "url": url}
-    reset_stores()
-    reset_job_settings()
+    reset_all()
 
 
 def test_throttled_job_is_sent_again_on_sqs(

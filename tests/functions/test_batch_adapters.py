@@ -112,10 +112,10 @@ def test_azure_blob_trigger_writes_output_errors_and_status(azure_env: Azurite) 
 def test_azure_shard_queue_messages_run_their_shards(
     azure_env: Azurite, batch_env: pytest.MonkeyPatch
 ) -> None:
-    from tests.fixtures.batch import reset_batch_state
+    from shared.lifecycle import reset_all
 
     batch_env.setenv("INFER_BATCH_SHARD_BYTES", "3000")
-    reset_batch_state()
+    reset_all()
     data, good, bad = make_input(40, prefix="sh")
     svc = azure_env.blob_service()
     c = svc.get_container_client("batch-in")
@@ -203,10 +203,10 @@ def test_sqs_shard_messages_from_a_sharded_s3_file_merge_once(
     aws_env: Any, lambda_context: Callable[..., LambdaContext], batch_env: pytest.MonkeyPatch
 ) -> None:
     from functions.batch.aws import handler, shard_handler
-    from tests.fixtures.batch import reset_batch_state
+    from shared.lifecycle import reset_all
 
     batch_env.setenv("INFER_BATCH_SHARD_BYTES", "2500")
-    reset_batch_state()
+    reset_all()
     s3, sqs, url = aws_env
     data, good, bad = make_input(40, bad_every=8, prefix="sq")
     s3.put_object(Bucket=BUCKET, Key="batch-in/sharded.jsonl", Body=data)

@@ -77,7 +77,7 @@ class Store:
 def store(
     request: pytest.FixtureRequest, batch_env: pytest.MonkeyPatch, vary_sim: Gpusim
 ) -> Iterator[Store]:
-    from tests.fixtures.batch import reset_batch_state
+    from shared.lifecycle import reset_all
 
     batch_env.setenv("INFER_BACKENDS", gpusim_backend(vary_sim.v1))
     batch_env.setenv("INFER_BATCH_CHECKPOINT_S", "60")  # commit once, at the end
@@ -109,12 +109,10 @@ def store(
             s3.put_object(Bucket="race-bucket", Key=f"batch-in/{key}", Body=data)
 
         def get(key: str) -> bytes:
-            body: bytes = s3.get_object(Bucket="race-bucket", Key=f"batch-out/{key}")[
-                "Body"
-            ].read()
+            body: bytes = s3.get_object(Bucket="race-bucket", Key=f"batch-out/{key}")["Body"].read()
             return body
 
-    reset_batch_state()
+    reset_all()
     yield Store(put, get)
 
 
@@ -163,4 +161,3 @@ def test_two_invocations_of_one_shard_commit_one_answer_per_line(store: Store) -
     assert status["usage"]["completion_tokens"] == sum(
         r["response"]["body"]["usage"]["completion_tokens"] for r in out
     )
-

@@ -191,8 +191,9 @@ async def test_redis_down_skips_the_cache_and_never_fails_the_request(
     cached_app: Callable[..., httpx.AsyncClient], gpusim: Gpusim
 ) -> None:
     from shared import state
+    from shared.lifecycle import reset_all
 
-    state.reset_state()
+    reset_all()
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     async with cached_app({"mode": "exact"}, dead) as client:
         for stream in (False, True, False):
@@ -201,7 +202,7 @@ async def test_redis_down_skips_the_cache_and_never_fails_the_request(
             assert events(r)[-1] == "[DONE]" if stream else r.json()["choices"]
         assert sim_calls(gpusim) == 3
         assert state.failures["cache"] >= 1
-    state.reset_state()
+    reset_all()
 
 
 async def test_a_hit_is_marked_so_limits_charge_no_tokens(

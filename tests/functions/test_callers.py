@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from functions.chat.app import app as chat_app
 from shared.callers import ANONYMOUS, get_authenticator, get_caller_settings, key_id
-from shared.service import reset_service
+from shared.lifecycle import reset_all
 from tests.fixtures.identity import Server
 from tools.identity.oidc import fetch_token, object_id
 
@@ -37,18 +37,16 @@ def backend(clean_env: pytest.MonkeyPatch, gpusim: Any) -> pytest.MonkeyPatch:
         "INFER_BACKENDS",
         json.dumps([{"name": "sim", "kind": "openai", "base_url": gpusim.v1}]),
     )
-    reset_service()
+    reset_all()
     return clean_env
 
 
 def test_bare_key_ids_are_stable_under_reordering(clean_env: pytest.MonkeyPatch) -> None:
-    from shared.callers import reset_callers
-
     clean_env.setenv("INFER_API_KEYS", "alpha,beta")
-    reset_callers()
+    reset_all()
     first = {k.key.get_secret_value(): k.id for k in get_caller_settings().api_keys}  # type: ignore[union-attr]
     clean_env.setenv("INFER_API_KEYS", "gamma,beta,alpha")
-    reset_callers()
+    reset_all()
     again = {k.key.get_secret_value(): k.id for k in get_caller_settings().api_keys}  # type: ignore[union-attr]
     assert first["alpha"] == again["alpha"] == "key-" + hashlib.sha256(b"alpha").hexdigest()[:12]
     assert first["beta"] == again["beta"]
@@ -67,7 +65,7 @@ async def test_key_entries_with_ids_setting_and_digest(backend: pytest.MonkeyPat
             ]
         ),
     )
-    reset_service()
+    reset_all()
     auth = get_authenticator()
     assert auth.keys is not None
     assert auth.keys.match("a-secret") == "team-a"
@@ -90,7 +88,7 @@ def test_nothing_configured_is_the_anonymous_caller(clean_env: pytest.MonkeyPatc
 def jwt_env(backend: pytest.MonkeyPatch, identity_server: Server) -> str:
     issuer = f"{identity_server.url}/tenant-1/v2.0"
     backend.setenv("INFER_JWT", json.dumps({"issuer": issuer, "audience": AUD}))
-    reset_service()
+    reset_all()
     return issuer
 
 

@@ -85,7 +85,10 @@ async def test_unknown_job_is_404_envelope(api: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize(
     ("line", "param"),
     [
-        ({**LINE, "url": "/v1/images/generations"}, None),
+        ({**LINE, "url": "/v1/images/generations"}, "url"),
+        ({**LINE, "method": "post"}, "method"),  # OpenAI Batch: "POST", exactly
+        ({**LINE, "custom_id": ""}, "custom_id"),
+        ({**LINE, "body": {**LINE["body"], "stream": True}}, "stream"),  # answers are whole
         ({**LINE, "body": {"model": "local-model"}}, "messages"),
         ({**LINE, "body_ref": "job-bodies/x.json"}, "body_ref"),
     ],
@@ -115,10 +118,10 @@ async def test_idempotency_key_same_body_same_job_other_body_409(api: httpx.Asyn
 async def test_jobs_are_private_to_their_caller_when_keys_are_set(
     api: httpx.AsyncClient, job_env: Path, clean_env: pytest.MonkeyPatch
 ) -> None:
-    from shared.service import reset_service
+    from shared.lifecycle import reset_all
 
     clean_env.setenv("INFER_API_KEYS", "alpha,beta")
-    reset_service()
+    reset_all()
     r = await api.post("/v1/jobs", json=LINE, headers={"authorization": "Bearer alpha"})
     loc = r.headers["location"]
     assert (await api.get(loc, headers={"authorization": "Bearer alpha"})).status_code == 200

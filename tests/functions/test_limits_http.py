@@ -15,8 +15,8 @@ import pytest
 
 from functions.chat.app import app as chat_app
 from shared.context import Context
+from shared.lifecycle import reset_all
 from shared.schemas import Operation
-from shared.service import reset_service
 from tests.fixtures.core import Handler, chat_answer, sse
 
 MSG = {"model": "local-model", "messages": [{"role": "user", "content": "x" * 36}]}  # 13 tokens
@@ -32,13 +32,13 @@ def limits_env(request: pytest.FixtureRequest, clean_env: pytest.MonkeyPatch) ->
     if request.param == "redis":
         clean_env.setenv("INFER_STATE_URL", request.getfixturevalue("redis_url"))
         clean_env.setenv("INFER_STATE_TIMEOUT_S", "5")  # a loaded machine must not fail open
-    reset_service()
+    reset_all()
     return clean_env
 
 
 def _limits(env: pytest.MonkeyPatch, *rules: dict[str, Any]) -> None:
     env.setenv("INFER_LIMITS", json.dumps(list(rules)))
-    reset_service()
+    reset_all()
 
 
 async def test_admitted_answers_carry_openai_rate_headers(
@@ -135,7 +135,7 @@ async def test_a_throttled_job_is_deferred_by_the_retry_after_not_failed(
     from shared.jobs.worker import Attempt, process_message
 
     clean_env.setenv("INFER_LIMITS", json.dumps([{"caller": "team-a", "rpm": 1}]))
-    reset_service()
+    reset_all()
     fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
     for job_id in ("job-1", "job-2"):
         line = parse_line({"id": job_id, "url": "/v1/chat/completions", "body": MSG})
@@ -162,7 +162,7 @@ async def test_a_batch_slows_to_the_callers_limit_instead_of_failing_lines(
     clean_env.setenv(
         "INFER_LIMITS", json.dumps([{"caller": "batch-team", "rpm": 20, "window_s": 1}])
     )
-    reset_service()
+    reset_all()
     fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
     data, good, bad = make_input(40)
     memory_stores.inp.put("lim.jsonl", data, content_type="application/jsonl")

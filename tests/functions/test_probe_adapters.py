@@ -10,9 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from functions.probe.aws import handler
-from shared import telemetry
-from shared.probe import last_report, reset_probe_settings
-from shared.service import reset_service
+from shared.lifecycle import reset_all
+from shared.probe import last_report
 from tests.fixtures.events import LambdaContext, azure_bindings, azure_function
 from tests.fixtures.gpusim import Gpusim
 from tests.fixtures.identity import Server
@@ -44,11 +43,9 @@ def probe_env(clean_env: pytest.MonkeyPatch, gpusim: Gpusim) -> Iterator[pytest.
     clean_env.setenv("INFER_PROBE_TIMEOUT_S", "3")
     for key in ("OTEL_EXPORTER_OTLP_ENDPOINT", "APPLICATIONINSIGHTS_CONNECTION_STRING"):
         clean_env.delenv(key, raising=False)
-    reset_probe_settings()
-    telemetry.reset()
+    reset_all()
     yield clean_env
-    reset_probe_settings()
-    telemetry.reset()
+    reset_all()
 
 
 def test_azure_binding_is_a_monitored_timer_on_the_schedule_setting() -> None:
@@ -72,7 +69,7 @@ def test_aws_handler_returns_the_report_and_writes_emf(
     probe_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     probe_env.setenv("INFER_METRICS_EMF", "1")
-    telemetry.reset()
+    reset_all()
     report = handler({"source": "aws.scheduler"}, LambdaContext(name="probe"))
     assert report["available"] == 1 and len(report["backends"]) == 2
     docs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
@@ -94,8 +91,7 @@ def test_sagemaker_probe_is_one_invoke_endpoint_the_role_allows(
     backends = [{"name": "sm", "kind": "sagemaker", "endpoint_name": "llm-endpoint",
                  "region": "us-east-1", "endpoint_url": cloudsim.url}]  # fmt: skip
     monkeypatch.setenv("INFER_BACKENDS", json.dumps(backends))
-    reset_probe_settings()
-    reset_service()
+    reset_all()
     report = handler({}, LambdaContext(name="probe"))
     (sm,) = report["backends"]
     assert sm["available"] and sm["mode"] == "chat" and sm["ttft_s"] > 0

@@ -117,7 +117,7 @@ async def test_azure_malformed_message_goes_to_poison_at_once_with_reason(
 def sqs(
     worker_env: Path, moto_env: MotoServer, clean_env: pytest.MonkeyPatch
 ) -> Iterator[dict[str, Any]]:
-    from shared.storage import reset_stores
+    from shared.lifecycle import reset_all
 
     clean_env.delenv("INFER_STORE")
     clean_env.setenv("INFER_BUCKET", "infer-jobs")
@@ -133,9 +133,9 @@ def sqs(
         Attributes={"RedrivePolicy": redrive, "VisibilityTimeout": "60"},
     )["QueueUrl"]
     clean_env.setenv("INFER_QUEUE_URL", url)
-    reset_stores()
+    reset_all()
     yield {"client": client, "url": url, "dlq": dlq}
-    reset_stores()
+    reset_all()
 
 
 def sqs_event(client: Any, url: str, bodies: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -163,10 +163,10 @@ def test_sqs_batch_reports_exactly_the_failed_ids(
     sqs: dict[str, Any], clean_env: pytest.MonkeyPatch
 ) -> None:
     from functions.queue_worker.aws import handler
-    from shared.jobs.config import reset_job_settings
+    from shared.lifecycle import reset_all
 
     clean_env.setenv("INFER_JOB_RETRY_BASE_S", "3")
-    reset_job_settings()
+    reset_all()
 
     client, url = sqs["client"], sqs["url"]
     bodies = [

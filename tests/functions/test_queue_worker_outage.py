@@ -65,13 +65,9 @@ def model_calls(fake_endpoint: Callable[[Handler], None]) -> list[str]:
 
 
 def _reset() -> None:
-    from shared.jobs.config import reset_job_settings
-    from shared.storage import reset_stores
-    from shared.storage.s3 import reset_clients
+    from shared.lifecycle import reset_all
 
-    reset_job_settings()
-    reset_stores()
-    reset_clients()
+    reset_all()
 
 
 @pytest.fixture
@@ -174,7 +170,7 @@ def test_sqs_throttled_message_without_id_is_re_sent_unchanged(
 
 @pytest.fixture
 def sqs(job_env: Path, moto_env: Any, clean_env: pytest.MonkeyPatch) -> Any:
-    from shared.storage import reset_stores
+    from shared.lifecycle import reset_all
     from shared.storage.s3 import aws_client
 
     clean_env.delenv("INFER_STORE")
@@ -183,9 +179,9 @@ def sqs(job_env: Path, moto_env: Any, clean_env: pytest.MonkeyPatch) -> Any:
     client = aws_client("sqs")
     url = client.create_queue(QueueName="inference-requests")["QueueUrl"]
     clean_env.setenv("INFER_QUEUE_URL", url)
-    reset_stores()
+    reset_all()
     yield {"client": client, "url": url}
-    reset_stores()
+    reset_all()
 
 
 async def test_jobs_api_with_storage_stopped_is_503_with_retry_after(

@@ -63,9 +63,9 @@ def pair(
     """Two stores of one provider (two namespaces): a destination and a source of parts."""
     for key in ("AzureWebJobsStorage", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         clean_env.delenv(key, raising=False)
-    from shared.storage.s3 import reset_clients
+    from shared.lifecycle import reset_all
 
-    reset_clients()
+    reset_all()
     if request.param == "memory":
         yield MemoryStore("a"), MemoryStore("b")
     elif request.param == "local":

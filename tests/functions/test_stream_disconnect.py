@@ -111,7 +111,7 @@ def hang_up(port: int, *, after_headers: bool) -> None:
 def busy_upstream_connections() -> int:
     """Connections of the backend pool that are not idle (a request still holds them)."""
     busy = 0
-    for _loop, client in list(backend_http._clients.values()):
+    for client in backend_http._clients.values():
         transport = client._transport
         pools = getattr(transport, "_pools", {}).values()
         for pool in pools:

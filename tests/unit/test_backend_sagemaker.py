@@ -11,8 +11,9 @@ from botocore.credentials import Credentials
 from botocore.eventstream import EventStreamBuffer
 from botocore.exceptions import ClientError
 
-from shared.backends.sagemaker import LineBuffer, _sse_line, map_client_error
+from shared.backends.sagemaker import _sse_line, map_client_error
 from shared.errors import BackendRateLimited, BackendRejected, BackendUnavailable
+from shared.lines import LineSplitter
 from tools.gpusim import eventstream, sigv4
 
 STREAM = (
@@ -23,11 +24,11 @@ STREAM = (
 
 
 def reassemble(parts: list[bytes]) -> bytes:
-    buf = LineBuffer()
+    buf = LineSplitter()
     out = b""
     for part in parts:
-        out += b"".join(_sse_line(line) for line in buf.feed(part))
-    return out + b"".join(_sse_line(line) for line in buf.flush())
+        out += b"".join(_sse_line(line) for line in buf.lines(part))
+    return out + _sse_line(buf.rest())
 
 
 def test_every_split_point_yields_the_same_events() -> None:

@@ -16,7 +16,7 @@ from functions.chat.app import app as chat_app
 from functions.embeddings.app import app as embeddings_app
 from functions.health.app import app as health_app
 from functions.models.app import app as models_app
-from shared.service import reset_service
+from shared.lifecycle import reset_all
 from tests.fixtures.core import Handler, chat_answer, sse
 
 MSG = {"model": "local-model", "messages": [{"role": "user", "content": "hi"}]}
@@ -143,7 +143,7 @@ async def test_endpoint_errors_map_to_gateway_statuses(
     fake_endpoint(handler)
 
     async def fresh_call() -> httpx.Response:
-        reset_service()  # a fresh router: no circuit left open by the previous answer
+        reset_all()  # a fresh router: no circuit left open by the previous answer
         return await post(chat_app, "/v1/chat/completions", json=MSG)
 
     r = await fresh_call()

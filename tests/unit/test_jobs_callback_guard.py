@@ -165,11 +165,11 @@ async def test_submitting_a_private_callback_is_400_and_queues_nothing(
 async def test_loopback_callback_allowed_by_setting_is_delivered(
     api: httpx.AsyncClient, receiver: Receiver, clean_env: pytest.MonkeyPatch
 ) -> None:
-    from shared.jobs.config import reset_job_settings
     from shared.jobs.worker import Attempt, process_message
+    from shared.lifecycle import reset_all
 
     clean_env.setenv("INFER_CALLBACK_ALLOW", "127.0.0.1/32")
-    reset_job_settings()
+    reset_all()
     hook = f"http://127.0.0.1:{receiver.port}/done"
     r = await api.post("/v1/jobs", json={**LINE, "callback_url": hook})
     assert r.status_code == 202, r.text

@@ -167,11 +167,11 @@ async def test_a_throttled_message_without_id_is_re_sent_byte_for_byte(
 ) -> None:
     from azure.functions.queue import QueueMessage
 
-    from shared.jobs.config import reset_job_settings
+    from shared.lifecycle import reset_all
     from shared.storage.queues import get_queue
 
     clean_env.setenv("INFER_JOB_MAX_DEFERS", "2")
-    reset_job_settings()
+    reset_all()
     fake_endpoint(lambda req: httpx.Response(429, headers={"retry-after": "0"}, json={}))
 
     raw = message(None, custom_id="row-1")

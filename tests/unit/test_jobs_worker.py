@@ -129,10 +129,10 @@ async def test_retry_without_retry_after_backs_off_exponentially(
 async def test_throttling_beyond_the_defer_budget_counts_as_a_failed_attempt(
     job_env: Path, fake_endpoint: Callable[[Handler], None], clean_env: pytest.MonkeyPatch
 ) -> None:
-    from shared.jobs.config import reset_job_settings
+    from shared.lifecycle import reset_all
 
     clean_env.setenv("INFER_JOB_MAX_DEFERS", "1")
-    reset_job_settings()
+    reset_all()
     fake_endpoint(lambda req: httpx.Response(429, headers={"retry-after": "0.01"}, json={}))
     first = await process_message(message(), FIRST, ctx())
     await asyncio.sleep(0.05)

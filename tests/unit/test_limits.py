@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from shared.context import Context
+from shared.lifecycle import reset_all
 from shared.limits import CallerQuotaExceeded, CallerRateLimited, Limiter, format_duration
 from shared.limits.base import estimate_prompt_tokens, period_bounds
 from shared.limits.config import LimitRule
@@ -193,7 +194,7 @@ def test_redis_down_fails_open_logged_and_counted(
     from tests.fixtures.procs import free_port
 
     monkeypatch.setenv("INFER_STATE_URL", f"redis://127.0.0.1:{free_port()}/0")
-    state.reset_state()
+    reset_all()
     lim = _limiter(RedisProvider(), {"caller": "*", "rpm": 1})
 
     async def main() -> None:
@@ -207,4 +208,4 @@ def test_redis_down_fails_open_logged_and_counted(
     assert lim.failed_open == 3
     assert state.failures["limits"] >= 1
     assert "failing open" in caplog.text
-    state.reset_state()
+    reset_all()

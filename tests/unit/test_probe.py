@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
+from shared.backends.openai_compat import OpenAIBackendConfig
 from shared.backends.registry import build_backend
 from shared.context import Context
 from shared.probe import ProbeSettings, run_probe
 from shared.router import Router
-from shared.settings import OpenAIBackendConfig
 from tests.fixtures.gpusim import Gpusim
 from tests.fixtures.procs import free_port
 

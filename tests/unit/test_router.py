@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from shared.backends.base import ByteStream, Result
+from shared.backends.base import BaseBackend, ByteStream
+from shared.backends.openai_compat import OpenAIBackendConfig
 from shared.context import Context
 from shared.errors import (
     BackendConnectionError,
@@ -19,7 +21,6 @@ from shared.errors import (
 )
 from shared.router import Router
 from shared.schemas import Operation
-from shared.settings import OpenAIBackendConfig
 
 
 class Clock:
@@ -30,33 +31,31 @@ class Clock:
         return self.now
 
 
-class FakeBackend:
+class FakeBackend(BaseBackend[OpenAIBackendConfig]):
+    """A backend on the shared base whose transport answers (or fails) in-process."""
+
     def __init__(self, name: str, **cfg: Any) -> None:
-        self.name = name
-        self.config = OpenAIBackendConfig(name=name, kind="openai", base_url="http://x/v1", **cfg)
+        super().__init__(
+            OpenAIBackendConfig(name=name, kind="openai", base_url="http://x/v1", **cfg)
+        )
         self.calls = 0
         self.fail_with: list[InferenceError] = []
 
-    async def invoke(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
+    async def send(
+        self, op: Operation, payload: dict[str, Any], body: bytes, ctx: Context
+    ) -> bytes:
         self.calls += 1
         if self.fail_with:
             raise self.fail_with.pop(0)
-        return Result.from_data({"backend": self.name}, backend=self.name)
+        return json.dumps({"backend": self.name}).encode()
 
-    async def open_stream(self, op: Operation, payload: dict[str, Any], ctx: Context) -> ByteStream:
+    async def send_stream(
+        self, op: Operation, payload: dict[str, Any], body: bytes, ctx: Context
+    ) -> ByteStream:
         self.calls += 1
         if self.fail_with:
             raise self.fail_with.pop(0)
         return _Stream()
-
-    async def list_models(self, ctx: Context) -> list[str]:
-        return []
-
-    async def check_ready(self, ctx: Context) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
 
 
 class _Stream:

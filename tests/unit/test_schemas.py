@@ -1,18 +1,28 @@
-"""Request validation: unknown fields kept, bad input answered with param and status."""
+"""Request validation: unknown fields kept, bad input answered with param and status.
+
+Bodies go the way the HTTP endpoints take them: ``read_body`` (the size limit), then
+``decode_json`` and ``validate_payload`` (what ``Service.validate`` runs).
+"""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from starlette.requests import Request
 
 from shared.errors import InvalidRequest, PayloadTooLarge
-from shared.schemas import Operation, parse_request
+from shared.schemas import Operation, validate_payload
+from shared.web import decode_json, read_body
+
+
+def validated(op: Operation, raw: bytes, cap: int) -> dict[str, object]:
+    return validate_payload(op, decode_json(raw), max_tokens_cap=cap)
 
 
 def parse(body: object, op: Operation = Operation.CHAT, cap: int = 100) -> dict[str, object]:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return parse_request(op, raw, max_body_bytes=10_000, max_tokens_cap=cap)
+    return validated(op, raw, cap)
 
 
 def test_unknown_fields_are_preserved() -> None:
@@ -54,10 +64,21 @@ def test_invalid_json_and_non_objects() -> None:
         parse([1, 2])
 
 
-def test_body_limit_is_413() -> None:
+def _request(body: bytes, headers: list[tuple[bytes, bytes]]) -> Request:
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request({"type": "http", "method": "POST", "headers": headers}, receive)
+
+
+async def test_body_limit_is_413() -> None:
     with pytest.raises(PayloadTooLarge) as info:
-        parse_request(Operation.CHAT, b"x" * 2000, max_body_bytes=1024, max_tokens_cap=10)
+        await read_body(_request(b"x" * 2000, []), 1024)  # streamed past the limit
     assert info.value.status == 413
+    declared = [(b"content-length", b"2000")]
+    with pytest.raises(PayloadTooLarge):
+        await read_body(_request(b"x" * 2000, declared), 1024)  # refused before reading
+    assert await read_body(_request(b"x" * 1024, []), 1024) == b"x" * 1024
 
 
 def test_completions_and_embeddings_inputs() -> None:
@@ -119,8 +140,7 @@ def test_openai_documented_rules_name_the_param(body: dict[str, object], param: 
 
 
 def parse_big(body: object, op: Operation = Operation.CHAT) -> dict[str, object]:
-    raw = json.dumps(body).encode()
-    return parse_request(op, raw, max_body_bytes=10**8, max_tokens_cap=10_000)
+    return validated(op, json.dumps(body).encode(), 10_000)
 
 
 @pytest.mark.parametrize(
@@ -178,4 +198,4 @@ def test_nesting_deeper_than_the_limit_is_400_not_a_recursion_error() -> None:
     for depth in (70, 5_000, 100_000):
         raw = b'{"model": "m", "messages": ' + b"[" * depth + b"]" * depth + b"}"
         with pytest.raises(InvalidRequest, match="nested"):
-            parse_request(Operation.CHAT, raw, max_body_bytes=10**7, max_tokens_cap=10)
+            validated(Operation.CHAT, raw, 10)

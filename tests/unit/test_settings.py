@@ -74,16 +74,17 @@ def test_bad_scalar_setting_is_named(clean_env: pytest.MonkeyPatch) -> None:
 
 
 def test_api_keys_accept_comma_list_or_json(clean_env: pytest.MonkeyPatch) -> None:
-    from shared.callers import get_caller_settings, key_id, reset_callers
+    from shared.callers import get_caller_settings, key_id
+    from shared.lifecycle import reset_all
 
     clean_env.setenv("INFER_API_KEYS", "k1, k2")
-    reset_callers()
+    reset_all()
     keys = get_caller_settings().api_keys
     assert [k.id for k in keys] == [key_id("k1"), key_id("k2")]
     assert all(k.key is not None and k.key.get_secret_value() in ("k1", "k2") for k in keys)
     assert "k1" not in repr(keys)  # held as SecretStr
     clean_env.setenv("INFER_API_KEYS", '["k3"]')
-    reset_callers()
+    reset_all()
     assert [k.id for k in get_caller_settings().api_keys] == [key_id("k3")]
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from shared import state
 from shared.errors import ConfigError
+from shared.lifecycle import reset_all
 from tests.fixtures.redis import RedisServer
 
 
@@ -32,10 +33,10 @@ def test_plain_url_connects_and_reuses_one_client(state_env: str) -> None:
 
 def test_password_in_url_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INFER_STATE_URL", "redis://user:secret@127.0.0.1:6379")
-    state.reset_state()
+    reset_all()
     with pytest.raises(ConfigError, match="must not carry a password"):
         state.get_state_settings()
-    state.reset_state()
+    reset_all()
 
 
 def test_down_redis_fails_fast_counted_and_cools_down(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,7 +44,7 @@ def test_down_redis_fails_fast_counted_and_cools_down(monkeypatch: pytest.Monkey
 
     monkeypatch.setenv("INFER_STATE_URL", f"redis://127.0.0.1:{free_port()}/0")
     monkeypatch.setenv("INFER_STATE_COOLDOWN_S", "60")
-    state.reset_state()
+    reset_all()
 
     async def main() -> None:
         with pytest.raises(state.StateUnavailable):
@@ -57,7 +58,7 @@ def test_down_redis_fails_fast_counted_and_cools_down(monkeypatch: pytest.Monkey
         assert state.failures["test"] == 1
 
     asyncio.run(main())
-    state.reset_state()
+    reset_all()
 
 
 def test_password_from_named_setting(
@@ -69,12 +70,12 @@ def test_password_from_named_setting(
         monkeypatch.setenv("INFER_STATE_URL", f"redis://app@127.0.0.1:{redis_server.port}/0")
         monkeypatch.setenv("INFER_STATE_PASSWORD_SETTING", "MY_REDIS_PW")
         monkeypatch.setenv("MY_REDIS_PW", "s3cret-pw")
-        state.reset_state()
+        reset_all()
         assert asyncio.run(_ping())
         assert state.state().plan.url == f"redis://127.0.0.1:{redis_server.port}/0"
     finally:
         admin.execute_command("ACL", "DELUSER", "app")  # type: ignore[attr-defined]
-        state.reset_state()
+        reset_all()
 
 
 def test_entra_signs_in_with_managed_identity_token(
@@ -90,17 +91,17 @@ def test_entra_signs_in_with_managed_identity_token(
     try:
         monkeypatch.setenv("INFER_STATE_URL", f"{redis_url}?auth=entra")
         monkeypatch.setenv("INFER_STATE_CLIENT_ID", client_id)
-        state.reset_state()
+        reset_all()
         assert state.state().plan.auth == "entra"
         assert asyncio.run(_ping())
         # a token the server does not know is refused: the sign-in really happened
         admin.execute_command("ACL", "SETUSER", client_id, "resetpass", ">other")  # type: ignore[attr-defined]
-        state.reset_state()
+        reset_all()
         with pytest.raises(state.StateUnavailable):
             asyncio.run(_ping())
     finally:
         admin.execute_command("ACL", "DELUSER", client_id)  # type: ignore[attr-defined]
-        state.reset_state()
+        reset_all()
 
 
 def test_aws_iam_token_is_a_sigv4_presigned_connect(
@@ -113,7 +114,7 @@ def test_aws_iam_token_is_a_sigv4_presigned_connect(
     monkeypatch.setenv("INFER_STATE_AUTH", "aws_iam")
     monkeypatch.setenv("INFER_STATE_AWS_CACHE_NAME", "my-cache")
     monkeypatch.setenv("INFER_STATE_AWS_REGION", "eu-west-1")
-    state.reset_state()
+    reset_all()
     creds = state.state()._source
     assert isinstance(creds, state.AwsIamCredentials)
     token = creds.token()
@@ -149,14 +150,14 @@ def test_aws_iam_token_is_a_sigv4_presigned_connect(
         assert asyncio.run(_ping())
     finally:
         admin.execute_command("ACL", "DELUSER", "cache-user")  # type: ignore[attr-defined]
-        state.reset_state()
+        reset_all()
 
 
 def test_entra_client_is_rebuilt_before_its_token_expires(
     monkeypatch: pytest.MonkeyPatch, redis_url: str
 ) -> None:
     monkeypatch.setenv("INFER_STATE_URL", f"{redis_url}?auth=entra&user=some-oid")
-    state.reset_state()
+    reset_all()
     client = state.state()
     expiry = [time.time() + 3600]
 
@@ -179,7 +180,7 @@ def test_entra_client_is_rebuilt_before_its_token_expires(
         assert await state.get_redis() is second
 
     asyncio.run(main())
-    state.reset_state()
+    reset_all()
 
 
 def test_our_url_options_never_reach_redis_py() -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from shared.errors import ConfigError
-from shared.storage import PreconditionFailed, get_store, provider, reset_stores
+from shared.lifecycle import reset_all
+from shared.storage import PreconditionFailed, get_store, provider
 from shared.storage.base import ObjectNotFound, ObjectStore
 from shared.storage.local import LocalStore
 from shared.storage.queues import AZURE_LIMIT, LocalQueue, claim_check, get_queue, load_body_ref
@@ -124,7 +125,7 @@ def test_get_store_builds_once_per_namespace(job_env: Path) -> None:
     a = get_store("jobs")
     assert get_store("jobs") is a and get_store("other") is not a
     assert isinstance(a, LocalStore) and a.base == (job_env / "jobs").resolve()
-    reset_stores()
+    reset_all()
     assert get_store("jobs") is not a
 
 

@@ -10,6 +10,7 @@ import pytest
 from shared import telemetry
 from shared.context import Context
 from shared.errors import ConfigError
+from shared.lifecycle import reset_all
 from shared.telemetry import names as N
 from shared.telemetry.emf import EmfSink
 from shared.telemetry.redact import Redactor, parse_patterns
@@ -49,7 +50,7 @@ def test_off_facade_records_nothing_and_passes_the_traceparent_on(
                 "INFER_METRICS_EMF", "INFER_METRICS_PROMETHEUS", "INFER_CAPTURE_CONTENT",
                 "INFER_LOG_PROMPTS"):  # fmt: skip
         monkeypatch.delenv(key, raising=False)
-    telemetry.reset()
+    reset_all()
     ctx = Context.with_timeout(5)
     ctx.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     rec = telemetry.start("chat/completions", {"model": "m"}, ctx)
@@ -60,7 +61,7 @@ def test_off_facade_records_nothing_and_passes_the_traceparent_on(
     assert telemetry.prometheus_text() is None
     telemetry.record_retry(ctx, RuntimeError())  # no-ops
     telemetry.record_cache(ctx, "hit")
-    telemetry.reset()
+    reset_all()
 
 
 def test_log_prompts_is_the_same_opt_in_as_capture_content(
@@ -68,9 +69,9 @@ def test_log_prompts_is_the_same_opt_in_as_capture_content(
 ) -> None:
     monkeypatch.delenv("INFER_CAPTURE_CONTENT", raising=False)
     monkeypatch.setenv("INFER_LOG_PROMPTS", "true")
-    telemetry.reset()
+    reset_all()
     assert telemetry.capture() is not None
-    telemetry.reset()
+    reset_all()
 
 
 def test_emf_documents_group_values_by_dimensions_within_limits() -> None:

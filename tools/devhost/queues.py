@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient, QueueMessage
 
+from shared.lifecycle import Singleton
 from tools.devhost.config import QueueOptions, resolve_setting_expressions
 from tools.devhost.convert import queue_trigger_arg
 from tools.devhost.invoke import Invoker
@@ -50,42 +51,35 @@ DEFAULT_LEASE_S = 600  # the host dequeues for 10 minutes and renews while the f
 HOST_THREADS = 32
 
 T = TypeVar("T")
-_pool_lock = threading.Lock()
-_pool: list[ThreadPoolExecutor] = []
-_thread_ids: list[int] = []
+_host_pool: Singleton[ThreadPoolExecutor] = Singleton(
+    lambda: ThreadPoolExecutor(HOST_THREADS, thread_name_prefix="devhost-queue"),
+    close=lambda pool: pool.shutdown(wait=False),
+)
+_cpu_lock = threading.Lock()
+_host_cpu = [0.0]
 
 
-def _register_thread() -> None:
-    with _pool_lock:
-        _thread_ids.append(threading.get_ident())
-
-
-def _host_pool() -> ThreadPoolExecutor:
-    with _pool_lock:
-        if not _pool:
-            _pool.append(
-                ThreadPoolExecutor(
-                    HOST_THREADS, thread_name_prefix="devhost-queue", initializer=_register_thread
-                )
-            )
-        return _pool[0]
+def _timed(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    t0 = time.thread_time()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        spent = time.thread_time() - t0
+        with _cpu_lock:
+            _host_cpu[0] += spent
 
 
 async def _host_call(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """Run one of the listener's blocking storage calls on the host's own threads."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_host_pool(), functools.partial(fn, *args, **kwargs))
+    call = functools.partial(_timed, fn, *args, **kwargs)
+    return await loop.run_in_executor(_host_pool.get(), call)
 
 
 def host_cpu_s() -> float:
-    """CPU seconds the listeners' storage threads have used in this process."""
-    with _pool_lock:
-        ids = list(_thread_ids)
-    total = 0.0
-    for ident in ids:
-        with contextlib.suppress(OSError, ValueError):  # a thread that has exited
-            total += time.clock_gettime(time.pthread_getcpuclockid(ident))
-    return total
+    """CPU seconds the listeners' storage calls have used in this process."""
+    with _cpu_lock:
+        return _host_cpu[0]
 
 
 @dataclass
