@@ -37,7 +37,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import AuthenticationFailed, ConfigError
 from shared.lifecycle import Singleton
-from shared.settings import CachedSettings
+from shared.settings import CachedSettings, require_unique
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -146,10 +146,7 @@ class CallerSettings(BaseSettings):
     @field_validator("api_keys")
     @classmethod
     def _unique_ids(cls, value: list[ApiKey]) -> list[ApiKey]:
-        ids = [k.id for k in value]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"key ids must be unique; repeated: {', '.join(dupes)}")
+        require_unique([k.id for k in value], "key ids")
         return value
 
     @field_validator("jwt", mode="before")

@@ -146,13 +146,17 @@ class Settings(BaseSettings):
     @field_validator("backends")
     @classmethod
     def _unique_names(cls, value: list[BackendConfig]) -> list[BackendConfig]:
-        names = [b.name for b in value]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"backend names must be unique; repeated: {', '.join(dupes)}")
+        require_unique([b.name for b in value], "backend names")
         if not value:
             raise ValueError("at least one backend is needed")
         return value
+
+
+def require_unique(values: list[str], what: str) -> None:
+    """Refuse a list naming one thing twice (backend names, key ids): a validator's error."""
+    dupes = sorted({v for v in values if values.count(v) > 1})
+    if dupes:
+        raise ValueError(f"{what} must be unique; repeated: {', '.join(dupes)}")
 
 
 def _describe(err: Any, prefix: str = "INFER_") -> str:

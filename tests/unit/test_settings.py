@@ -106,3 +106,13 @@ def test_duplicate_backend_names_are_refused(clean_env: pytest.MonkeyPatch) -> N
     clean_env.setenv("INFER_BACKENDS", json.dumps([entry, entry]))
     with pytest.raises(ConfigError, match="repeated: x"):
         get_settings()
+
+
+def test_duplicate_key_ids_are_refused(clean_env: pytest.MonkeyPatch) -> None:
+    from shared.callers import CallerSettings
+    from shared.settings import build_settings
+
+    keys = [{"id": "ci", "key_setting": "KEY_A"}, {"id": "ci", "key_setting": "KEY_B"}]
+    clean_env.setenv("INFER_API_KEYS", json.dumps(keys))
+    with pytest.raises(ConfigError, match="key ids must be unique; repeated: ci"):
+        build_settings(CallerSettings)
