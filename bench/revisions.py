@@ -32,35 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import PYTHON, ROOT, backends_for, gpusim, write_result
+from bench.telemetry import WORKER  # the same chats (half streamed) after a warm-up
 
 BEFORE = "49cce1c"
 PROBES = [
     ("chat (aws)", "functions.chat.aws", "aws"),
     ("function_app (azure, chat)", "function_app", "azure"),
 ]
-WORKER = r"""
-import asyncio, json, sys, time, httpx
-from functions.chat.app import app
-N = int(sys.argv[1])
-BODY = {"model": "local-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
-async def main():
-    t = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=t, base_url="http://fn", timeout=30) as c:
-        async def one(i):
-            body = dict(BODY, stream=True, stream_options={"include_usage": True}) \
-                if i % 2 else BODY
-            r = await c.post("/v1/chat/completions", json=body)
-            assert r.status_code == 200, r.text
-        for i in range(20):
-            await one(i)
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        for i in range(N):
-            await one(i)
-        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    print(json.dumps({"cpu_ms_per_request": cpu / N * 1000,
-                      "wall_ms_per_request": wall / N * 1000}))
-asyncio.run(main())
-"""
 
 
 def _env(backends: str) -> dict[str, str]:
