@@ -14,6 +14,12 @@ if TYPE_CHECKING:
     from shared.context import Context
 
 
+def _ceil(ms: float) -> int:
+    """Whole milliseconds, rounding up, but not up from float noise: ``(now + d) - now``
+    is ``d`` plus a few 1e-9 ms when ``now`` is a large clock reading."""
+    return math.ceil(round(ms, 6))
+
+
 class MemoryProvider:
     """The same algorithms as the Redis script, under one lock."""
 
@@ -49,7 +55,7 @@ class MemoryProvider:
                 if tat - now + need > c.span_ms:
                     wait = tat - now + need - c.span_ms
                     remaining[i] = math.floor((c.span_ms - (tat - now)) / per)
-                    reset[i] = math.ceil(tat - now)
+                    reset[i] = _ceil(tat - now)
                     if refused is None or (checks[refused].kind != "quota" and wait > retry):
                         refused, retry = i, wait
                     new_values[i] = tat
@@ -57,7 +63,7 @@ class MemoryProvider:
                     new = tat + c.cost * per
                     new_values[i] = new
                     remaining[i] = math.floor((c.span_ms - (new - now)) / per)
-                    reset[i] = math.ceil(new - now)
+                    reset[i] = _ceil(new - now)
             elif c.kind == "quota":
                 used, expires = self._used.get(c.key, (0, 0.0))
                 if expires <= now:
@@ -90,7 +96,7 @@ class MemoryProvider:
                     self._used[c.key] = (int(new_values[i]) + c.cost, now + c.span_ms)
                 else:
                     self._inflight[c.key][request_id] = now + c.span_ms
-        return Decision(refused, math.ceil(retry), remaining, reset)
+        return Decision(refused, _ceil(retry), remaining, reset)
 
     async def settle(
         self, checks: Sequence[Check], deltas: Sequence[int], request_id: str, ctx: Context | None

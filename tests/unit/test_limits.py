@@ -209,3 +209,14 @@ def test_redis_down_fails_open_logged_and_counted(
     assert state.failures["limits"] >= 1
     assert "failing open" in caplog.text
     reset_all()
+
+
+async def test_a_reset_is_not_rounded_up_by_clock_float_noise() -> None:
+    # (now + d) - now is d plus ~1e-9 ms at this clock reading: the reset must stay d
+    from shared.limits.base import Check
+    from shared.limits.memory import MemoryProvider
+
+    provider = MemoryProvider(clock=lambda: 17000.00037)
+    check = Check("rate", "k", limit=5, span_ms=86_400_000, cost=1, metric="requests")
+    decision = await provider.acquire([check], "r1", Context.with_timeout(5))
+    assert decision.reset_ms == [17_280_000]
