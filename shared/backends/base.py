@@ -19,6 +19,7 @@ is the transport for the HTTP kinds (URL, headers, auth and error mapping as hoo
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
@@ -90,7 +91,7 @@ class Backend(Protocol):
 ConfigT = TypeVar("ConfigT", bound=BackendConfig)
 
 
-class BaseBackend(Generic[ConfigT]):
+class BaseBackend(ABC, Generic[ConfigT]):
     """The flow of one backend kind, in terms of hooks the kind overrides.
 
     A kind sets ``config_class`` (its ``BackendConfig`` subclass, which settings validates
@@ -111,17 +112,17 @@ class BaseBackend(Generic[ConfigT]):
         """The request body the endpoint gets for an OpenAI ``payload`` (as is, by default)."""
         return json.dumps(payload).encode()
 
+    @abstractmethod
     async def send(
         self, op: Operation, payload: dict[str, Any], body: bytes, ctx: Context
     ) -> bytes:
         """Send ``body``; return the endpoint's complete answer (raise a shared error)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def send_stream(
         self, op: Operation, payload: dict[str, Any], body: bytes, ctx: Context
     ) -> ByteStream:
         """Send ``body`` asking for a stream; return once accepted, as OpenAI SSE bytes."""
-        raise NotImplementedError
 
     def decode(self, op: Operation, payload: dict[str, Any], content: bytes) -> Result:
         """The OpenAI answer for the endpoint's ``content`` (passed through, by default)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from abc import abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Mapping
 from typing import Any, ClassVar, Protocol
 
@@ -387,8 +388,9 @@ class HttpBackend(BaseBackend[ConfigT]):
             self.auth = BearerTokenAuth(self.tokens)
 
     # -- hooks ------------------------------------------------------------------------------
+    @abstractmethod
     def url(self, op: Operation, payload: dict[str, Any]) -> str | httpx.URL:
-        raise NotImplementedError
+        """Where the request for ``op`` goes (every HTTP kind says)."""
 
     def models_url(self) -> str | httpx.URL | None:
         return None

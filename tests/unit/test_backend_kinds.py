@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
@@ -89,3 +91,20 @@ def test_its_config_is_validated_by_its_own_class_imported_on_demand(
     clean_env.setenv("INFER_BACKENDS", json.dumps([toy_entry("http://sim")]))
     (backend,) = load_settings().backends
     assert type(backend).__name__ == "ToyBackendConfig" and backend.provider == "toy.provider"
+
+
+def test_a_kind_missing_a_required_hook_is_refused_when_built() -> None:
+    from shared.backends.base import BaseBackend
+    from shared.backends.http import HttpBackend
+
+    class NoSend(BaseBackend[Any]):  # neither send nor send_stream
+        pass
+
+    class NoUrl(HttpBackend[Any]):  # an HTTP kind must say where requests go
+        pass
+
+    config = SimpleNamespace(name="x", auth="none")
+    with pytest.raises(TypeError, match="send"):
+        NoSend(config)
+    with pytest.raises(TypeError, match="url"):
+        NoUrl(config)
