@@ -54,6 +54,7 @@ class _SchemeTransport(httpx.AsyncBaseTransport):
     Building a TLS transport loads the CA bundle into an SSL context (~35 ms of a cold
     start); a deployment whose endpoints are plain http (a vLLM server inside the VNet or
     VPC) never needs it, and one with https pays it once, on its first call, as before.
+    Each pool is ``shared.backends.pool``'s (httpcore's, its bookkeeping linear).
     """
 
     def __init__(self, limits: httpx.Limits) -> None:
@@ -63,11 +64,11 @@ class _SchemeTransport(httpx.AsyncBaseTransport):
     def _pool(self, scheme: str) -> httpx.AsyncHTTPTransport:
         pool = self._pools.get(scheme)
         if pool is None:
-            if scheme == "https":
-                pool = httpx.AsyncHTTPTransport(limits=self._limits)
-            else:  # no TLS on this pool: skip loading certificates
-                pool = httpx.AsyncHTTPTransport(limits=self._limits, verify=False)
-            self._pools[scheme] = pool
+            from shared.backends.pool import Transport
+
+            # no TLS on the http pool: skip loading certificates
+            tls = httpx.create_ssl_context() if scheme == "https" else None
+            pool = self._pools[scheme] = Transport(self._limits, tls)
         return pool
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
