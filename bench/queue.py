@@ -132,6 +132,25 @@ def host_json(batch_size: int) -> dict[str, Any]:
     }
 
 
+def azure_in_flight(args: argparse.Namespace) -> dict[str, Any]:
+    """What the host keeps in flight per process: batchSize + newBatchThreshold (whose
+    default is batchSize / 2 per processor, one on a Consumption plan)."""
+    from tools.devhost.config import host_processor_count, parse_host_json
+    from tools.devhost.workers import share_queue_options
+
+    env = {**os.environ, **({"WEBSITE_SKU": args.sku} if args.sku else {})}
+    procs = host_processor_count(env)
+    queues = share_queue_options(
+        parse_host_json(host_json(args.batch_size), processor_count=procs).queues, args.workers
+    )
+    return {
+        "host_sku": env.get("WEBSITE_SKU") or None,
+        "host_processors": procs,
+        "host_new_batch_threshold": queues.fetch_threshold,
+        "messages_in_flight_max_per_process": queues.batch_size + queues.fetch_threshold,
+    }
+
+
 class AzureRun:
     """Azurite + devhost processes; records read back from the blob container."""
 
@@ -154,6 +173,7 @@ class AzureRun:
             "INFER_BACKENDS": json.dumps(backends),
             "INFER_JOBS_CONTAINER": self.container,
             "INFER_AUTH_LEVEL": "ANONYMOUS",
+            **({"WEBSITE_SKU": args.sku} if args.sku else {}),
         }
         self.hosts = []
         for i in range(args.hosts):
@@ -313,6 +333,11 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=32, help="host.json queues.batchSize")
     p.add_argument("--sqs-batches", type=int, default=5, help="AWS: batches of 10 in flight")
+    p.add_argument(
+        "--sku", default="",
+        help="Azure: WEBSITE_SKU for devhost (Dynamic: a Consumption plan, whose default "
+        "newBatchThreshold counts one processor); default: this machine's processors",
+    )  # fmt: skip
     p.add_argument("--hosts", type=int, default=1, help="worker processes polling the queue")
     p.add_argument(
         "--workers", type=int, default=1,
@@ -424,6 +449,7 @@ def main() -> None:
             "batch_slowdown": 0,
         },
         "host_batch_size": args.batch_size if args.platform == "azure" else 10,
+        **(azure_in_flight(args) if args.platform == "azure" else {}),
         "batches_in_flight": args.sqs_batches if args.platform == "aws" else None,
         "per_request_latency_s": latency_s,
         "capacity_rps": round(capacity, 2),

@@ -22,6 +22,7 @@ from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 from tests.fixtures.devhost import DevhostProcess, wait_for
 from tests.fixtures.gpusim import Gpusim
 from tests.fixtures.jobs import CountingProxy
+from tools.devhost.config import parse_host_json
 
 pytestmark = pytest.mark.e2e
 
@@ -213,9 +214,9 @@ def test_devhost_killed_mid_run_every_job_still_succeeds(
     twice = [j for j in ids if calls[j] > 1]
     # A second call is possible only for jobs in flight at the kill (sent to the endpoint,
     # answer not yet written). The host keeps at most batchSize + newBatchThreshold
-    # (default batchSize / 2) messages in flight, so no more jobs than that.
-    batch = HOST_JSON["extensions"]["queues"]["batchSize"]  # type: ignore[index]
-    assert len(twice) <= batch + batch // 2
+    # (default batchSize / 2 per processor) messages in flight, so no more jobs than that.
+    queues = parse_host_json(HOST_JSON).queues
+    assert len(twice) <= queues.batch_size + queues.fetch_threshold
     assert all(calls[j] <= 2 for j in ids)
     assert stack.poisoned() == []
     for j in ids[:5]:

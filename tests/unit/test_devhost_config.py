@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from tools.devhost.config import (
     ConfigError,
     QueueOptions,
     apply_local_settings,
+    host_processor_count,
     load_host_json,
     parse_host_json,
     parse_timespan,
@@ -44,7 +46,23 @@ def test_host_json_defaults_match_the_host(tmp_path: Path) -> None:
         0.0,
         "base64",
     )
-    assert q.fetch_threshold == 8  # newBatchThreshold defaults to batchSize / 2
+    # newBatchThreshold defaults to batchSize / 2 per processor
+    assert q.fetch_threshold == 8 * host_processor_count(os.environ)
+
+
+def test_the_default_new_batch_threshold_scales_with_processors_except_on_consumption(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    queues = {"extensions": {"queues": {"batchSize": 32}}}
+    assert parse_host_json(queues, processor_count=1).queues.fetch_threshold == 16
+    assert parse_host_json(queues, processor_count=2).queues.fetch_threshold == 32
+    explicit = {"extensions": {"queues": {"batchSize": 32, "newBatchThreshold": 4}}}
+    assert parse_host_json(explicit, processor_count=2).queues.fetch_threshold == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert host_processor_count({}) == 4
+    assert host_processor_count({"WEBSITE_SKU": "ElasticPremium"}) == 4
+    assert host_processor_count({"WEBSITE_SKU": "Dynamic"}) == 1  # Consumption: one
+    assert host_processor_count({"WEBSITE_SKU": "dynamic"}) == 1
 
 
 def test_host_json_values_are_read() -> None:
@@ -130,6 +148,8 @@ def test_workers_split_what_the_host_keeps_in_flight() -> None:
     assert (two.batch_size, two.fetch_threshold) == (8, 4)  # 2 x (8 + 4) = 16 + 8, as one host
     three = share_queue_options(QueueOptions(batch_size=16, new_batch_threshold=5), 3)
     assert (three.batch_size, three.new_batch_threshold) == (6, 2)
+    dual = share_queue_options(QueueOptions(batch_size=32, processor_count=2), 2)
+    assert (dual.batch_size, dual.fetch_threshold) == (16, 16)  # 2 x (16 + 16) = 32 + 32
 
 
 def test_worker_count_comes_from_the_flag_else_the_app_setting() -> None:

@@ -42,13 +42,31 @@ class QueueOptions:
     visibility_timeout_s: float = 0.0
     max_polling_interval_s: float = 2.0  # the host's default in development (60 s deployed)
     message_encoding: str = "base64"
+    #: what the default newBatchThreshold is multiplied by (``host_processor_count``)
+    processor_count: int = 1
 
     @property
     def fetch_threshold(self) -> int:
-        """Fetch a new batch when no more than this many messages are in flight."""
+        """Fetch a new batch when no more than this many messages are in flight.
+
+        The host's default is ``batchSize / 2`` per processor (the Storage extension's
+        ``QueuesOptions.NewBatchThreshold``): with a 2-vCPU plan and ``batchSize`` 32, up to
+        32 + 32 messages run at once; on a Consumption plan, 32 + 16.
+        """
         if self.new_batch_threshold is not None:
             return self.new_batch_threshold
-        return self.batch_size // 2
+        return (self.batch_size // 2) * self.processor_count
+
+
+def host_processor_count(env: Mapping[str, str]) -> int:
+    """The host's processor count for queue defaults: 1 on a Consumption plan
+    (``WEBSITE_SKU=Dynamic``), else the processors this process may run on."""
+    if env.get("WEBSITE_SKU", "").strip().lower() == "dynamic":
+        return 1
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # pragma: no cover (macOS, Windows)
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -67,7 +85,8 @@ def _int(raw: Mapping[str, Any], key: str, default: int, *, low: int, high: int)
     return value
 
 
-def parse_host_json(data: Mapping[str, Any]) -> HostConfig:
+def parse_host_json(data: Mapping[str, Any], *, processor_count: int | None = None) -> HostConfig:
+    """host.json's settings; ``processor_count`` defaults to ``host_processor_count``."""
     extensions = data.get("extensions") or {}
     http = extensions.get("http") or {}
     prefix = http.get("routePrefix", "api")
@@ -96,6 +115,9 @@ def parse_host_json(data: Mapping[str, Any]) -> HostConfig:
             raw.get("maxPollingInterval", 2), name="host.json extensions.queues.maxPollingInterval"
         ),
         message_encoding=encoding,
+        processor_count=host_processor_count(os.environ)
+        if processor_count is None
+        else processor_count,
     )
     timeout = data.get("functionTimeout")
     return HostConfig(
@@ -110,7 +132,7 @@ def parse_host_json(data: Mapping[str, Any]) -> HostConfig:
 def load_host_json(path: Path) -> HostConfig:
     """Read host.json; a missing file means the host's defaults."""
     if not path.exists():
-        return HostConfig()
+        return parse_host_json({})
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:

@@ -54,11 +54,10 @@ def share_queue_options(options: QueueOptions, workers: int) -> QueueOptions:
     """One process's share of what the host keeps in flight per queue."""
     if workers <= 1:
         return options
-    threshold = options.new_batch_threshold
     return replace(
         options,
         batch_size=max(1, math.ceil(options.batch_size / workers)),
-        new_batch_threshold=None if threshold is None else math.ceil(threshold / workers),
+        new_batch_threshold=math.ceil(options.fetch_threshold / workers),
     )
 
 
