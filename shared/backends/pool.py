@@ -9,8 +9,8 @@ starts and again when its response closes. For every idle connection it
 - counts the pool's connections again, calling ``is_idle`` on each: O(n²) in the
   connections open.
 
-A queue worker keeps one connection per job in flight (up to 48 with the default host.json),
-and that bookkeeping was the largest single CPU cost of a queued job under py-spy
+A queue worker keeps one connection per job in flight (up to batchSize + newBatchThreshold:
+64 with batchSize 32 on two vCPUs), and that bookkeeping was the largest single CPU cost of a queued job under py-spy
 (``bench/queue.py``): more than the model call's own HTTP work, more than storage.
 
 ``Pool`` keeps httpcore's policy and does it in one pass: drop closed connections, close

@@ -85,12 +85,12 @@ async def test_429_fails_over_and_primary_is_probed_after_retry_after(
     set_backends(monkeypatch, sm(cloudsim.url, name="primary"),
                  sm(cloudsim_secondary.url, name="secondary", priority=1),
                  INFER_MAX_RETRIES="0")  # fmt: skip
-    cloudsim.faults({"type": "429", "count": 1, "retry_after": 1})
+    cloudsim.faults({"type": "429", "count": 1, "retry_after": 2})
     p0, s0 = calls(cloudsim), calls(cloudsim_secondary)
     for _ in range(2):
         await chat_client.chat.completions.create(model="llama", messages=MESSAGES, max_tokens=2)
     assert (calls(cloudsim) - p0, calls(cloudsim_secondary) - s0) == (1, 2)
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(2.1)  # the two calls above must fit in the 2 s (a loaded machine)
     await chat_client.chat.completions.create(model="llama", messages=MESSAGES, max_tokens=2)
     assert (calls(cloudsim) - p0, calls(cloudsim_secondary) - s0) == (2, 2)
 

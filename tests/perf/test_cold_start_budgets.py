@@ -86,13 +86,19 @@ def floor_s(gpusim_server: Gpusim) -> float:
 
 @pytest.mark.parametrize(("module", "invoke"), HANDLERS)
 def test_handler_cold_start_within_budget(module: str, invoke: str, gpusim_server: Gpusim) -> None:
-    # Floor and handler alternate, best of three each, so load on the machine hits both.
-    runs, floors = [], []
-    for _ in range(3):
-        floors.append(probe("fastapi,mangum,httpx,pydantic", "none", gpusim_server)["total_s"])
-        runs.append(probe(module, invoke, gpusim_server))
-    floor_s = min(floors)
-    best = min(runs, key=lambda r: r["total_s"])
+    # Floor and handler alternate, best of three each, so load on the machine hits both; a
+    # best over the ratio budget gets three more of each first (a load spike on a 2-core
+    # machine can cover three runs; a real regression covers six).
+    runs: list[dict[str, Any]] = []
+    floors: list[float] = []
+    for _ in range(2):
+        for _ in range(3):
+            floors.append(probe("fastapi,mangum,httpx,pydantic", "none", gpusim_server)["total_s"])
+            runs.append(probe(module, invoke, gpusim_server))
+        floor_s = min(floors)
+        best = min(runs, key=lambda r: r["total_s"])
+        if invoke != "aws" or best["total_s"] <= RATIO_BUDGET * floor_s:
+            break
     assert best["status"] == 200
     assert best["heavy_modules"] == [], f"{module} pulled in {best['heavy_modules']}"
     assert best["rss_mb"] <= RSS_BUDGET_MB, best
