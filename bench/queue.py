@@ -22,7 +22,12 @@ checkout's product code (bench/queue_all.py ``--base-ref``); ``--profile PATH`` 
 runs the first devhost under yappi and writes pstats there.
 
     .venv/bin/python -m bench.queue --jobs 600 [--platform azure|aws] [--hosts 2] [--tag after]
-Writes bench/results/queue_<platform>_<hosts>p[_<tag>].json; bench/queue_report.py plots them.
+        [--workers 2] [--sku Dynamic]
+Writes bench/results/queue_<platform>_<hosts>p[_<N>w][_dynamic][_<tag>].json;
+bench/queue_report.py plots them. ``--hosts 2`` is two hosts (each its own listener and
+in-flight limit, as two instances); ``--workers 2`` one host with two worker processes
+(``FUNCTIONS_WORKER_PROCESS_COUNT``: the same messages in flight, on two cores), whose
+storage and CPU counts are not collected (the stats route answers for one process).
 """
 
 from __future__ import annotations
@@ -104,6 +109,12 @@ def measure_capacity(v1: str, args: argparse.Namespace, n: int = 400) -> float:
             return n / (time.monotonic() - t0)
 
     return asyncio.run(run())
+
+
+def config_suffix(workers: int, sku: str) -> str:
+    """What follows ``<hosts>p`` in a result's name: ``_2w`` (devhost --workers 2),
+    ``_dynamic`` (--sku Dynamic)."""
+    return (f"_{workers}w" if workers > 1 else "") + (f"_{sku.lower()}" if sku else "")
 
 
 def delay_s(visible_at: float | None) -> int | None:
@@ -493,12 +504,14 @@ def main() -> None:
         "model_calls_per_job": round(model_calls / args.jobs, 3),
         "all_succeeded": True,
         "warmup_jobs": args.warmup * args.hosts,
-        **per_job(before, after, args.jobs),
+        # with --workers N the stats route answers for one process of N: no per-job counts
+        **(per_job(before, after, args.jobs) if args.workers == 1 else {}),
         "load_average_1m": round(os.getloadavg()[0], 2),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"queue_{args.platform}_{args.hosts}p" + (f"_{args.tag}" if args.tag else "")
+    name = f"queue_{args.platform}_{args.hosts}p" + config_suffix(args.workers, args.sku)
+    name += f"_{args.tag}" if args.tag else ""
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

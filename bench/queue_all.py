@@ -1,7 +1,7 @@
 """Every queue-drain configuration in one go, then the report.
 
 Runs bench/queue.py for Azure (devhost + Azurite) and AWS (moto + the SQS mapping
-stand-in), each with one and with two worker processes, tagged ``after`` (this tree); with
+stand-in) in the configurations of ``CONFIGS``, tagged ``after`` (this tree); with
 ``--base-ref REF`` each configuration is first run on the product code of ``REF`` (a
 temporary git worktree; the harness and the endpoint stay this tree's), tagged ``base``,
 back to back with its ``after``, so each pair sees the same machine load. Then
@@ -22,18 +22,29 @@ from pathlib import Path
 
 from tests.fixtures.procs import PYTHON, ROOT
 
-CONFIGS = [("azure", 1), ("azure", 2), ("aws", 1), ("aws", 2)]
+#: (platform, hosts, devhost --workers, WEBSITE_SKU): one host process (this machine's
+#: processors, and a Consumption plan's defaults), one host with two worker processes, two
+#: hosts; on AWS one and two mapping stand-ins
+CONFIGS = [
+    ("azure", 1, 1, ""), ("azure", 1, 1, "Dynamic"), ("azure", 1, 2, ""), ("azure", 2, 1, ""),
+    ("aws", 1, 1, ""), ("aws", 2, 1, ""),
+]  # fmt: skip
 
 
-def run(platform: str, hosts: int, tag: str, jobs: int, code: Path | None, ref: str) -> None:
+Config = tuple[str, int, int, str]
+
+
+def run(config: Config, tag: str, jobs: int, code: Path | None, ref: str) -> None:
+    platform, hosts, workers, sku = config
     cmd = [PYTHON, "-m", "bench.queue", "--platform", platform, "--hosts", str(hosts),
-           "--jobs", str(jobs), "--tag", tag]  # fmt: skip
+           "--workers", str(workers), "--jobs", str(jobs), "--tag", tag,
+           *(["--sku", sku] if sku else [])]  # fmt: skip
     if code is not None:
         cmd += ["--code", str(code), "--code-ref", ref]
     print("==", " ".join(cmd[1:]), flush=True)
     done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
     if done.returncode:  # say so, go on with the others (the report keeps what was run)
-        print(f"!! {platform} {hosts}p {tag}: exit status {done.returncode}", flush=True)
+        print(f"!! {config} {tag}: exit status {done.returncode}", flush=True)
 
 
 def main() -> None:
@@ -49,12 +60,12 @@ def main() -> None:
         subprocess.run(["git", "worktree", "add", "--detach", str(base), args.base_ref],
                        cwd=ROOT, check=True)  # fmt: skip
     try:
-        for platform, hosts in CONFIGS:
-            if args.platform and platform not in args.platform:
+        for config in CONFIGS:
+            if args.platform and config[0] not in args.platform:
                 continue
             if base is not None:
-                run(platform, hosts, "base", args.jobs, base, args.base_ref)
-            run(platform, hosts, "after", args.jobs, None, "")
+                run(config, "base", args.jobs, base, args.base_ref)
+            run(config, "after", args.jobs, None, "")
     finally:
         if base is not None:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT)

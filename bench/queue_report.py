@@ -1,6 +1,7 @@
 """Storage operations, CPU and drain rate per queue job, before / base / after, side by side.
 
-Reads the results bench/queue.py wrote (``queue_<platform>_<hosts>p_<tag>.json``) for the
+Reads the results bench/queue.py wrote (``queue_<platform>_<hosts>p[_<N>w][_dynamic]_<tag>.json``;
+keys ``azure-1p``, ``azure-1p-2w``, ``azure-1p-dynamic``, ...) for the
 tags ``before`` (the jobs path before issue 12's storage cuts, measured once and kept),
 ``base`` (the product code of ``bench/queue_all.py --base-ref``, run back to back with
 ``after``) and ``after`` (this tree), and writes bench/results/queue_ops.json (each figure
@@ -25,6 +26,7 @@ FIGURES = [
     "total_ops_per_job", "blob_ops_per_job", "worker_cpu_ms_per_job", "host_cpu_ms_per_job",
     "function_cpu_ms_per_job", "steady_ratio_of_measured_capacity", "measured_capacity_rps",
     "steady_jobs_per_s_10_to_90pct", "model_calls_per_job", "load_average_1m", "when", "code",
+    "messages_in_flight_max_per_process", "backlog_queued_before_drain",
 ]  # fmt: skip
 
 
@@ -34,7 +36,12 @@ def load() -> dict[str, dict[str, dict[str, Any]]]:
     for path in sorted(RESULTS.glob("queue_*_*p_*.json")):
         data = json.loads(path.read_text())
         if data.get("tag") in TAGS:
-            runs.setdefault(f"{data['platform']}-{data['hosts']}p", {})[data["tag"]] = data
+            key = f"{data['platform']}-{data['hosts']}p"
+            if (data.get("workers_per_host") or 1) > 1:
+                key += f"-{data['workers_per_host']}w"
+            if data.get("host_sku"):
+                key += f"-{str(data['host_sku']).lower()}"
+            runs.setdefault(key, {})[data["tag"]] = data
     return runs
 
 
@@ -51,7 +58,7 @@ def main() -> None:
         if "after" not in by_tag:
             continue
         entry: dict[str, Any] = {
-            "ops_per_job": {t: r["storage_ops_per_job"] for t, r in by_tag.items()},
+            "ops_per_job": {t: r.get("storage_ops_per_job", {}) for t, r in by_tag.items()},
             **{f: {t: r.get(f) for t, r in by_tag.items()} for f in FIGURES},
         }
         after = by_tag["after"]
@@ -59,9 +66,15 @@ def main() -> None:
             if ref in by_tag:
                 old = by_tag[ref]
                 entry[f"after_vs_{ref}"] = {
-                    "ops": ratio(after["total_ops_per_job"], old["total_ops_per_job"]),
-                    "blob_ops": ratio(after["blob_ops_per_job"], old["blob_ops_per_job"]),
-                    "cpu": ratio(after["worker_cpu_ms_per_job"], old["worker_cpu_ms_per_job"]),
+                    "ops": ratio(after.get("total_ops_per_job"), old.get("total_ops_per_job")),
+                    "blob_ops": ratio(after.get("blob_ops_per_job"), old.get("blob_ops_per_job")),
+                    "cpu": ratio(
+                        after.get("worker_cpu_ms_per_job"), old.get("worker_cpu_ms_per_job")
+                    ),
+                    "drain": ratio(
+                        after.get("steady_ratio_of_measured_capacity"),
+                        old.get("steady_ratio_of_measured_capacity"),
+                    ),
                 }
         pairs[key] = entry
     out = {
