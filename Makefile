@@ -16,7 +16,7 @@ help:
 	@echo "make test     install everything and run lint, types and the whole test suite"
 	@echo "make test-semantic  only the semantic cache with a real embeddings model"
 	@echo "make bench    run the benchmarks (JSON + PNG in bench/results)"
-	@echo "make bench-queue [BASE_REF=commit]  queue drain: azure/aws x 1/2 processes + report"
+	@echo "make bench-queue [BASE_REF=commit]  queue drain (azure: 1 host, Consumption, 2 workers, 2 hosts; aws: 1/2) + report"
 	@echo "make package  build dist/azure-functionapp.zip and dist/lambda.zip"
 	@echo "make lint     ruff + mypy --strict"
 

@@ -154,22 +154,30 @@ def host_json(batch_size: int) -> dict[str, Any]:
     }
 
 
+#: Run in the worker processes' code (``--code``), so an earlier devhost answers for itself.
+IN_FLIGHT = """
+import json, sys
+from tools.devhost.config import parse_host_json
+from tools.devhost.workers import share_queue_options
+q = share_queue_options(parse_host_json(json.loads(sys.argv[1])).queues, int(sys.argv[2]))
+print(json.dumps([q.fetch_threshold, q.batch_size + q.fetch_threshold]))
+"""
+
+
 def azure_in_flight(args: argparse.Namespace) -> dict[str, Any]:
-    """What the host keeps in flight per process: batchSize + newBatchThreshold (whose
-    default is batchSize / 2 per processor, one on a Consumption plan)."""
-    from tools.devhost.config import host_processor_count, parse_host_json
-    from tools.devhost.workers import share_queue_options
+    """What the devhost being measured keeps in flight per process: batchSize +
+    newBatchThreshold (whose default is now batchSize / 2 per processor, one on a
+    Consumption plan), as that code's own devhost computes it."""
+    import subprocess
 
     env = {**os.environ, **({"WEBSITE_SKU": args.sku} if args.sku else {})}
-    procs = host_processor_count(env)
-    queues = share_queue_options(
-        parse_host_json(host_json(args.batch_size), processor_count=procs).queues, args.workers
-    )
+    argv = [PYTHON, "-c", IN_FLIGHT, json.dumps(host_json(args.batch_size)), str(args.workers)]
+    out = subprocess.run(argv, cwd=code_dir(args), env=env, capture_output=True, text=True)
+    threshold, in_flight = json.loads(out.stdout) if out.returncode == 0 else (None, None)
     return {
         "host_sku": env.get("WEBSITE_SKU") or None,
-        "host_processors": procs,
-        "host_new_batch_threshold": queues.fetch_threshold,
-        "messages_in_flight_max_per_process": queues.batch_size + queues.fetch_threshold,
+        "host_new_batch_threshold": threshold,
+        "messages_in_flight_max_per_process": in_flight,
     }
 
 
