@@ -16,7 +16,7 @@ help:
 	@echo "make test     install everything and run lint, types and the whole test suite"
 	@echo "make test-semantic  only the semantic cache with a real embeddings model"
 	@echo "make bench    run the benchmarks (JSON + PNG in bench/results)"
-	@echo "make bench-queue [BASE_REF=commit]  queue drain (azure: 1 host, Consumption, 2 workers, 2 hosts; aws: 1/2) + report"
+	@echo "make bench-queue [BASE_REF=commit] [REPEAT=n]  queue drain (azure: 1 host, Consumption, 2 workers, 2 hosts; aws: 1/2) + report"
 	@echo "make package  build dist/azure-functionapp.zip and dist/lambda.zip"
 	@echo "make lint     ruff + mypy --strict"
 
@@ -88,7 +88,7 @@ bench: setup
 # queue drain, Azure and AWS, 1 and 2 worker processes, then bench/queue_report.py;
 # BASE_REF=<commit> also runs that commit's product code, back to back with this tree's
 bench-queue: setup
-	$(BIN)/python -m bench.queue_all $(if $(BASE_REF),--base-ref $(BASE_REF))
+	$(BIN)/python -m bench.queue_all $(if $(BASE_REF),--base-ref $(BASE_REF)) $(if $(REPEAT),--repeat $(REPEAT))
 
 package: $(VENV)/.installed
 	$(BIN)/python -m tools.package
