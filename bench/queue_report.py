@@ -128,7 +128,7 @@ def plot(pairs: dict[str, Any]) -> None:
         if any(drain):
             ax3.bar(xs, drain, width, color=f"C{j}", label=tag)
     for ax in (ax2, ax3):
-        ax.set_xticks(list(range(len(names))), names, fontsize=7)
+        ax.set_xticks(list(range(len(names))), names, fontsize=6, rotation=25)
         ax.legend(fontsize=7)
     ax2.set_ylabel("worker process CPU ms per job")
     ax3.axhline(0.75, ls="--", c="gray", lw=0.8)
