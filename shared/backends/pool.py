@@ -10,8 +10,9 @@ starts and again when its response closes. For every idle connection it
   connections open.
 
 A queue worker keeps one connection per job in flight (up to batchSize + newBatchThreshold:
-64 with batchSize 32 on two vCPUs), and that bookkeeping was the largest single CPU cost of a queued job under py-spy
-(``bench/queue.py``): more than the model call's own HTTP work, more than storage.
+64 with batchSize 32 on two vCPUs), and that bookkeeping was the largest single CPU cost of
+a queued job under py-spy (``bench/queue.py``): more than the model call's own HTTP work,
+more than storage.
 
 ``Pool`` keeps httpcore's policy and does it in one pass: drop closed connections, close
 expired ones (keep-alive timed out, or the server hung up while idle) and idle ones beyond
