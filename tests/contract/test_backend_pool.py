@@ -14,7 +14,7 @@ import httpx
 import pytest
 from httpcore._async.connection import AsyncHTTPConnection
 
-from shared.backends.pool import Transport
+from shared.backends.pool import Pool, Transport
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
 
@@ -131,3 +131,20 @@ async def test_bookkeeping_is_linear_in_the_connections_open(
     # one request: an assignment when it starts and one when its response closes, each
     # one pass over the pool (httpcore's own counts the pool again per idle connection: n²)
     assert calls <= 4 * n, calls
+
+
+async def test_idle_connections_the_server_closed_are_closed_by_the_sweep(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.delay_s = 0.05
+    server.hang_up_after_response = True
+    monkeypatch.setattr(Pool, "SWEEP_S", 3600.0)  # one sweep, at the first request
+    async with Server() as other, client() as c:
+        await asyncio.gather(*(c.get(server.url) for _ in range(3)))  # 3 connections, hung up
+        await asyncio.sleep(0.05)  # the hang-ups reach our sockets
+        pool = c._transport._pool  # type: ignore[attr-defined]
+        assert len(pool.connections) == 3  # no sweep since: still there
+        pool._next_sweep = 0.0  # the next assignment sweeps
+        # a request to another origin never looks at them to reuse: only the sweep closes them
+        assert (await c.get(other.url)).text == "ok"
+        assert len(pool.connections) == 1
