@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import storage_ops
-from tests.fixtures.azurite import ACCOUNT, ACCOUNT_KEY, AZURITE_BIN
+from tests.fixtures.azurite import ACCOUNT, ACCOUNT_KEY, azurite_argv
 from tests.fixtures.moto import AWS_ENV
 from tests.fixtures.procs import PYTHON, ServerProcess, free_port
 
@@ -70,10 +70,8 @@ def azure(n: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-az-"))
     blob, queue, table = free_port(), free_port(), free_port()
     proc = ServerProcess(
-        [str(AZURITE_BIN), "--blobPort", str(blob), "--queuePort", str(queue), "--tablePort",
-         str(table), "--location", str(tmp), "--silent", "--skipApiVersionCheck", "--loose"],
-        blob, ready_path=None, name="bench-batch-azurite",
-    ).start()  # fmt: skip
+        azurite_argv(blob, queue, table, tmp), blob, ready_path=None, name="bench-batch-azurite"
+    ).start()
     os.environ["AzureWebJobsStorage"] = (  # noqa: SIM112 - the Functions setting's name
         f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
         f"BlobEndpoint=http://127.0.0.1:{blob}/{ACCOUNT};"

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.fixtures.azurite import ACCOUNT, ACCOUNT_KEY, AZURITE_BIN
+from tests.fixtures.azurite import ACCOUNT, ACCOUNT_KEY, azurite_argv
 from tests.fixtures.procs import ServerProcess, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -89,11 +89,11 @@ def main() -> None:
     blob, queue, table = free_port(), free_port(), free_port()
     tmp = Path(tempfile.mkdtemp(prefix="bench-storage-cpu-"))
     azurite = ServerProcess(
-        [str(AZURITE_BIN), "--blobPort", str(blob), "--queuePort", str(queue),
-         "--tablePort", str(table), "--location", str(tmp), "--silent",
-         "--skipApiVersionCheck", "--loose"],
-        blob, ready_path=None, name="bench-storage-cpu-azurite",
-    ).start()  # fmt: skip
+        azurite_argv(blob, queue, table, tmp),
+        blob,
+        ready_path=None,
+        name="bench-storage-cpu-azurite",
+    ).start()
     conn = (
         f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
         f"BlobEndpoint=http://127.0.0.1:{blob}/{ACCOUNT};"

@@ -194,6 +194,7 @@ def main() -> None:
                     "--silent",
                     "--skipApiVersionCheck",
                     "--loose",
+                    "--disableTelemetry",
                     "--location",
                     str(data),
                     "--blobHost",
