@@ -41,6 +41,7 @@ def annotation_of(fn: Callable[..., Any], param: str) -> Any:
     return None if ann is inspect.Parameter.empty or isinstance(ann, str) else ann
 
 
+@functools.cache  # asked on every invocation; a function's signature does not change
 def wants_context(fn: Callable[..., Any]) -> bool:
     try:
         return "context" in inspect.signature(fn).parameters

@@ -115,6 +115,7 @@ class QueueListener:
         self.min_poll_s = min_poll_s
         self.start_retry_max_s = start_retry_max_s
         self.inflight: set[asyncio.Task[None]] = set()
+        self._freed: asyncio.Future[None] | None = None  # set when an in-flight task ends
 
     @staticmethod
     def queue_name(spec: FunctionSpec) -> str:
@@ -131,10 +132,20 @@ class QueueListener:
         what = f"queue listener for function {self.spec.name} (queue {self.queue.queue_name})"
         if not await start_with_backoff(what, self.start, stop, max_s=self.start_retry_max_s):
             return
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await self._poll(stop, stopped)
+        finally:
+            stopped.cancel()
+
+    async def _poll(self, stop: asyncio.Event, stopped: asyncio.Future[Any]) -> None:
+        loop = asyncio.get_running_loop()
         delay = self.min_poll_s
         while not stop.is_set():
             if len(self.inflight) > self.options.fetch_threshold:
-                await _first(stop, *self.inflight)
+                # wait for one to finish (or for stop): one future, not a callback on each
+                self._freed = loop.create_future()
+                await asyncio.wait({stopped, self._freed}, return_when=asyncio.FIRST_COMPLETED)
                 continue
             try:
                 batch = await _host_call(self._receive)
@@ -144,13 +155,17 @@ class QueueListener:
             for message in batch:
                 task = asyncio.create_task(self._process(message))
                 self.inflight.add(task)
-                task.add_done_callback(self.inflight.discard)
+                task.add_done_callback(self._done)
             if batch:
                 delay = self.min_poll_s
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+            await asyncio.wait({stopped}, timeout=delay)
             delay = min(delay * 2, max(self.options.max_polling_interval_s, self.min_poll_s))
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.inflight.discard(task)
+        if self._freed is not None and not self._freed.done():
+            self._freed.set_result(None)
 
     async def drain(self, grace_s: float) -> None:
         if self.inflight:
@@ -179,8 +194,7 @@ class QueueListener:
             self._log(message, t0, "poisoned (invalid base64)")
             return
         trigger = queue_trigger_arg(message, body)
-        done = asyncio.Event()
-        renewer = asyncio.create_task(self._renew(lease, done))
+        renewal = _Renewal(self, lease)
         error: Exception | None = None
         try:
             await self.invoker.invoke(self.spec, trigger, binding_data=_binding_data(message, body))
@@ -188,8 +202,7 @@ class QueueListener:
             error = exc
             log.error("function %s failed on message %s: %r", self.spec.name, message.id, exc)
         finally:
-            done.set()
-            await renewer
+            await renewal.stop()
         try:
             if error is None:
                 await _host_call(self.queue.delete_message, message.id, lease.pop_receipt)
@@ -211,23 +224,18 @@ class QueueListener:
                 "queue %s: settling message %s failed: %s", self.queue.queue_name, message.id, exc
             )
 
-    async def _renew(self, lease: _Lease, done: asyncio.Event) -> None:
-        """Extend the lease every third of its length until ``done`` (renewals never overlap)."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), self.lease_s / 3)
-            if done.is_set():
-                return
-            try:
-                updated = await _host_call(
-                    self.queue.update_message,
-                    lease.message.id,
-                    lease.pop_receipt,
-                    visibility_timeout=self.lease_s,
-                )
-                lease.pop_receipt = str(updated.pop_receipt)
-            except Exception as exc:
-                log.warning("queue %s: lease renewal failed: %s", self.queue.queue_name, exc)
+    async def renew(self, lease: _Lease) -> None:
+        """Extend the lease by its full length (a failure is logged: the lease may lapse)."""
+        try:
+            updated = await _host_call(
+                self.queue.update_message,
+                lease.message.id,
+                lease.pop_receipt,
+                visibility_timeout=self.lease_s,
+            )
+            lease.pop_receipt = str(updated.pop_receipt)
+        except Exception as exc:
+            log.warning("queue %s: lease renewal failed: %s", self.queue.queue_name, exc)
 
     def _to_poison(self, lease: _Lease) -> None:
         """Copy the message text unchanged (same encoding) to ``<queue>-poison``, then delete."""
@@ -247,6 +255,37 @@ class QueueListener:
         )
 
 
+class _Renewal:
+    """Renews one message's lease every third of its length while its function runs.
+
+    A timer, not a task per message: most functions end long before the first renewal.
+    Renewals never overlap, and ``stop`` waits for one in progress, so the message is
+    settled with the newest pop receipt.
+    """
+
+    def __init__(self, listener: QueueListener, lease: _Lease) -> None:
+        self._listener = listener
+        self._lease = lease
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._timer = self._loop.call_later(listener.lease_s / 3, self._fire)
+
+    def _fire(self) -> None:
+        self._task = self._loop.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        await self._listener.renew(self._lease)
+        if not self._stopped:
+            self._timer = self._loop.call_later(self._listener.lease_s / 3, self._fire)
+
+    async def stop(self) -> None:
+        self._stopped = True
+        self._timer.cancel()
+        if self._task is not None:
+            await self._task
+
+
 def _binding_data(message: QueueMessage, body: bytes) -> dict[str, str]:
     """Values for ``{…}`` expressions in output bindings: metadata plus top-level JSON fields."""
     data: dict[str, str] = {}
@@ -263,11 +302,3 @@ def _binding_data(message: QueueMessage, body: bytes) -> dict[str, str]:
         PopReceipt=str(message.pop_receipt),
     )
     return data
-
-
-async def _first(stop: asyncio.Event, *tasks: asyncio.Task[None]) -> None:
-    waiter = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
