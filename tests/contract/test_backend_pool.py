@@ -17,6 +17,7 @@ from httpcore._async.connection import AsyncHTTPConnection
 from shared.backends.pool import Pool, Transport
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
+CLOSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Server:
     """An HTTP/1.1 server that keeps connections alive unless told to hang up."""
 
     hang_up_after_response: bool = False
+    close_after_response: bool = False  # says "connection: close", then closes
     delay_s: float = 0.0
     accepted: int = 0
     open_now: int = 0
@@ -43,9 +45,11 @@ class Server:
                     return
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
-                writer.write(OK)
+                writer.write(CLOSE if self.close_after_response else OK)
                 await writer.drain()
-                if self.hang_up_after_response:  # no "connection: close": a silent hang-up
+                if (
+                    self.hang_up_after_response or self.close_after_response
+                ):  # no "connection: close": a silent hang-up
                     return
         finally:
             self.open_now -= 1
@@ -109,6 +113,22 @@ async def test_at_the_connection_limit_requests_wait_then_all_succeed(server: Se
         answers = await asyncio.gather(*(c.get(server.url) for _ in range(6)))
     assert [a.text for a in answers] == ["ok"] * 6
     assert server.most_open == 2 and server.accepted == 2
+
+
+async def test_at_the_limit_connections_closed_after_their_answer_make_room(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Closed connections leave the pool's list on a sweep or when a request finds the pool
+    # full, not on every request: at the limit they must not hold the places.
+    server.close_after_response = True
+    monkeypatch.setattr(Pool, "SWEEP_S", 3600.0)  # one sweep, at the first request
+    async with client(max_connections=2, max_keepalive=2) as c:
+        for _ in range(3):
+            answers = await asyncio.wait_for(
+                asyncio.gather(c.get(server.url), c.get(server.url)), 5
+            )
+            assert [a.text for a in answers] == ["ok", "ok"]
+    assert server.accepted == 6 and server.most_open <= 2
 
 
 async def test_bookkeeping_is_linear_in_the_connections_open(
