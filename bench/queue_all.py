@@ -61,7 +61,8 @@ def figures(config: Config, tag: str) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         return {"error": repr(exc)}
     keep = ("steady_ratio_of_measured_capacity", "worker_cpu_ms_per_job", "load_average_1m",
-            "model_calls_per_job", "total_ops_per_job", "when")  # fmt: skip
+            "model_calls_per_job", "total_ops_per_job", "storage_service_cpu_ms_per_job",
+            "endpoint_cpu_ms_per_job", "when")  # fmt: skip
     return {k: data.get(k) for k in keep}
 
 

@@ -27,6 +27,7 @@ FIGURES = [
     "function_cpu_ms_per_job", "steady_ratio_of_measured_capacity", "measured_capacity_rps",
     "steady_jobs_per_s_10_to_90pct", "model_calls_per_job", "load_average_1m", "when", "code",
     "messages_in_flight_max_per_process", "backlog_queued_before_drain",
+    "storage_service_cpu_ms_per_job", "endpoint_cpu_ms_per_job",
 ]  # fmt: skip
 
 
