@@ -87,6 +87,7 @@ class Otel:
         resource = Resource.create({"service.name": service_name()})
         readers: list[MetricReader] = []
         credential = _azure_credential() if appinsights else None
+        self.appinsights = bool(appinsights)
         self.push = False
         if _otlp("METRICS"):
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -214,6 +215,17 @@ class Otel:
         if self.traces is not None:
             self.traces.shutdown()
         self.meters.shutdown()
+        if self.appinsights:
+            # Azure Monitor's exporters start a process-wide "customer SDK stats" meter
+            # provider of their own (its counts of items sent, retried and dropped, exported
+            # to the same resource every 15 minutes on its own thread, unless
+            # APPLICATIONINSIGHTS_SDKSTATS_DISABLED=true). It goes with the providers that
+            # started it; a later provider's exporter starts it again.
+            from azure.monitor.opentelemetry.exporter.statsbeat.customer import (
+                shutdown_customer_sdkstats_metrics,
+            )
+
+            shutdown_customer_sdkstats_metrics()
         if self.prometheus is not None:
             from prometheus_client import REGISTRY
 

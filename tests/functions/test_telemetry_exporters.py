@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
+from shared.lifecycle import reset_all
 from tests.fixtures.events import LambdaContext, load_event
 from tests.fixtures.gpusim import Gpusim
 from tests.fixtures.jobs import CountingProxy
@@ -69,6 +71,11 @@ async def test_application_insights_receives_metrics_and_spans_before_the_answer
     assert request["tags"]["ai.operation.id"] == TRACEPARENT.split("-")[1]
     props = request["data"]["baseData"]["properties"]
     assert props["gen_ai.operation.name"] == "chat" and props["infer.backend"] == "sim"
+    # Shutting telemetry down stops every exporting thread it started, the exporter's own
+    # SDK-stats provider included: none is left to export later, past any deadline.
+    reset_all()
+    readers = [t for t in threading.enumerate() if t.name == "OtelPeriodicExportingMetricReader"]
+    assert not [t for t in readers if t.is_alive()], readers
 
 
 def test_lambda_handler_writes_cloudwatch_emf_to_stdout(
