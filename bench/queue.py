@@ -194,36 +194,40 @@ class AzureRun:
             name="bench-azurite",
         ).start()  # fmt: skip
         self.service = self.azurite
-        self.conn = connection_string(blob, queue_port)
-        app_dir = tmp / "app"
-        app_dir.mkdir()
-        (app_dir / "host.json").write_text(json.dumps(host_json(args.batch_size)))
-        self.container = "jobs-" + uuid.uuid4().hex[:8]
-        env = {
-            "AzureWebJobsStorage": self.conn,
-            "INFER_BACKENDS": json.dumps(backends),
-            "INFER_JOBS_CONTAINER": self.container,
-            "INFER_AUTH_LEVEL": "ANONYMOUS",
-            **({"WEBSITE_SKU": args.sku} if args.sku else {}),
-        }
-        self.hosts = []
-        for i in range(args.hosts):
-            port = free_port()
-            if args.profile and i == 0:
-                env = {**env, "BENCH_PROFILE": str(Path(args.profile).resolve())}
-            elif "BENCH_PROFILE" in env:
-                env = {k: v for k, v in env.items() if k != "BENCH_PROFILE"}
-            self.hosts.append(ServerProcess(
-                [PYTHON, "-m", "tools.devhost", "--port", str(port), "--app-module",
-                 "bench.queue_app", "--app-dir", str(app_dir), "--poll-interval", "0.05",
-                 "--workers", str(args.workers), *(["--no-blobs"] if i else [])],
-                port, ready_path="/", name=f"bench-devhost-{i}", env=env, cwd=code_dir(args),
-            ))  # fmt: skip
-        self.queue = QueueClient.from_connection_string(
-            self.conn, "inference-requests", message_encode_policy=TextBase64EncodePolicy()
-        )
-        self.queue.create_queue()
-        self.blobs = BlobServiceClient.from_connection_string(self.conn)
+        self.hosts: list[ServerProcess] = []
+        try:
+            self.conn = connection_string(blob, queue_port)
+            app_dir = tmp / "app"
+            app_dir.mkdir()
+            (app_dir / "host.json").write_text(json.dumps(host_json(args.batch_size)))
+            self.container = "jobs-" + uuid.uuid4().hex[:8]
+            env = {
+                "AzureWebJobsStorage": self.conn,
+                "INFER_BACKENDS": json.dumps(backends),
+                "INFER_JOBS_CONTAINER": self.container,
+                "INFER_AUTH_LEVEL": "ANONYMOUS",
+                **({"WEBSITE_SKU": args.sku} if args.sku else {}),
+            }
+            for i in range(args.hosts):
+                port = free_port()
+                if args.profile and i == 0:
+                    env = {**env, "BENCH_PROFILE": str(Path(args.profile).resolve())}
+                elif "BENCH_PROFILE" in env:
+                    env = {k: v for k, v in env.items() if k != "BENCH_PROFILE"}
+                self.hosts.append(ServerProcess(
+                    [PYTHON, "-m", "tools.devhost", "--port", str(port), "--app-module",
+                     "bench.queue_app", "--app-dir", str(app_dir), "--poll-interval", "0.05",
+                     "--workers", str(args.workers), *(["--no-blobs"] if i else [])],
+                    port, ready_path="/", name=f"bench-devhost-{i}", env=env, cwd=code_dir(args),
+                ))  # fmt: skip
+            self.queue = QueueClient.from_connection_string(
+                self.conn, "inference-requests", message_encode_policy=TextBase64EncodePolicy()
+            )
+            self.queue.create_queue()
+            self.blobs = BlobServiceClient.from_connection_string(self.conn)
+        except BaseException:  # set-up failed: stop what was started
+            self.close()
+            raise
 
     def enqueue(self, lines: list[str], visible_at: float | None = None) -> None:
         def send(line: str) -> None:
@@ -268,34 +272,40 @@ class AwsRun:
             port, ready_path="/moto-api/", name="bench-moto",
         ).start()  # fmt: skip
         self.service = self.moto
-        aws = {**AWS_ENV, "AWS_ENDPOINT_URL": self.moto.url}
-        session = boto3.session.Session(
-            aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
-        )
-        self.s3 = session.client("s3", endpoint_url=self.moto.url)
-        self.sqs = session.client("sqs", endpoint_url=self.moto.url)
-        self.bucket = "bench-" + uuid.uuid4().hex[:8]
-        self.s3.create_bucket(Bucket=self.bucket)
-        dlq = self.sqs.create_queue(QueueName="inference-requests-dlq")["QueueUrl"]
-        dlq_arn = self.sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])
-        redrive = {"deadLetterTargetArn": dlq_arn["Attributes"]["QueueArn"],
-                   "maxReceiveCount": "5"}  # fmt: skip
-        self.url = self.sqs.create_queue(
-            QueueName="inference-requests",
-            Attributes={"VisibilityTimeout": "60", "RedrivePolicy": json.dumps(redrive)},
-        )["QueueUrl"]
-        arn = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])
-        env = {**aws, "INFER_BUCKET": self.bucket, "INFER_QUEUE_URL": self.url,
-               "INFER_BACKENDS": json.dumps(backends)}  # fmt: skip
-        self.hosts = []
-        for i in range(args.hosts):
-            hp = free_port()
-            self.hosts.append(ServerProcess(
-                [PYTHON, "-m", "bench.sqs_host", "--queue-url", self.url, "--queue-arn",
-                 arn["Attributes"]["QueueArn"], "--port", str(hp), "--batches",
-                 str(args.sqs_batches)],
-                hp, ready_path="/", name=f"bench-sqs-host-{i}", env=env, cwd=code_dir(args),
-            ))  # fmt: skip
+        self.hosts: list[ServerProcess] = []
+        try:
+            aws = {**AWS_ENV, "AWS_ENDPOINT_URL": self.moto.url}
+            session = boto3.session.Session(
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+                region_name="us-east-1",
+            )
+            self.s3 = session.client("s3", endpoint_url=self.moto.url)
+            self.sqs = session.client("sqs", endpoint_url=self.moto.url)
+            self.bucket = "bench-" + uuid.uuid4().hex[:8]
+            self.s3.create_bucket(Bucket=self.bucket)
+            dlq = self.sqs.create_queue(QueueName="inference-requests-dlq")["QueueUrl"]
+            dlq_arn = self.sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])
+            redrive = {"deadLetterTargetArn": dlq_arn["Attributes"]["QueueArn"],
+                       "maxReceiveCount": "5"}  # fmt: skip
+            self.url = self.sqs.create_queue(
+                QueueName="inference-requests",
+                Attributes={"VisibilityTimeout": "60", "RedrivePolicy": json.dumps(redrive)},
+            )["QueueUrl"]
+            arn = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])
+            env = {**aws, "INFER_BUCKET": self.bucket, "INFER_QUEUE_URL": self.url,
+                   "INFER_BACKENDS": json.dumps(backends)}  # fmt: skip
+            for i in range(args.hosts):
+                hp = free_port()
+                self.hosts.append(ServerProcess(
+                    [PYTHON, "-m", "bench.sqs_host", "--queue-url", self.url, "--queue-arn",
+                     arn["Attributes"]["QueueArn"], "--port", str(hp), "--batches",
+                     str(args.sqs_batches)],
+                    hp, ready_path="/", name=f"bench-sqs-host-{i}", env=env, cwd=code_dir(args),
+                ))  # fmt: skip
+        except BaseException:  # set-up failed: stop what was started
+            self.close()
+            raise
 
     def enqueue(self, lines: list[str], visible_at: float | None = None) -> None:
         def send(chunk: list[str]) -> None:
@@ -420,7 +430,14 @@ def main() -> None:
     )
     backends = [{"name": "sim", "kind": "openai", "base_url": sim.v1, "models": ["*"],
                  "max_concurrency": 256}]  # fmt: skip
-    run: AzureRun | AwsRun = (AzureRun if args.platform == "azure" else AwsRun)(args, tmp, backends)
+    try:
+        run: AzureRun | AwsRun = (AzureRun if args.platform == "azure" else AwsRun)(
+            args, tmp, backends
+        )
+    except BaseException:  # the platform's stand-ins did not start: nor does the run
+        sim.close()
+        sim.server.stop()
+        raise
     try:
         measured = measure_capacity(sim.v1, args)
         ids = [f"bench-{i}-{uuid.uuid4().hex[:6]}" for i in range(args.jobs)]
