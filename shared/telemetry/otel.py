@@ -220,12 +220,16 @@ class Otel:
             # provider of their own (its counts of items sent, retried and dropped, exported
             # to the same resource every 15 minutes on its own thread, unless
             # APPLICATIONINSIGHTS_SDKSTATS_DISABLED=true). It goes with the providers that
-            # started it; a later provider's exporter starts it again.
-            from azure.monitor.opentelemetry.exporter.statsbeat.customer import (
-                shutdown_customer_sdkstats_metrics,
-            )
-
-            shutdown_customer_sdkstats_metrics()
+            # started it; a later provider's exporter starts it again. Exporter releases
+            # before it (requirements.txt allows 1.0.0b40 on) have none to shut down.
+            try:
+                from azure.monitor.opentelemetry.exporter.statsbeat.customer import (
+                    shutdown_customer_sdkstats_metrics,
+                )
+            except ImportError:
+                pass
+            else:
+                shutdown_customer_sdkstats_metrics()
         if self.prometheus is not None:
             from prometheus_client import REGISTRY
 
