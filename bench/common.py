@@ -16,6 +16,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.fixtures.procs import PYTHON, ROOT, ServerProcess, free_port
 
 RESULTS = ROOT / "bench" / "results"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds (every thread) of a process and its children that exited."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / TICK
 
 
 def pct(values: list[float], q: float) -> float:

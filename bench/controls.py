@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -36,6 +35,7 @@ from bench.common import (
     ROOT,
     ServerProcess,
     backends_for,
+    cpu_s,
     free_port,
     gpusim,
     summary,
@@ -49,14 +49,6 @@ BODY = {
 }
 LIMITS = json.dumps([{"caller": "*", "rpm": 10_000_000, "tpm": 1_000_000_000,
                       "max_parallel": 100_000}])  # fmt: skip
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its children that exited."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) / TICK
 
 
 def start_redis() -> tuple[ServerProcess, str]:

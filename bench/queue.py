@@ -16,7 +16,10 @@ worker process, from when it was ready and had run ``--warmup`` jobs each, so fi
 imports and connections are not counted); ``host_cpu_ms_per_job`` is the part spent by the
 platform's stand-in (devhost's queue-listener threads; the SQS mapping's receive/delete),
 which the deployed platform runs outside the function's process, and
-``function_cpu_ms_per_job`` the rest. ``model_calls == jobs`` with every job succeeded
+``function_cpu_ms_per_job`` the rest. ``storage_service_cpu_ms_per_job`` and
+``endpoint_cpu_ms_per_job`` are what Azurite (run in memory) or moto, and gpusim, cost the
+same cores during the drain (none of them is on the worker's machine in the cloud).
+``model_calls == jobs`` with every job succeeded
 means exactly one model call per job. ``--code DIR`` runs the worker processes on another
 checkout's product code (bench/queue_all.py ``--base-ref``); ``--profile PATH`` (Azure)
 runs the first devhost under yappi and writes pstats there.
@@ -47,6 +50,7 @@ import httpx
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
+from bench.common import cpu_s
 from tests.fixtures.azurite import ACCOUNT, ACCOUNT_KEY, azurite_argv
 from tests.fixtures.gpusim import start_gpusim
 from tests.fixtures.moto import AWS_ENV
@@ -344,10 +348,8 @@ class AwsRun:
 
 
 def process_cpu_s(server: ServerProcess) -> float:
-    """CPU seconds (user + system, every thread) a server process has used so far."""
     assert server.proc is not None
-    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu_s(server.proc.pid)
 
 
 def per_job(before: list[dict[str, Any]], after: list[dict[str, Any]], jobs: int) -> dict[str, Any]:
