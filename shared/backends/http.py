@@ -106,7 +106,7 @@ class _Client(httpx.AsyncClient):
 
     @cookies.setter
     def cookies(self, cookies: Any) -> None:
-        return None
+        raise AttributeError("the backends' client keeps no cookies")
 
 
 def _build_client(loop: asyncio.AbstractEventLoop) -> httpx.AsyncClient:

@@ -60,6 +60,8 @@ async def test_a_cookie_one_answer_sets_is_not_sent_with_the_next_request() -> N
         assert len(seen) == 2
         assert all(b"cookie" not in head.lower() for head in seen), seen
         assert not client.cookies
+        with pytest.raises(AttributeError):  # nor can a jar be given to it later
+            client.cookies = {"session": "caller-b"}
     finally:
         await backend_http.get_client().aclose()
         backend_http.set_transport(None)

@@ -56,6 +56,7 @@ async def test_application_insights_receives_metrics_and_spans_before_the_answer
         f"IngestionEndpoint={otlp_receiver.url}/",
     )
     sim_env.setenv("APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL", "true")
+    before = set(threading.enumerate())
     r = await _post(CHAT, {"traceparent": TRACEPARENT})
     assert r.status_code == 200, r.text
     # The invocation flushed before answering: the Track requests are already there.
@@ -73,8 +74,12 @@ async def test_application_insights_receives_metrics_and_spans_before_the_answer
     assert props["gen_ai.operation.name"] == "chat" and props["infer.backend"] == "sim"
     # Shutting telemetry down stops every exporting thread it started, the exporter's own
     # SDK-stats provider included: none is left to export later, past any deadline.
+    started = [t for t in threading.enumerate() if t not in before]
+    readers = [t for t in started if t.name == "OtelPeriodicExportingMetricReader"]
+    assert len(readers) >= 2, started  # ours and the exporter's SDK-stats provider
     reset_all()
-    readers = [t for t in threading.enumerate() if t.name == "OtelPeriodicExportingMetricReader"]
+    for t in readers:
+        t.join(timeout=5)
     assert not [t for t in readers if t.is_alive()], readers
 
 
