@@ -32,8 +32,8 @@ from .runtime import Runtime
 
 AUDIENCE = "https://cognitiveservices.azure.com"
 CONTENT_FILTER_HEADER = "x-gpusim-content-filter"
-_SAFE = {"filtered": False, "severity": "safe"}
-_CATEGORIES = ("hate", "self_harm", "sexual", "violence")
+_SAFE = openai_api.SAFE
+_CATEGORIES = openai_api.CATEGORIES
 PROMPT_FILTER_CHUNK = (
     b"data: "
     + json.dumps({
@@ -113,24 +113,7 @@ def with_body(request: Request, body: bytes) -> Request:
 
 
 def content_filter_error() -> Response:
-    body = {
-        "error": {
-            "message": "The response was filtered due to the prompt triggering Azure OpenAI's "
-            "content management policy. Please modify your prompt and retry.",
-            "type": None,
-            "param": "prompt",
-            "code": "content_filter",
-            "status": 400,
-            "innererror": {
-                "code": "ResponsibleAIPolicyViolation",
-                "content_filter_result": {
-                    **dict.fromkeys(_CATEGORIES, _SAFE),
-                    "violence": {"filtered": True, "severity": "high"},
-                },
-            },
-        }
-    }
-    return JSONResponse(body, status_code=400)
+    return JSONResponse(openai_api.content_filter_body(), status_code=400)
 
 
 def prefix_stream(prefix: bytes) -> Callable[[], SendFilter]:

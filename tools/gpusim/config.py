@@ -13,7 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-FAULT_TYPES = ("429", "503", "500", "reset", "timeout", "midstream")
+FAULT_TYPES = (
+    "429", "503", "500", "reset", "timeout", "midstream",
+    "stall", "slow_first_token", "malformed", "no_done", "context_length", "content_filter",
+)  # fmt: skip
 
 
 def _knob(default: Any, help: str) -> Any:
@@ -78,6 +81,11 @@ class Config:
     aws_secret_access_key: str = _knob("testing", "its secret (SigV4 is verified)")
     sagemaker_part_bytes: int = _knob(
         0, "split SageMaker stream bytes into PayloadParts of N bytes (0: one per chunk)"
+    )
+    continue_final_message: bool = _knob(
+        True,
+        "accept vLLM's continue_final_message (a partial assistant message continued); "
+        "off: such a request is refused with 400, as by a server that does not support it",
     )
     content_filter_word: str = _knob(
         "gpusim-blocked", "an Azure OpenAI prompt containing this is refused (content_filter)"

@@ -72,6 +72,8 @@ class GenerationRequest:
     messages joined, see :func:`text.chat_prompt`); ``prompt_tokens`` its token count.
     ``max_tokens`` None means the natural length. ``seed`` is the request's own seed.
     ``tag`` (the ``x-gpusim-tag`` header) keys the completed-generation count in stats.
+    ``prefix`` is a partial answer to continue (vLLM's ``continue_final_message``): the
+    output is what follows it, as a deterministic model decoding greedily would give.
     """
 
     model: str
@@ -81,6 +83,7 @@ class GenerationRequest:
     stop: Sequence[str] = ()
     seed: int | None = None
     tag: str | None = None
+    prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,7 @@ class Engine:
             max_tokens=c.max_output_tokens,
             limit=limit,
             stop=request.stop,
+            prefix=request.prefix,
         )
 
     @asynccontextmanager

@@ -73,7 +73,46 @@ def overloaded_error(exc: Overloaded) -> ApiError:
                     headers=wire.retry_headers(exc.retry_after))  # fmt: skip
 
 
+SAFE = {"filtered": False, "severity": "safe"}
+CATEGORIES = ("hate", "self_harm", "sexual", "violence")
+
+
+def content_filter_body() -> dict[str, Any]:
+    """Azure OpenAI's 400 for a prompt its content filter refuses, reasons included."""
+    return {
+        "error": {
+            "message": "The response was filtered due to the prompt triggering Azure OpenAI's "
+            "content management policy. Please modify your prompt and retry.",
+            "type": None,
+            "param": "prompt",
+            "code": "content_filter",
+            "status": 400,
+            "innererror": {
+                "code": "ResponsibleAIPolicyViolation",
+                "content_filter_result": {
+                    **dict.fromkeys(CATEGORIES, SAFE),
+                    "violence": {"filtered": True, "severity": "high"},
+                },
+            },
+        }
+    }
+
+
+class RawApiError(ApiError):
+    """An error answer whose JSON body is given whole (another provider's envelope)."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(status, str(body.get("error", {}).get("message", "")))
+        self.body = body
+
+
 def fault_error(fault: Fault) -> ApiError:
+    if fault.type == "content_filter":
+        return RawApiError(400, content_filter_body())
+    if fault.type == "context_length":  # vLLM's words (OpenAI adds code context_length_exceeded)
+        return ApiError(400, "This model's maximum context length is 2048 tokens. However, you "
+                        "requested 4096 tokens in the messages. Please reduce the length of "
+                        "the messages.", param="messages")  # fmt: skip
     if fault.type == "429":
         return ApiError(429, "Rate limit reached (injected by gpusim). Please retry later.",
                         type="requests", code="rate_limit_exceeded",
@@ -277,18 +316,33 @@ class CompletionFormat(_Chunks):
 
 
 # --- running a generation ----------------------------------------------------------------
-async def send_body(
-    scope: Scope, send: Send, body: bytes, request_id: str, midstream: bool
-) -> None:
-    """A 200 JSON answer; ``midstream`` sends half of it and then closes the connection."""
+async def send_body(scope: Scope, send: Send, body: bytes, request_id: str,
+                    fault: Fault | None, hang_s: float) -> None:  # fmt: skip
+    """A 200 JSON answer, or the fault acted out on it: "midstream" sends half and closes
+    the connection, "malformed" sends half as the whole body, "stall" sends the headers and
+    then nothing, "slow_first_token" answers ``delay_s`` late."""
+    kind = fault.type if fault is not None else None
+    if kind == "slow_first_token" and fault is not None:
+        await asyncio.sleep(fault.delay_s)
+    if kind == "malformed":
+        body = body[: len(body) // 2]
     await send(wire.json_start(200, body, {"x-request-id": request_id}))
-    if midstream:
+    if kind == "midstream":
         half = body[: len(body) // 2]
         await send({"type": "http.response.body", "body": half, "more_body": True})
         wire.set_outcome(scope, "midstream")
         wire.abort_connection(scope, reset=False)
         return
+    if kind == "stall":
+        wire.set_outcome(scope, "stall")
+        await asyncio.sleep(hang_s)
+        wire.abort_connection(scope, reset=True)
+        return
     await send({"type": "http.response.body", "body": body})
+
+
+#: Stream faults acted out after some chunks; the others happen before or at the end.
+_AFTER_CHUNKS = ("midstream", "stall", "malformed")
 
 
 @dataclass
@@ -299,10 +353,6 @@ class GenerationCall:
     stream: bool
     fault: Fault | None
     request_id: str
-
-    @property
-    def midstream(self) -> bool:
-        return self.fault is not None and self.fault.type == "midstream"
 
     def response(self) -> Response:
         if self.fault is not None and self.fault.status is not None:
@@ -322,7 +372,8 @@ class GenerationCall:
                     result = CompletionResult("".join(pieces), gen.finish_reason,
                                               gen.prompt_tokens, gen.completion_tokens)  # fmt: skip
                     body = wire.dumps(self.fmt.full(result))
-                    await send_body(scope, send, body, self.request_id, self.midstream)
+                    await send_body(scope, send, body, self.request_id, fault,
+                                    self.rt.config.hang_s)  # fmt: skip
                     return
                 await self.send_stream(scope, send, gen)
         except Overloaded as exc:
@@ -330,37 +381,74 @@ class GenerationCall:
             await wire.send_json(send, err.status, err.body, err.headers)
 
     async def send_stream(self, scope: Scope, send: Send, gen: Generation) -> None:
-        fmt = self.fmt
+        fmt, fault = self.fmt, self.fault
+        kind = fault.type if fault is not None else None
         headers = [*SSE_HEADERS, (b"x-request-id", self.request_id.encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if kind == "slow_first_token" and fault is not None:
+            await asyncio.sleep(fault.delay_s)
         cut = -1
-        if self.midstream:
-            cut = max(0, min(self.rt.config.midstream_chunks, len(gen.plan.tokens) - 1))
+        if kind in _AFTER_CHUNKS and fault is not None:
+            after = self.rt.config.midstream_chunks if fault.after is None else fault.after
+            cut = max(0, min(after, len(gen.plan.tokens) - 1))
         sent = 0
         head = fmt.head()
         async for piece in gen:
-            if sent == cut:
-                break
             chunk = fmt.token(piece)
+            if sent == cut:
+                if kind == "malformed":  # this token's event, cut in half: not JSON
+                    chunk = chunk[: len(chunk) // 2] + b"\n\n"
+                else:
+                    break
             if sent == 0 and head:
                 chunk = head + chunk
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             sent += 1
-        if cut >= 0:
-            wire.set_outcome(scope, "midstream")
-            wire.abort_connection(scope, reset=False)
+        if kind in ("midstream", "stall") and cut >= 0:
+            wire.set_outcome(scope, kind)
+            if kind == "stall":
+                await asyncio.sleep(self.rt.config.hang_s)
+            wire.abort_connection(scope, reset=kind == "stall")
             return
         tail = fmt.finish(gen.finish_reason or "stop") + fmt.usage(
             gen.prompt_tokens, gen.completion_tokens
         )
         if sent == 0:
             tail = head + tail
+        if kind == "no_done":
+            wire.set_outcome(scope, "no_done")
+            await send({"type": "http.response.body", "body": tail})
+            return
         await send({"type": "http.response.body", "body": tail + DONE})
+
+
+def partial_answer(rt: Runtime, body: dict[str, Any], messages: list[Any]) -> str | None:
+    """vLLM's ``continue_final_message``: the final assistant message is a partial answer to
+    continue (``add_generation_prompt`` must then be false), or None when not asked.
+
+    A server started with ``--no-continue-final-message`` refuses the field as the OpenAI API
+    refuses a parameter it does not know."""
+    cont = body.get("continue_final_message", False)
+    if cont is False:
+        return None
+    if not rt.config.continue_final_message:
+        raise ApiError(400, "Unrecognized request argument supplied: continue_final_message",
+                       param="continue_final_message")  # fmt: skip
+    if cont is not True:
+        raise ApiError(400, "'continue_final_message' must be a boolean",
+                       param="continue_final_message")  # fmt: skip
+    if body.get("add_generation_prompt", True) is not False:
+        raise ApiError(400, "Cannot set both `continue_final_message` and "
+                       "`add_generation_prompt` to True.")  # fmt: skip
+    if messages[-1].get("role") != "assistant":
+        raise ApiError(400, "continue_final_message requires the final message to be an "
+                       "assistant message", param="messages")  # fmt: skip
+    return text.message_text(messages[-1].get("content"))
 
 
 def generation_request(
     request: Request, model: str, prompt: str, prompt_tokens: int, body: dict[str, Any],
-    max_tokens: int | None,
+    max_tokens: int | None, prefix: str = "",
 ) -> GenerationRequest:  # fmt: skip
     return GenerationRequest(
         model=model,
@@ -370,6 +458,7 @@ def generation_request(
         stop=stop_of(body),
         seed=int_field(body, "seed", -(2**63)),
         tag=request.headers.get(TAG_HEADER),
+        prefix=prefix,
     )
 
 
@@ -438,9 +527,14 @@ def routes(rt: Runtime) -> list[BaseRoute]:
             max_tokens = int_field(body, "max_completion_tokens", 1)
             if max_tokens is None:
                 max_tokens = int_field(body, "max_tokens", 1)
-            prompt, prompt_tokens = await off_loop_if_big(request, text.chat_prompt, messages)
+            prefix = partial_answer(rt, body, messages)
+            asked = messages[:-1] if prefix is not None else messages
+            prompt, prompt_tokens = await off_loop_if_big(request, text.chat_prompt, asked)
+            if prefix is not None:  # the partial answer is read as prompt tokens
+                prompt_tokens += text.count_tokens(prefix)
             check_context(rt, prompt_tokens, max_tokens)
-            gen = generation_request(request, model, prompt, prompt_tokens, body, max_tokens)
+            gen = generation_request(request, model, prompt, prompt_tokens, body, max_tokens,
+                                     prefix or "")  # fmt: skip
             fault = decide_fault(rt, request)
         except ApiError as err:
             return err.response()
@@ -507,9 +601,8 @@ def routes(rt: Runtime) -> list[BaseRoute]:
                            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
                 return wire.dumps(payload)
 
-            midstream = fault is not None and fault.type == "midstream"
             body = await asyncio.to_thread(encode)
-            await send_body(scope, send, body, f"embd-{uuid.uuid4().hex}", midstream)
+            await send_body(scope, send, body, f"embd-{uuid.uuid4().hex}", fault, rt.config.hang_s)
 
         return wire.RawResponse(run)
 

@@ -138,9 +138,33 @@ def plan_output(
     max_tokens: int,
     limit: int | None,
     stop: Sequence[str] = (),
+    prefix: str = "",
 ) -> OutputPlan:
+    """The output for ``prompt``; with a ``prefix`` (a partial answer to continue), what
+    follows it: the rest of the prompt's own answer when the prefix is the start of it (so
+    an answer cut anywhere and continued is the uncut answer), else a natural answer to
+    prompt + prefix."""
     natural = natural_tokens(seed, model, prompt, request_seed, min_tokens, max_tokens)
+    if prefix:
+        rest = continuation(natural, prefix)
+        if rest is None:
+            rest = natural_tokens(seed, model, prompt + prefix, request_seed, min_tokens,
+                                  max_tokens)  # fmt: skip
+        natural = rest
     return apply_limits(natural, limit, stop)
+
+
+def continuation(tokens: Sequence[str], prefix: str) -> list[str] | None:
+    """The tokens after ``prefix`` (the token it ends inside shortened), or None when
+    ``prefix`` is not the start of their text."""
+    if not "".join(tokens).startswith(prefix):
+        return None
+    used = 0
+    for i, token in enumerate(tokens):
+        if used + len(token) > len(prefix):
+            return [token[len(prefix) - used :], *tokens[i + 1 :]]
+        used += len(token)
+    return []
 
 
 def embedding(seed: int, model: str, text: str, dim: int) -> list[float]:

@@ -37,6 +37,10 @@ class TgiError(Exception):
         return JSONResponse(self.body, status_code=self.status, headers=self.headers)
 
 
+#: Stream faults only the OpenAI protocol acts out.
+TGI_UNSUPPORTED = ("stall", "slow_first_token", "malformed", "no_done")
+
+
 def fault_error(fault: Fault) -> TgiError:
     if fault.type == "429":
         return TgiError(
@@ -45,6 +49,13 @@ def fault_error(fault: Fault) -> TgiError:
     if fault.type == "503":
         return TgiError(503, "Model is not ready (injected by gpusim)", "unhealthy",
                         wire.retry_headers(fault.retry_after))  # fmt: skip
+    if fault.type == "context_length":
+        return TgiError(422, "Input validation error: `inputs` tokens + `max_new_tokens` must "
+                        "be <= 2048. Given: 4000 `inputs` tokens and 96 `max_new_tokens`",
+                        "validation")  # fmt: skip
+    if fault.type == "content_filter":
+        return TgiError(400, "Input refused by the content policy (injected by gpusim)",
+                        "validation")  # fmt: skip
     return TgiError(500, "Request failed during generation (injected by gpusim)",
                     "incomplete_generation")  # fmt: skip
 
@@ -94,6 +105,9 @@ def generate(rt: Runtime, body: Any, headers: Any, *, stream: bool) -> Response:
         return err.response()
     except FaultSpecError as exc:
         return TgiError(422, str(exc), "validation").response()
+    if fault is not None and fault.type in TGI_UNSUPPORTED:
+        return TgiError(422, f"fault {fault.type!r} is acted out by the OpenAI protocol only",
+                        "validation").response()  # fmt: skip
     if fault is not None and fault.status is not None:
         return fault_error(fault).response()
 

@@ -26,8 +26,11 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def retry_headers(seconds: float) -> dict[str, str]:
-    """``retry-after`` in whole seconds (RFC 9110) plus the exact ``retry-after-ms``."""
+def retry_headers(seconds: float | None) -> dict[str, str]:
+    """``retry-after`` in whole seconds (RFC 9110) plus the exact ``retry-after-ms``; none
+    for ``None`` (an endpoint that throttles without saying when to come back)."""
+    if seconds is None:
+        return {}
     return {
         "retry-after": str(max(0, math.ceil(seconds))),
         "retry-after-ms": str(max(0, round(seconds * 1000))),
