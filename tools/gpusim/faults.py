@@ -176,7 +176,8 @@ class FaultInjector:
             count = item.get("count")
             if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
                 raise FaultSpecError("count must be an integer")
-            spec: dict[str, Any] = {"kind": kind, "count": count, "after": _after(item.get("after"))}
+            after = _after(item.get("after"))
+            spec: dict[str, Any] = {"kind": kind, "count": count, "after": after}
             if item.get("for_s") is not None:
                 spec["for_s"] = _number(item["for_s"], "for_s")
             if "retry_after" in item:  # null: no Retry-After header at all
