@@ -60,6 +60,9 @@ class Context:
     #: delivery: ``shared.retry.retry_share``); None: only ``INFER_MAX_RETRIES`` bounds them.
     #: See docs/architecture.md, "One retry budget".
     tries_left: int | None = None
+    #: Backends that timed out during this invocation: a silent endpoint is not tried again
+    #: for it (``shared.router``); the other candidates are.
+    abandoned: set[str] = field(default_factory=set)
 
     @property
     def served_from_cache(self) -> bool:

@@ -10,6 +10,7 @@
     ├── ConfigError                     (500, names the bad setting)
     └── BackendError                    (502 api_error: the model endpoint misbehaved)
         ├── BackendRejected             (4xx from the endpoint passed through, e.g. content_filter)
+        │   └── ContextTooLong          (400 context_length_exceeded: the next backend may fit it)
         ├── BackendRateLimited          (429 from the endpoint, carries retry_after)
         ├── BackendUnavailable          (503, carries retry_after)
         ├── BackendTimeout              (504)
@@ -117,6 +118,29 @@ class BackendRejected(BackendError):
     """The endpoint refused the request itself (4xx): passed through, never retried."""
 
     retryable = False
+
+
+class ContextTooLong(BackendRejected):
+    """The prompt and ``max_tokens`` do not fit the endpoint's context window. Not retried on
+    the same endpoint; the router tries the next backend serving the model (one with a
+    larger context may), and the caller gets this only when none fits."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "context_length_exceeded"
+
+
+_CONTEXT_WORDS = ("maximum context length", "context length exceeded", "context window",
+                  "`max_new_tokens` must be <=")  # fmt: skip
+
+
+def is_context_length(code: object, message: str) -> bool:
+    """Whether an endpoint's 4xx says the request does not fit its context: OpenAI's and
+    Azure's ``context_length_exceeded`` code, or the words vLLM and TGI use."""
+    if code == "context_length_exceeded":
+        return True
+    text = message.lower()
+    return any(word.lower() in text for word in _CONTEXT_WORDS)
 
 
 class BackendRateLimited(BackendError):

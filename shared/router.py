@@ -4,8 +4,13 @@
   none means ``ModelNotFound`` (404).
 - Lower ``priority`` is tried first (e.g. provisioned throughput before pay-as-you-go);
   within a priority group the order is a weighted random draw by ``weight``.
-- A retryable failure (429, 503, 5xx, timeout, connection) fails over to the next candidate
-  at once; when every candidate failed, the last error goes to the retry policy.
+- A retryable failure (429, 503, 5xx, timeout, connection) is tried once more on the same
+  backend when that is the better bet (a Retry-After within ``retry_after_wait_s``, waited
+  out; a lone 5xx or reset, after a short pause; either is drawn from the unit of work's
+  retry budget like any try), else fails over to the next candidate; a timeout abandons
+  the backend for the rest of the request. ``context_length_exceeded``
+  moves to the next candidate (a larger context may fit). When every candidate failed, the
+  last error goes to the retry policy.
 - ``max_concurrency`` caps requests in flight per backend (a stream holds its slot until it
   ends); when every candidate is full the call waits for a slot until the deadline.
 - A circuit per backend opens for the endpoint's Retry-After on 429/503 (or after
@@ -23,16 +28,20 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from shared import telemetry
-from shared.backends.base import Backend, ByteStream, Result
+from shared.backends.base import SSE_DONE, Backend, ByteStream, Result
 from shared.context import Context
 from shared.errors import (
+    BackendConnectionError,
     BackendError,
     BackendRateLimited,
+    BackendTimeout,
     BackendUnavailable,
+    ContextTooLong,
     InferenceError,
     ModelNotFound,
 )
 from shared.schemas import Operation
+from shared.telemetry import record_retry
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -41,6 +50,10 @@ DEFAULT_OPEN_S = 5.0
 RATE_LIMIT_OPEN_S = 1.0
 FAILURE_THRESHOLD = 3
 SLOT_POLL_S = 0.005
+#: The pause (times 1 to 2, jittered) before the one quick retry of a lone 5xx or reset.
+QUICK_RETRY_S = 0.05
+#: Do not wait for a retry that would leave less than this for the attempt.
+MIN_ATTEMPT_S = 0.05
 
 
 @dataclass
@@ -102,10 +115,86 @@ class Slot:
         self.circuit.name = self.backend.name
 
 
-class _SlotStream:
-    """Holds the backend's concurrency slot until the stream is exhausted or closed.
+def malformed(block: bytes) -> bool:
+    """Whether a block of whole SSE events holds one that is not well formed: a ``data``
+    line that is neither ``[DONE]`` nor a JSON object's braces (a cut event, an HTML page,
+    plain text). Comments and other SSE fields pass. A shape check, not a parse: the pass
+    through reads no JSON on the way (docs/backends.md says what this does not catch)."""
+    for event in block.split(b"\n\n"):
+        for line in event.split(b"\n") if b"\n" in event else (event,):
+            if line.startswith(b"data:"):
+                data = line[5:].strip()
+                if data != b"[DONE]" and (data[:1] != b"{" or data[-1:] != b"}"):
+                    return True
+    return False
 
-    A retryable failure after the stream opened counts against the backend's circuit too.
+
+def _finished(block: bytes) -> bool:
+    return b'"finish_reason":"' in block or b'"finish_reason": "' in block
+
+
+#: An event longer than this without its blank line is not an SSE stream.
+MAX_EVENT_BYTES = 1 << 20
+
+
+class _Watchdog:
+    """A stream's first-token and idle deadlines on one timer, not a timer per chunk.
+
+    While the stream waits for the endpoint (``waiting_since`` set), the timer checks the
+    deadline that applies (``first_by`` until the first bytes, then ``idle`` since the wait
+    began) and cancels the waiting task once it passes; while the caller holds a chunk the
+    clock does not run (a slow reader is not a stalled endpoint)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, first_by: float, idle: float) -> None:
+        self.loop = loop
+        self.first_by = first_by
+        self.idle = idle
+        self.got_first = False
+        self.waiting_since: float | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.cancelling = 0
+        self.fired: str | None = None
+        self._handle: asyncio.TimerHandle | None = loop.call_at(first_by, self._check)
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        since = self.waiting_since
+        if since is None:  # the caller holds a chunk: look again an idle period later
+            self._handle = self.loop.call_at(now + self.idle, self._check)
+            return
+        due = since + self.idle if self.got_first else self.first_by
+        if now < due:
+            self._handle = self.loop.call_at(due, self._check)
+            return
+        self._handle = None
+        self.fired = "between two chunks" if self.got_first else "before the first token"
+        if self.task is not None:
+            self.task.cancel()
+
+    def timed_out(self) -> bool:
+        """After the wait was interrupted: whether by this watchdog (its cancel withdrawn)."""
+        if self.fired is None or self.task is None:
+            return False
+        return self.task.uncancel() <= self.cancelling
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+class _SlotStream:
+    """An open stream under the router's care: it holds the backend's concurrency slot until
+    it is exhausted or closed, and makes the endpoint's stream trustworthy:
+
+    - only whole SSE events go out (a stream cut inside an event leaves nothing half sent),
+      and a malformed one ends the attempt (``BackendError``) instead of reaching the caller;
+    - the backend's ``first_token_timeout_s`` (from sending the request) and
+      ``idle_timeout_s`` (between chunks) end the attempt with ``BackendTimeout``;
+    - an end without ``[DONE]`` is a cut (``BackendConnectionError``), unless the answer had
+      finished (a ``finish_reason`` was sent): then ``[DONE]`` is added.
+
+    A retryable failure counts against the backend's circuit too.
     """
 
     def __init__(
@@ -113,9 +202,12 @@ class _SlotStream:
         inner: ByteStream,
         release: Callable[[], None],
         on_failure: Callable[[InferenceError], None],
-        backend: str = "",
+        backend: Backend,
+        started: float,
     ) -> None:
-        self.backend = backend
+        self.backend = backend.name
+        self._config = backend.config
+        self._started = started
         self._inner = inner
         self._release: Callable[[], None] | None = release
         self._on_failure = on_failure
@@ -127,14 +219,65 @@ class _SlotStream:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._inner:
-                yield chunk
+            async for block in self._events():
+                yield block
         except InferenceError as err:
             if err.retryable:
                 self._on_failure(err)
             raise
         finally:
             self._done()
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        cfg = self._config
+        dog = _Watchdog(loop, self._started + cfg.first_token_timeout_s, cfg.idle_timeout_s)
+        chunks = self._inner.__aiter__()
+        pending = b""
+        last = previous = b""
+        try:
+            while True:
+                dog.task = task = asyncio.current_task()
+                dog.cancelling = task.cancelling() if task is not None else 0
+                dog.waiting_since = loop.time()
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                except BaseException:
+                    if dog.timed_out():
+                        limit = cfg.idle_timeout_s if dog.got_first else cfg.first_token_timeout_s
+                        raise BackendTimeout(
+                            f"backend {self.backend!r} sent nothing {dog.fired} for {limit:g}s"
+                        ) from None
+                    raise
+                finally:
+                    dog.waiting_since = None
+                dog.got_first = True
+                if pending:
+                    chunk, pending = pending + chunk, b""
+                end = chunk.rfind(b"\n\n")
+                if end < 0:
+                    pending = chunk
+                    if len(pending) > MAX_EVENT_BYTES:
+                        raise BackendError(f"backend {self.backend!r} sent an event too long")
+                    continue
+                if end + 2 < len(chunk):
+                    pending, chunk = chunk[end + 2 :], chunk[: end + 2]
+                if malformed(chunk):
+                    raise BackendError(f"backend {self.backend!r} sent a malformed event")
+                previous, last = last, chunk
+                yield chunk
+        finally:
+            dog.close()
+        if pending.strip():
+            raise BackendConnectionError(f"backend {self.backend!r} ended the stream mid-event")
+        if not last.endswith(SSE_DONE):
+            if not (_finished(last) or _finished(previous)):
+                raise BackendConnectionError(
+                    f"backend {self.backend!r} ended the stream before the answer did"
+                )
+            yield SSE_DONE  # the answer was whole; only its closing event was missing
 
     async def aclose(self) -> None:
         try:
@@ -150,10 +293,12 @@ class Router:
         *,
         clock: Clock = time.monotonic,
         rand: Callable[[], float] = random.random,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.slots = [Slot(b) for b in backends]
         self._clock = clock
         self._rand = rand
+        self._sleep = sleep
 
     @property
     def clock(self) -> Clock:
@@ -193,10 +338,32 @@ class Router:
 
         return await self._route(str(payload.get("model", "")), call, ctx)
 
-    async def open_stream(self, op: Operation, payload: dict[str, Any], ctx: Context) -> ByteStream:
+    async def open_stream(
+        self,
+        op: Operation,
+        payload: dict[str, Any],
+        ctx: Context,
+        *,
+        only: Callable[[Backend], bool] | None = None,
+        skip_rejected: bool = False,
+    ) -> ByteStream:
+        """Open a stream on the first candidate that accepts it within its
+        ``headers_timeout_s``. ``only`` limits the candidates (a continuation needs a
+        backend that continues); ``skip_rejected`` moves past a backend that refuses the
+        request (4xx) instead of answering with its refusal."""
+
         async def call(slot: Slot) -> ByteStream:
+            backend = slot.backend
+            started = asyncio.get_running_loop().time()
             try:
-                inner = await slot.backend.open_stream(op, payload, ctx)
+                async with asyncio.timeout(backend.config.headers_timeout_s):
+                    inner = await backend.open_stream(op, payload, ctx)
+            except TimeoutError:
+                slot.in_flight -= 1
+                raise BackendTimeout(
+                    f"backend {backend.name!r} sent no response headers within "
+                    f"{backend.config.headers_timeout_s:g}s"
+                ) from None
             except BaseException:
                 slot.in_flight -= 1
                 raise
@@ -206,14 +373,53 @@ class Router:
 
             def failed(err: InferenceError) -> None:
                 slot.circuit.record_failure(err, self._clock())
+                if isinstance(err, BackendTimeout):
+                    ctx.abandoned.add(backend.name)
 
-            return _SlotStream(inner, release, failed, slot.backend.name)
+            return _SlotStream(inner, release, failed, backend, started)
 
-        return await self._route(str(payload.get("model", "")), call, ctx)
+        model = str(payload.get("model", ""))
+        return await self._route(model, call, ctx, only=only, skip_rejected=skip_rejected)
 
-    async def _route(self, model: str, call: Callable[[Slot], Awaitable[T]], ctx: Context) -> T:
+    def _same_again(self, slot: Slot, err: InferenceError, ctx: Context) -> float | None:
+        """The pause before trying ``slot`` once more after ``err``, or None to move on.
+
+        A Retry-After within the backend's ``retry_after_wait_s`` (and the deadline) is
+        waited out there: the endpoint said when it will answer. A lone 5xx or a reset gets
+        one quick retry. A timeout never does: a silent endpoint is abandoned for this
+        request. 429 without Retry-After moves on at once."""
+        if isinstance(err, BackendTimeout):
+            ctx.abandoned.add(slot.backend.name)
+            return None
+        wait = err.retry_after
+        if wait is not None and wait > 0:
+            if wait > slot.backend.config.retry_after_wait_s:
+                return None
+        elif isinstance(err, BackendRateLimited):
+            return None
+        else:
+            wait = QUICK_RETRY_S * (1 + self._rand())
+        if wait + MIN_ATTEMPT_S >= ctx.remaining():
+            return None
+        if ctx.tries_left is not None:  # one budget: this try is drawn from it too
+            if ctx.tries_left <= 0:
+                return None
+            ctx.tries_left -= 1
+        return wait
+
+    async def _route(
+        self,
+        model: str,
+        call: Callable[[Slot], Awaitable[T]],
+        ctx: Context,
+        *,
+        only: Callable[[Backend], bool] | None = None,
+        skip_rejected: bool = False,
+    ) -> T:
         """Try candidates in order; ``call`` owns releasing the slot it was given."""
         plan = self.plan(model)
+        if only is not None:
+            plan = [s for s in plan if only(s.backend)]
         failed: Slot | None = None
         while True:
             now = self._clock()
@@ -221,48 +427,72 @@ class Router:
             reopen_at: float | None = None
             waiting_for_slot = False
             for slot in plan:
-                if not slot.circuit.admits(now):
-                    if slot.circuit.open_until > now:
-                        soon = slot.circuit.open_until
-                        reopen_at = soon if reopen_at is None else min(reopen_at, soon)
+                if slot.backend.name in ctx.abandoned:
                     continue
-                if slot.full:
-                    waiting_for_slot = True
-                    continue
-                if slot.circuit.state(now) == "half_open":
-                    slot.circuit.probing = True
-                    telemetry.record_circuit(slot.backend.name, "half_open")
-                if failed is not None:
-                    telemetry.record_failover(ctx, failed.backend.name, slot.backend.name)
-                slot.in_flight += 1
-                tried = telemetry.attempt(ctx, slot.backend)
-                try:
-                    result = await call(slot)
-                except InferenceError as err:
-                    tried.end(err)
-                    if not err.retryable:
-                        if isinstance(err, BackendError):
-                            slot.circuit.record_success()  # it answered; the request was bad
-                        else:
-                            slot.circuit.probing = False
+                again = True  # one more try on this slot after a failure
+                while True:
+                    now = self._clock()
+                    if not slot.circuit.admits(now):
+                        if slot.circuit.open_until > now:
+                            soon = slot.circuit.open_until
+                            reopen_at = soon if reopen_at is None else min(reopen_at, soon)
+                        break
+                    if slot.full:
+                        waiting_for_slot = True
+                        break
+                    if slot.circuit.state(now) == "half_open":
+                        slot.circuit.probing = True
+                        telemetry.record_circuit(slot.backend.name, "half_open")
+                    if failed is not None and failed is not slot:
+                        telemetry.record_failover(ctx, failed.backend.name, slot.backend.name)
+                    slot.in_flight += 1
+                    tried = telemetry.attempt(ctx, slot.backend)
+                    try:
+                        result = await call(slot)
+                    except InferenceError as err:
+                        tried.end(err)
+                        if not err.retryable:
+                            if isinstance(err, BackendError):
+                                slot.circuit.record_success()  # it answered; the request was bad
+                            else:
+                                slot.circuit.probing = False
+                            if isinstance(err, ContextTooLong) or (
+                                skip_rejected and isinstance(err, BackendError)
+                            ):
+                                last_err, failed = err, slot
+                                break  # the next backend may take it (a larger context)
+                            raise
+                        last_err, failed = err, slot
+                        pause = self._same_again(slot, err, ctx) if again else None
+                        if pause is None or err.retry_after:
+                            # a quick retry's first failure is not the circuit's business:
+                            # the request counts once, as before the retry existed
+                            slot.circuit.record_failure(err, self._clock())
+                        if pause is None:
+                            break
+                        again = False
+                        record_retry(ctx, err)
+                        await self._sleep(pause)
+                        continue
+                    except BaseException as exc:
+                        tried.end(exc)
+                        slot.circuit.probing = False
                         raise
-                    slot.circuit.record_failure(err, self._clock())
-                    last_err = err
-                    failed = slot
-                    continue
-                except BaseException as exc:
-                    tried.end(exc)
-                    slot.circuit.probing = False
-                    raise
-                tried.end()
-                slot.circuit.record_success()
-                return result
+                    tried.end()
+                    slot.circuit.record_success()
+                    return result
             if last_err is not None:
                 raise last_err
             if waiting_for_slot:
                 ctx.check()
                 await asyncio.sleep(SLOT_POLL_S)
                 continue
+            if plan and all(s.backend.name in ctx.abandoned for s in plan):
+                silent = BackendTimeout(f"every backend serving '{model}' timed out")
+                silent.retryable = False
+                raise silent
+            if not plan:
+                raise BackendError(f"no backend serving '{model}' can take this request")
             wait = (reopen_at - now) if reopen_at is not None else DEFAULT_OPEN_S
             raise BackendUnavailable(
                 f"every backend serving '{model}' is cooling down after failures",

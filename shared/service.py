@@ -22,6 +22,7 @@ from shared.context import Context
 from shared.errors import BackendError, DeadlineExceeded, InferenceError
 from shared.lifecycle import Singleton
 from shared.lines import usage_from_tail
+from shared.recovery import Continued, Sent, continuation, read_partial
 from shared.retry import call_with_retry
 from shared.router import Router
 from shared.schemas import Operation, validate_payload
@@ -169,6 +170,7 @@ class Service:
                 self._log_failure(op, payload, ctx, err, started)
             raise
         rec.end(result=result)
+        ctx.response_headers["x-infer-backend"] = result.backend
         if log.isEnabledFor(logging.INFO):  # reading usage parses the body: only when logged
             self._log_usage(op, payload, ctx, result.backend, result.usage(), started)
         return result
@@ -216,6 +218,7 @@ class Service:
             if isinstance(err, InferenceError):
                 self._log_failure(op, payload, ctx, err, started)
             raise
+        ctx.response_headers["x-infer-backend"] = str(getattr(opened, "backend", ""))
         return ForwardStream(self._forward(opened, op, payload, ctx, started, rec), opened)
 
     async def _forward(
@@ -227,20 +230,43 @@ class Service:
         started: float,
         rec: Any = None,
     ) -> AsyncGenerator[bytes, None]:
+        """The stream's bytes to the caller; a stream that breaks (cut, stalled, malformed,
+        ended early) is continued elsewhere (``_recover``), and one that cannot be ends
+        with an OpenAI error event and no ``[DONE]``."""
         tail = b""
         rec = rec or start_telemetry(op, payload, ctx, stream=True)
+        stream = opened
         backend = str(getattr(opened, "backend", ""))
+        sent = Sent()
+        recoveries = 0
+        usage_of: Continued | None = None
         try:
-            async with asyncio.timeout(max(ctx.remaining(), 0.0)):
-                async for chunk in opened:
-                    tail = (tail + chunk)[-_USAGE_TAIL:]
-                    rec.chunk(chunk)
-                    yield chunk
+            while True:
+                try:
+                    async with asyncio.timeout(max(ctx.remaining(), 0.0)):
+                        async for chunk in stream:
+                            tail = (tail + chunk)[-_USAGE_TAIL:]
+                            sent.add(chunk)
+                            rec.chunk(chunk)
+                            yield chunk
+                    break
+                except InferenceError as err:
+                    if not err.retryable or recoveries > self.settings.max_retries:
+                        raise
+                    rec.fail_attempt(err)
+                    self._log_failure(op, payload, ctx, err, started, backend, recovering=True)
+                    resumed = await self._recover(op, payload, ctx, sent)
+                    if resumed is None:
+                        raise
+                    await stream.aclose()
+                    stream, usage_of = resumed, resumed
+                    backend = resumed.backend
+                    recoveries += 1
         except TimeoutError:
-            err = DeadlineExceeded("the invocation deadline passed mid-stream")
-            rec.end(error=err)
-            self._log_failure(op, payload, ctx, err, started, backend)
-            yield sse_error(err)
+            late = DeadlineExceeded("the invocation deadline passed mid-stream")
+            rec.end(error=late)
+            self._log_failure(op, payload, ctx, late, started, backend)
+            yield sse_error(late)
             return
         except InferenceError as err:
             rec.end(error=err)
@@ -256,10 +282,41 @@ class Service:
             rec.end(error=exc)
             raise
         finally:
-            await opened.aclose()
+            await stream.aclose()
         usage = usage_from_tail(tail)
+        if usage is None and usage_of is not None:
+            usage = usage_of.usage  # the continuation's, which the caller did not ask for
         rec.end(usage=usage, tail=tail)
         self._log_usage(op, payload, ctx, backend, usage, started)
+
+    async def _recover(
+        self, op: Operation, payload: dict[str, Any], ctx: Context, sent: Sent
+    ) -> Continued | None:
+        """Open the stream that completes what ``sent`` began, or None when none can.
+
+        Only backends that continue a partial answer (``continuation``) are asked, in the
+        router's order; one that timed out for this request is not (it is abandoned), and
+        one that refuses the continuation (4xx) is passed over: its refusal is never the
+        caller's answer, the original failure is."""
+        if sent.overflow:
+            return None
+        partial = read_partial(bytes(sent.data))
+        body = continuation(op, payload, partial)
+        if body is None:
+            return None
+        only = (lambda b: b.config.continues) if partial.started else None
+
+        async def attempt(n: int) -> ByteStream:
+            return await self.router.open_stream(op, body, ctx, only=only, skip_rejected=True)
+
+        try:
+            opened = await call_with_retry(attempt, ctx, max_retries=self.settings.max_retries)
+        except InferenceError as err:
+            log.warning("stream could not be continued request_id=%s: %s", ctx.request_id,
+                        err.message)  # fmt: skip
+            return None
+        wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+        return Continued(opened, partial, wants_usage)
 
     async def models(self, ctx: Context) -> dict[str, Any]:
         """The public model list: configured names, plus what wildcard backends serve."""
@@ -320,6 +377,8 @@ class Service:
         err: InferenceError,
         started: float,
         backend: str = "",
+        *,
+        recovering: bool = False,
     ) -> None:
         level = logging.WARNING if err.status >= 500 or err.status == 429 else logging.INFO
         log_request(
@@ -328,7 +387,7 @@ class Service:
             ctx,
             payload,
             event="inference",
-            outcome="error",
+            outcome="recovering" if recovering else "error",
             op=op.value,
             model=payload.get("model"),
             backend=backend,

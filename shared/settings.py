@@ -43,6 +43,9 @@ class BackendConfig(BaseModel):
     provider: ClassVar[str | None] = None
     #: What the scheduled probe sends when ``probe`` is not set (shared/probe.py).
     default_probe: ClassVar[Literal["stream", "chat", "ready"]] = "stream"
+    #: Whether the kind's endpoints continue a partial assistant message (vLLM's
+    #: ``continue_final_message``) unless an entry says otherwise (``continuation``).
+    continuation_default: ClassVar[bool] = False
 
     kind: str
     name: str = Field(min_length=1)
@@ -51,6 +54,17 @@ class BackendConfig(BaseModel):
     weight: float = Field(default=1.0, gt=0)
     max_concurrency: int = Field(default=64, ge=1)
     timeout_s: float = Field(default=60.0, gt=0)
+    #: A stream's three deadlines per attempt (docs/backends.md "When the endpoint
+    #: misbehaves"): until the response headers, until the first bytes of the answer (from
+    #: sending), and between two chunks. Each one that passes ends the attempt.
+    headers_timeout_s: float = Field(default=15.0, gt=0)
+    first_token_timeout_s: float = Field(default=30.0, gt=0)
+    idle_timeout_s: float = Field(default=15.0, gt=0)
+    #: The longest Retry-After (429/503) waited out on this backend before failing over.
+    retry_after_wait_s: float = Field(default=2.0, ge=0)
+    #: Accepts a partial assistant message to continue (a broken stream is resumed here);
+    #: None: the kind's default (``openai``: yes, as vLLM and TGI chat templates do).
+    continuation: bool | None = None
     auth: AuthKind = "none"
     api_key_setting: str | None = None
     client_id: str | None = None
@@ -60,6 +74,11 @@ class BackendConfig(BaseModel):
     def server_url(self) -> str | None:
         """The endpoint's URL, for telemetry's ``server.address``/``port`` (None: unknown)."""
         return None
+
+    @property
+    def continues(self) -> bool:
+        """Whether a broken stream may be continued on this backend."""
+        return self.continuation_default if self.continuation is None else self.continuation
 
     def serves(self, model: str) -> bool:
         return "*" in self.models or model in self.models

@@ -26,8 +26,10 @@ from shared.errors import (
     BackendRejected,
     BackendTimeout,
     BackendUnavailable,
+    ContextTooLong,
     DeadlineExceeded,
     InferenceError,
+    is_context_length,
 )
 from shared.lifecycle import Keyed
 from shared.lines import LineSplitter
@@ -212,10 +214,11 @@ def error_from_response(
     elif status >= 500 or status == 409:
         err = BackendError(message, retry_after=retry_after, code=code or None)
     else:
-        err = BackendRejected(
+        too_long = is_context_length(code, message)
+        err = (ContextTooLong if too_long else BackendRejected)(
             message,
-            status=400 if status == 422 else status,
-            code=str(code) if code else None,
+            status=400 if status == 422 or too_long else status,
+            code=str(code) if code and not too_long else None,
             param=fields.get("param") if isinstance(fields.get("param"), str) else None,
             extra=extra,
         )

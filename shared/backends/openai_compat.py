@@ -23,6 +23,8 @@ from shared.settings import BackendConfig
 
 
 class OpenAIBackendConfig(BackendConfig):
+    continuation_default = True  # vLLM: continue_final_message + add_generation_prompt false
+
     kind: Literal["openai"]
     base_url: str = Field(pattern=r"^https?://")
     served_model: str | None = None

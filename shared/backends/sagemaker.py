@@ -48,8 +48,10 @@ from shared.errors import (
     BackendRejected,
     BackendTimeout,
     BackendUnavailable,
+    ContextTooLong,
     DeadlineExceeded,
     InferenceError,
+    is_context_length,
 )
 from shared.lifecycle import Keyed, Singleton
 from shared.lines import LineSplitter
@@ -188,6 +190,8 @@ def map_client_error(exc: Exception, backend: str) -> InferenceError:
             return BackendUnavailable(text, retry_after=retry_after)
         if original >= 500 or original in (408, 409):
             return BackendError(text, retry_after=retry_after)
+        if is_context_length(None, message):
+            return ContextTooLong(text)
         return BackendRejected(
             text, status=400 if original == 422 else original, code="model_error"
         )

@@ -365,6 +365,11 @@ class Request:
         self.attempt = Attempt(self, backend)
         return self.attempt
 
+    def fail_attempt(self, error: BaseException) -> None:
+        """The current try broke mid-stream (it is being continued on another)."""
+        if self.attempt is not None:
+            self.attempt.close(error, None)
+
     def chunk(self, data: bytes) -> None:
         """A stream chunk about to reach the caller: time to first content, token gaps."""
         n = len(_CONTENT.findall(data))
@@ -463,6 +468,9 @@ class _NoRequest:
 
     def begin(self, backend: Backend) -> _NoAttempt:
         return NO_ATTEMPT
+
+    def fail_attempt(self, error: BaseException) -> None:
+        return None
 
     def chunk(self, data: bytes) -> None:
         return None

@@ -178,11 +178,12 @@ async def test_failed_answers_are_not_stored(
     cached_app: Callable[..., httpx.AsyncClient], gpusim: Gpusim
 ) -> None:
     async with cached_app({"mode": "exact"}, INFER_MAX_RETRIES="0") as client:
-        gpusim.set_fault("500", count=1)
+        gpusim.set_fault("500", count=2)  # the call and its quick retry
         assert (await chat(client)).status_code >= 500
-        gpusim.set_fault("midstream", count=1)
+        gpusim.set_fault("midstream", count=-1)  # every continuation is cut too
         cut = await chat(client, stream=True)
-        assert "error" in cut.text
+        assert "error" in cut.text and "[DONE]" not in cut.text
+        gpusim.clear_faults()
         ok = await chat(client)
         assert ok.status_code == 200 and ok.headers["x-cache"] == "miss"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -121,6 +122,7 @@ async def test_endpoint_errors_map_to_gateway_statuses(
         [
             httpx.Response(429, headers={"retry-after": "7"}, json={"error": {"message": "slow"}}),
             httpx.Response(503, json={"error": {"message": "down"}}),
+            httpx.Response(503, json={"error": {"message": "down"}}),  # its one quick retry
             httpx.Response(
                 400,
                 json={
@@ -207,14 +209,15 @@ class _Broken(httpx.AsyncByteStream):
         return None
 
 
-async def test_failure_mid_stream_ends_with_an_error_event(
+async def test_a_stream_that_keeps_breaking_ends_with_an_error_event_not_done(
     fake_endpoint: Callable[[Handler], None],
 ) -> None:
-    calls = 0
+    """Every try is continued from what the caller has; when the tries run out, an error
+    event ends the stream and no [DONE] presents the partial answer as whole."""
+    bodies: list[dict[str, Any]] = []
 
     def handler(req: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
+        bodies.append(json.loads(req.content))
         return httpx.Response(200, stream=_Broken(), headers={"content-type": "text/event-stream"})
 
     fake_endpoint(handler)
@@ -224,7 +227,13 @@ async def test_failure_mid_stream_ends_with_an_error_event(
     assert events[0].startswith('data: {"id": "c"')
     last = json.loads(events[-1][len("data: ") :])
     assert last["error"]["code"] == "backend_connection_error"
-    assert calls == 1  # not retried: the caller already had bytes
+    assert "[DONE]" not in r.text
+    assert len(bodies) == 1 + 1 + 2  # the first try, then INFER_MAX_RETRIES + 1 recoveries
+    first_resume = bodies[1]
+    assert first_resume["messages"][-1] == {"role": "assistant", "content": "par"}
+    assert first_resume["continue_final_message"] is True
+    assert first_resume["add_generation_prompt"] is False
+    assert bodies[2]["messages"][-1]["content"] == "parpar"  # from all the caller has
 
 
 async def test_inbound_api_keys(

@@ -103,8 +103,12 @@ async def test_concurrent_deliveries_call_the_model_once(
 
 
 async def test_rate_limited_job_is_released_and_deferred_for_retry_after(
-    job_env: Path, fake_endpoint: Callable[[Handler], None]
+    job_env: Path, fake_endpoint: Callable[[Handler], None], clean_env: pytest.MonkeyPatch
 ) -> None:
+    """A Retry-After longer than the backend's ``retry_after_wait_s`` (0 here) defers."""
+    backend = {"name": "local", "kind": "openai", "base_url": "http://127.0.0.1:8081/v1",
+               "retry_after_wait_s": 0}  # fmt: skip
+    clean_env.setenv("INFER_BACKENDS", json.dumps([backend]))
     fake_endpoint(Endpoint(httpx.Response(429, headers={"retry-after": "0.3"}, json={})))
     out = await process_message(message(), FIRST, ctx())
     assert out.action == "defer" and out.delay_s == 0.3 and out.status == "queued"

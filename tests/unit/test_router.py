@@ -13,9 +13,12 @@ from shared.backends.openai_compat import OpenAIBackendConfig
 from shared.context import Context
 from shared.errors import (
     BackendConnectionError,
+    BackendError,
     BackendRateLimited,
     BackendRejected,
+    BackendTimeout,
     BackendUnavailable,
+    ContextTooLong,
     InferenceError,
     ModelNotFound,
 )
@@ -84,8 +87,80 @@ async def test_lower_priority_first_then_failover_on_retryable_error() -> None:
     primary, secondary = FakeBackend("p", priority=0), FakeBackend("s", priority=1)
     router = Router([secondary, primary])
     assert (await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend == "p"
-    primary.fail_with = [BackendConnectionError("reset")]
+    primary.fail_with = [BackendConnectionError("reset"), BackendConnectionError("reset")]
     assert (await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend == "s"
+    assert primary.calls == 3  # the first call, then the failing one and its quick retry
+
+
+class Sleeps:
+    """An injected sleep that moves the fake clock instead of waiting."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.slept: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.clock.now += seconds
+
+
+def waiting_router(*backends: FakeBackend) -> tuple[Router, Sleeps]:
+    clock = Clock()
+    sleeps = Sleeps(clock)
+    return Router(list(backends), clock=clock, sleep=sleeps, rand=lambda: 0.0), sleeps
+
+
+async def test_a_lone_5xx_or_reset_is_retried_once_on_the_same_backend() -> None:
+    primary, secondary = FakeBackend("p"), FakeBackend("s", priority=1)
+    router, sleeps = waiting_router(primary, secondary)
+    primary.fail_with = [BackendError("HTTP 500")]
+    assert (await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend == "p"
+    primary.fail_with = [BackendConnectionError("reset")]
+    assert (await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend == "p"
+    assert secondary.calls == 0 and primary.calls == 4
+    assert sleeps.slept == [0.05, 0.05]
+
+
+async def test_a_short_retry_after_is_waited_out_on_the_same_backend() -> None:
+    primary, secondary = FakeBackend("p"), FakeBackend("s", priority=1)
+    router, sleeps = waiting_router(primary, secondary)
+    primary.fail_with = [BackendRateLimited("slow down", retry_after=2)]
+    assert (await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend == "p"
+    assert sleeps.slept == [2] and secondary.calls == 0
+    # Longer than the backend's retry_after_wait_s (2 s): the next backend at once.
+    primary.fail_with = [BackendRateLimited("slow down", retry_after=5)]
+    assert (await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend == "s"
+    # No Retry-After at all: nothing says when to come back, so on at once too.
+    router, sleeps = waiting_router(FakeBackend("p2"), secondary)
+    router.slots[0].backend.fail_with = [BackendRateLimited("slow down")]  # type: ignore[attr-defined]
+    assert (await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend == "s"
+    assert sleeps.slept == []
+
+
+async def test_a_timeout_abandons_the_backend_for_the_rest_of_the_request() -> None:
+    primary, secondary = FakeBackend("p"), FakeBackend("s", priority=1)
+    router, sleeps = waiting_router(primary, secondary)
+    primary.fail_with = [BackendTimeout("silent")]
+    request = ctx()
+    assert (await router.invoke(Operation.CHAT, PAYLOAD, request)).backend == "s"
+    assert request.abandoned == {"p"} and sleeps.slept == []
+    # The same request's next try does not go back to the silent one; another request does.
+    assert (await router.invoke(Operation.CHAT, PAYLOAD, request)).backend == "s"
+    assert primary.calls == 1
+    assert (await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend == "p"
+
+
+async def test_context_length_moves_to_the_next_backend_not_the_same() -> None:
+    small, large = FakeBackend("small"), FakeBackend("large", priority=1)
+    router, sleeps = waiting_router(small, large)
+    small.fail_with = [ContextTooLong("maximum context length is 2048 tokens")]
+    assert (await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend == "large"
+    assert small.calls == 1 and sleeps.slept == []
+    small.fail_with = [ContextTooLong("too long")]
+    large.fail_with = [ContextTooLong("too long")]
+    with pytest.raises(ContextTooLong) as info:
+        await router.invoke(Operation.CHAT, PAYLOAD, ctx())
+    assert info.value.status == 400 and info.value.code == "context_length_exceeded"
 
 
 async def test_weights_split_traffic_within_a_priority_group() -> None:
@@ -126,28 +201,28 @@ async def test_failed_probe_reopens_the_circuit() -> None:
     primary, secondary = FakeBackend("p"), FakeBackend("s", priority=1)
     router = Router([primary, secondary], clock=clock)
     primary.fail_with = [
-        BackendUnavailable("down", retry_after=2),
-        BackendUnavailable("down", retry_after=4),
+        BackendUnavailable("down", retry_after=20),
+        BackendUnavailable("down", retry_after=40),
     ]
     await router.invoke(Operation.CHAT, PAYLOAD, ctx())
-    clock.now = 3
+    clock.now = 30
     assert (await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend == "s"
     assert primary.calls == 2
     assert router.slots[0].circuit.state(clock.now) == "open"
-    assert router.slots[0].circuit.open_until == 7
+    assert router.slots[0].circuit.open_until == 70
 
 
 async def test_all_circuits_open_reports_when_to_come_back() -> None:
     clock = Clock()
     only = FakeBackend("p")
     router = Router([only], clock=clock)
-    only.fail_with = [BackendRateLimited("busy", retry_after=3)]
+    only.fail_with = [BackendRateLimited("busy", retry_after=30)]
     with pytest.raises(BackendRateLimited):
         await router.invoke(Operation.CHAT, PAYLOAD, ctx())
-    clock.now = 1
+    clock.now = 10
     with pytest.raises(BackendUnavailable) as info:
         await router.invoke(Operation.CHAT, PAYLOAD, ctx())
-    assert info.value.retry_after == pytest.approx(2)
+    assert info.value.retry_after == pytest.approx(20)
     assert only.calls == 1
 
 
