@@ -15,9 +15,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field
 
-from shared.backends.base import ByteStream, Result
-from shared.backends.http import HttpBackend, LineBlockStream
-from shared.context import Context
+from shared.backends.http import HttpBackend
 from shared.schemas import Operation
 from shared.settings import BackendConfig
 
@@ -31,16 +29,6 @@ class OpenAIBackendConfig(BackendConfig):
 
     def server_url(self) -> str:
         return self.base_url
-
-
-def _model_rewriter(served: str, public: str) -> tuple[bytes, bytes, bytes, bytes]:
-    dump = json.dumps
-    return (
-        f'"model":{dump(served)}'.encode(),
-        f'"model":{dump(public)}'.encode(),
-        f'"model": {dump(served)}'.encode(),
-        f'"model": {dump(public)}'.encode(),
-    )
 
 
 class OpenAIBackend(HttpBackend[OpenAIBackendConfig]):
@@ -61,30 +49,10 @@ class OpenAIBackend(HttpBackend[OpenAIBackendConfig]):
     def models_url(self) -> httpx.URL:
         return self._models_url
 
-    def _public(self, payload: dict[str, Any]) -> str | None:
-        """The caller's model name when the endpoint is asked for ``served_model`` instead."""
-        public = payload.get("model")
-        served = self.config.served_model
-        return str(public) if served and served != public else None
-
     def encode(self, op: Operation, payload: dict[str, Any], *, stream: bool) -> bytes:
-        if self._public(payload) is not None:
-            payload = {**payload, "model": self.config.served_model}
+        """The payload, asking for ``served_model`` when it has one. The answer names the
+        model that produced it (as OpenAI names the snapshot), not the caller's alias."""
+        served = self.config.served_model
+        if served and served != payload.get("model"):
+            payload = {**payload, "model": served}
         return json.dumps(payload).encode()
-
-    def decode(self, op: Operation, payload: dict[str, Any], content: bytes) -> Result:
-        public = self._public(payload)
-        if public is not None and self.config.served_model:
-            a, b, c, d = _model_rewriter(self.config.served_model, public)
-            content = content.replace(a, b).replace(c, d)
-        return Result(content=content, backend=self.name)
-
-    def stream(
-        self, op: Operation, payload: dict[str, Any], response: httpx.Response, ctx: Context
-    ) -> ByteStream:
-        stream = super().stream(op, payload, response, ctx)
-        public = self._public(payload)
-        if public is not None and self.config.served_model:
-            a, b, c, d = _model_rewriter(self.config.served_model, public)
-            return LineBlockStream(stream, lambda block: block.replace(a, b).replace(c, d))
-        return stream
