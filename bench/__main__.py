@@ -8,6 +8,7 @@ import sys
 BENCHES = [
     "bench.coldstart",
     "bench.overhead",
+    "bench.faults",
     "bench.storage_cpu",
     "bench.queue_all",
     "bench.batch",

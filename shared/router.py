@@ -169,6 +169,7 @@ class _Watchdog:
         self._handle = None
         self.fired = "between two chunks" if self.got_first else "before the first token"
         if self.task is not None:
+            self.cancelling = self.task.cancelling()  # cancellations not ours
             self.task.cancel()
 
     def timed_out(self) -> bool:
@@ -218,17 +219,6 @@ class _SlotStream:
             self._release = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for block in self._events():
-                yield block
-        except InferenceError as err:
-            if err.retryable:
-                self._on_failure(err)
-            raise
-        finally:
-            self._done()
-
-    async def _events(self) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         cfg = self._config
         dog = _Watchdog(loop, self._started + cfg.first_token_timeout_s, cfg.idle_timeout_s)
@@ -237,8 +227,7 @@ class _SlotStream:
         last = previous = b""
         try:
             while True:
-                dog.task = task = asyncio.current_task()
-                dog.cancelling = task.cancelling() if task is not None else 0
+                dog.task = asyncio.current_task()
                 dog.waiting_since = loop.time()
                 try:
                     chunk = await chunks.__anext__()
@@ -256,28 +245,36 @@ class _SlotStream:
                 dog.got_first = True
                 if pending:
                     chunk, pending = pending + chunk, b""
-                end = chunk.rfind(b"\n\n")
-                if end < 0:
-                    pending = chunk
-                    if len(pending) > MAX_EVENT_BYTES:
-                        raise BackendError(f"backend {self.backend!r} sent an event too long")
-                    continue
-                if end + 2 < len(chunk):
-                    pending, chunk = chunk[end + 2 :], chunk[: end + 2]
-                if malformed(chunk):
-                    raise BackendError(f"backend {self.backend!r} sent a malformed event")
+                # the usual chunk: one whole event, one data line, a JSON object
+                if not (chunk.endswith(b"}\n\n") and chunk.startswith(b"data: {")
+                        and chunk.count(b"\n") == 2):  # fmt: skip
+                    end = chunk.rfind(b"\n\n")
+                    if end < 0:
+                        pending = chunk
+                        if len(pending) > MAX_EVENT_BYTES:
+                            raise BackendError(f"backend {self.backend!r} sent an event too long")
+                        continue
+                    if end + 2 < len(chunk):
+                        pending, chunk = chunk[end + 2 :], chunk[: end + 2]
+                    if malformed(chunk):
+                        raise BackendError(f"backend {self.backend!r} sent a malformed event")
                 previous, last = last, chunk
                 yield chunk
+            if pending.strip():
+                raise BackendConnectionError(f"backend {self.backend!r} ended the stream mid-event")
+            if not last.endswith(SSE_DONE):
+                if not (_finished(last) or _finished(previous)):
+                    raise BackendConnectionError(
+                        f"backend {self.backend!r} ended the stream before the answer did"
+                    )
+                yield SSE_DONE  # the answer was whole; only its closing event was missing
+        except InferenceError as err:
+            if err.retryable:
+                self._on_failure(err)
+            raise
         finally:
             dog.close()
-        if pending.strip():
-            raise BackendConnectionError(f"backend {self.backend!r} ended the stream mid-event")
-        if not last.endswith(SSE_DONE):
-            if not (_finished(last) or _finished(previous)):
-                raise BackendConnectionError(
-                    f"backend {self.backend!r} ended the stream before the answer did"
-                )
-            yield SSE_DONE  # the answer was whole; only its closing event was missing
+            self._done()
 
     async def aclose(self) -> None:
         try:

@@ -335,3 +335,52 @@ async def test_readyz_is_503_when_no_backend_answers(
     r = await get(health_app, "/readyz")
     assert r.status_code == 503
     assert r.json() == {"ready": False}  # details only for an authenticated caller
+
+
+async def test_a_continued_stream_is_billed_to_the_backend_that_finished_it(
+    fake_endpoint: Callable[[Handler], None],
+    clean_env: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Cut on ``a`` (which then fails twice: the quick retry too), continued on ``b``: the
+    caller gets one answer with one id; the token metrics name ``b`` and count what the
+    caller received; ``a``'s tries are each recorded, none as a completion."""
+    clean_env.setenv("INFER_BACKENDS", json.dumps([
+        {"name": "a", "kind": "openai", "base_url": "http://a/v1", "models": ["local-model"]},
+        {"name": "b", "kind": "openai", "base_url": "http://b/v1", "models": ["local-model"],
+         "priority": 1},
+    ]))  # fmt: skip
+    clean_env.setenv("INFER_METRICS_EMF", "true")
+    reset_all()
+    seen: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req.url.host)
+        if req.url.host == "a":
+            if len(seen) == 1:
+                return httpx.Response(200, stream=_Broken(),
+                                      headers={"content-type": "text/event-stream"})  # fmt: skip
+            return httpx.Response(500, json={"error": {"message": "down"}})
+        assert json.loads(req.content)["messages"][-1]["content"] == "par"
+        rest = {"id": "other", "model": "m-b", "choices": [{"index": 0, "delta": {"content": "t"}}]}
+        role = {"id": "other", "choices": [{"index": 0, "delta": {"role": "assistant"}}]}
+        usage = {"id": "other", "choices": [],
+                 "usage": {"prompt_tokens": 6, "completion_tokens": 1, "total_tokens": 7}}
+        return httpx.Response(200, content=sse(role, rest, usage, "[DONE]"),
+                              headers={"content-type": "text/event-stream"})  # fmt: skip
+
+    fake_endpoint(handler)
+    r = await post(chat_app, "/v1/chat/completions", json={**MSG, "stream": True})
+    reset_all()  # flushes telemetry
+    assert seen == ["a", "a", "a", "b"]
+    events = [json.loads(e[6:]) for e in r.text.split("\n\n") if e.startswith("data: {")]
+    assert {e["id"] for e in events} == {"c"} and r.text.endswith("data: [DONE]\n\n")
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == "part"
+    assert not any("usage" in e for e in events)  # the caller did not ask for it
+    docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+            if line.startswith("{") and "_aws" in line]  # fmt: skip
+    tokens = [d for d in docs if "gen_ai.client.token.usage.output" in d]
+    assert [(d["backend"], d["gen_ai.client.token.usage.output"]) for d in tokens] == [("b", 2.0)]
+    tries = {d["backend"]: len(v) if isinstance(v := d["gen_ai.client.operation.duration"], list)
+             else 1 for d in docs if "gen_ai.client.operation.duration" in d}  # fmt: skip
+    assert tries == {"a": 3, "b": 1}  # a's broken try and its two 500s, each one try
