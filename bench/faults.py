@@ -33,6 +33,7 @@ import httpx
 from bench.common import PYTHON, RESULTS, ROOT, ServerProcess, free_port, gpusim, write_result
 
 TOKENS = 64
+CHAT = "/v1/chat/completions"
 MSG = [{"role": "user", "content": "Tell me about the river and the lantern."}]
 #: The deadlines this tree's entries get (the base knows none of them).
 DEADLINES = {"headers_timeout_s": 5, "first_token_timeout_s": 1.0, "idle_timeout_s": 1.0}
@@ -60,14 +61,15 @@ def stream(url: str) -> dict[str, Any]:
     raw = b""
     try:
         with httpx.Client(timeout=60) as client, client.stream("POST", url, json=body) as r:
-            status = r.status_code
+            status, backend = r.status_code, r.headers.get("x-infer-backend", "")
             for chunk in r.iter_bytes():
                 if not first and b'"content":"' in chunk.replace(b'"content":""', b""):
                     first = time.monotonic() - started
                 raw += chunk
     except httpx.HTTPError as exc:
         return {"status": 0, "error": type(exc).__name__, "s": time.monotonic() - started}
-    out: dict[str, Any] = {"status": status, "s": time.monotonic() - started, "ttft_s": first}
+    out: dict[str, Any] = {"status": status, "s": time.monotonic() - started, "ttft_s": first,
+                           "backend": backend}  # fmt: skip
     if status != 200:
         try:
             out["error"] = json.loads(raw).get("error")
@@ -126,6 +128,23 @@ def start_host(sims: list[ServerProcess], code: Path | None) -> ServerProcess:
     return host
 
 
+def settle(url: str, primary: httpx.Client) -> None:
+    """Until the primary answers again: every circuit an earlier fault opened (for its
+    Retry-After, or 5 s after three failures in a row) has closed, and a success has reset
+    its count of failures, so each fault meets a healthy primary."""
+
+    def answered() -> int:
+        return int(primary.get("/admin/stats").json()["requests"].get(CHAT, {}).get("200", 0))
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        before = answered()
+        stream(url)
+        if answered() > before:
+            return
+        time.sleep(0.25)
+
+
 def run(sims: list[ServerProcess], code: Path | None, repeat: int) -> dict[str, Any]:
     host = start_host(sims, code)
     url = host.url + "/api/v1/chat/completions"
@@ -145,16 +164,18 @@ def run(sims: list[ServerProcess], code: Path | None, repeat: int) -> dict[str, 
             for _ in range(repeat):
                 for a in admin:
                     a.delete("/admin/faults")
-                time.sleep(1.2)  # every circuit the previous fault opened has closed
+                settle(url, admin[0])
                 admin[0].post("/admin/faults", json=spec).raise_for_status()
                 runs.append(stream(url))
+                if "for_s" not in spec:  # the primary was asked, not skipped
+                    assert admin[0].get("/admin/faults").json()["scheduled"] == [], fault
             ok = [r for r in runs if rescued(fault, r, clean)]
             results[fault] = {
                 "rescued": len(ok), "of": repeat,
                 "s": statistics.median(r["s"] for r in runs),
                 "ttft_s": statistics.median(r.get("ttft_s", 0.0) for r in runs),
-                "failure": next((str(r.get("error") or r.get("status")) for r in runs
-                                 if r not in ok), None),
+                "failure": next((f"{r.get('error') or r.get('status')} ({r.get('backend')})"
+                                 for r in runs if r not in ok), None),
             }  # fmt: skip
             print(f"  {fault:28s} rescued {len(ok)}/{repeat}  {results[fault]['s']:.2f} s")
     finally:
