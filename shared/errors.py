@@ -31,6 +31,10 @@ class InferenceError(Exception):
     type: str = "server_error"
     code: str | None = None
     retryable: bool = False
+    #: False when retrying within this invocation is pointless (every backend serving the
+    #: model was abandoned after a timeout); a later invocation (a job's next delivery, a
+    #: batch line's next try) may still retry a ``retryable`` error.
+    retry_here: bool = True
 
     def __init__(
         self,

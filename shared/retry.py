@@ -127,7 +127,7 @@ async def call_with_retry(
                 "the invocation deadline passed before the model answered"
             ) from None
         except InferenceError as err:
-            if not err.retryable or retries >= max_retries:
+            if not err.retryable or not err.retry_here or retries >= max_retries:
                 raise
             if ctx.tries_left is not None and ctx.tries_left <= 0:
                 raise  # the unit of work's budget is spent

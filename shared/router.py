@@ -478,16 +478,19 @@ class Router:
                     tried.end()
                     slot.circuit.record_success()
                     return result
+            silent = bool(plan) and all(s.backend.name in ctx.abandoned for s in plan)
             if last_err is not None:
+                if silent:  # another pass here would find no backend to call
+                    last_err.retry_here = False
                 raise last_err
             if waiting_for_slot:
                 ctx.check()
                 await asyncio.sleep(SLOT_POLL_S)
                 continue
-            if plan and all(s.backend.name in ctx.abandoned for s in plan):
-                silent = BackendTimeout(f"every backend serving '{model}' timed out")
-                silent.retryable = False
-                raise silent
+            if silent:
+                timed_out = BackendTimeout(f"every backend serving '{model}' timed out")
+                timed_out.retry_here = False
+                raise timed_out
             if not plan:
                 raise BackendError(f"no backend serving '{model}' can take this request")
             wait = (reopen_at - now) if reopen_at is not None else DEFAULT_OPEN_S

@@ -238,3 +238,17 @@ async def test_stream_holds_its_concurrency_slot_until_closed() -> None:
         pass
     assert router.slots[0].in_flight == 0
     assert (await router.invoke(Operation.CHAT, PAYLOAD, ctx())).backend == "p"
+
+
+async def test_when_every_backend_timed_out_the_error_stays_retryable_but_not_here() -> None:
+    """A job's next delivery may try again (retryable); this invocation does not loop."""
+    only = FakeBackend("p")
+    router, _ = waiting_router(only)
+    only.fail_with = [BackendTimeout("silent")]
+    request = ctx()
+    with pytest.raises(BackendTimeout) as info:
+        await router.invoke(Operation.CHAT, PAYLOAD, request)
+    assert info.value.retryable and not info.value.retry_here
+    with pytest.raises(BackendTimeout) as again:
+        await router.invoke(Operation.CHAT, PAYLOAD, request)
+    assert again.value.retryable and not again.value.retry_here and only.calls == 1
