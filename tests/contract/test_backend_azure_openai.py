@@ -137,7 +137,8 @@ async def test_429_fails_over_then_circuit_reopens_after_retry_after(
     monkeypatch: pytest.MonkeyPatch, cloudsim: Server, cloudsim_secondary: Server,
     chat_client: Any,
 ) -> None:  # fmt: skip
-    primary = aoai(cloudsim.url, name="primary", priority=0)
+    # retry_after_wait_s 0: a Retry-After is never waited out on the primary here
+    primary = aoai(cloudsim.url, name="primary", priority=0, retry_after_wait_s=0)
     secondary = aoai(cloudsim_secondary.url, name="secondary", priority=1)
     set_backends(monkeypatch, primary, secondary, INFER_MAX_RETRIES="0")
     cloudsim.faults({"type": "429", "count": 1, "retry_after": 1})
@@ -174,7 +175,7 @@ async def test_no_token_or_key_in_logs(
     identity_server.faults({"type": "expired", "count": 1})
     for _ in range(3):
         await chat_client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=2)
-    cloudsim.faults({"type": "500", "count": 2})
+    cloudsim.faults({"type": "500", "count": 4})  # each backend, and its one quick retry
     with pytest.raises(openai.APIStatusError):
         await chat_client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=2)
     token = await token_source("11111111-2222-3333-4444-555555555555",

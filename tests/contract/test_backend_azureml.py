@@ -54,21 +54,22 @@ async def test_container_error_424_is_retried_then_502(
     monkeypatch: pytest.MonkeyPatch, cloudsim: Server, chat_client: Any
 ) -> None:
     set_backends(monkeypatch, aml(cloudsim.url), INFER_MAX_RETRIES="1")
-    cloudsim.faults({"type": "500", "count": 2})
+    cloudsim.faults({"type": "500", "count": 4})  # two tries, each a call and its quick retry
     before = cloudsim.stats()["requests"].get("/score", {})
     with pytest.raises(openai.APIStatusError) as info:
         await chat_client.chat.completions.create(model="llama", messages=MESSAGES)
     assert info.value.status_code == 502
     assert "failed with 500" in str(info.value)
     after = cloudsim.stats()["requests"]["/score"]
-    assert int(after.get("424", 0)) - int(before.get("424", 0)) == 2  # retried once
+    assert int(after.get("424", 0)) - int(before.get("424", 0)) == 4  # retried once
 
 
 async def test_429_too_many_pending_is_rate_limited(
     monkeypatch: pytest.MonkeyPatch, cloudsim: Server, chat_client: Any
 ) -> None:
     set_backends(monkeypatch, aml(cloudsim.url), INFER_MAX_RETRIES="0")
-    cloudsim.faults({"type": "429", "count": 1, "retry_after": 2})
+    # 3 s: longer than the backend's retry_after_wait_s (2 s), so not waited out here
+    cloudsim.faults({"type": "429", "count": 1, "retry_after": 3})
     with pytest.raises(openai.RateLimitError) as info:
         await chat_client.chat.completions.create(model="llama", messages=MESSAGES)
-    assert info.value.response.headers["retry-after"] == "2"
+    assert info.value.response.headers["retry-after"] == "3"

@@ -82,7 +82,8 @@ async def test_429_fails_over_and_primary_is_probed_after_retry_after(
     def calls(server: Server) -> int:
         return sum(int(v) for v in server.stats()["requests"].get(route, {}).values())
 
-    set_backends(monkeypatch, sm(cloudsim.url, name="primary"),
+    # retry_after_wait_s 0: the Retry-After is not waited out on the primary
+    set_backends(monkeypatch, sm(cloudsim.url, name="primary", retry_after_wait_s=0),
                  sm(cloudsim_secondary.url, name="secondary", priority=1),
                  INFER_MAX_RETRIES="0")  # fmt: skip
     cloudsim.faults({"type": "429", "count": 1, "retry_after": 2})

@@ -134,7 +134,8 @@ def _snapshot(dest: Path) -> Path:
     """Copy the packaged inputs, so edits in the shared checkout cannot race the builds."""
     for d in ("functions", "shared"):
         shutil.copytree(ROOT / d, dest / d, copy_function=shutil.copy)
-    for f in ("function_app.py", "host.json", "requirements.txt", "requirements-lambda.txt"):
+    for f in ("function_app.py", "host.json", "requirements.txt", "requirements-lambda.txt",
+              "requirements.lock", "requirements-lambda.lock"):  # fmt: skip
         shutil.copy(ROOT / f, dest / f)
     return dest
 

@@ -240,3 +240,52 @@ def test_bucket_is_private_and_not_referenced_by_policies(sam: dict[str, Any]) -
 
 def test_outputs_name_api_stream_url_queue_and_bucket(cfn: dict[str, Any]) -> None:
     assert {"ApiUrl", "ChatStreamUrl", "QueueUrl", "BucketName"} <= set(cfn["Outputs"])
+
+
+def rule_holds(expr: Any, params: dict[str, str]) -> bool | str:
+    """A CloudFormation rule expression (the functions rules allow that the template uses)
+    evaluated as CloudFormation does before it creates anything."""
+    if isinstance(expr, str):
+        return expr
+    ((fn, arg),) = expr.items()
+    if fn == "Ref":
+        return params[arg]
+    if fn == "Fn::Equals":
+        return rule_holds(arg[0], params) == rule_holds(arg[1], params)
+    if fn == "Fn::Not":
+        return not rule_holds(arg[0], params)
+    if fn == "Fn::Or":
+        return any(rule_holds(a, params) for a in arg)
+    if fn == "Fn::And":
+        return all(rule_holds(a, params) for a in arg)
+    raise AssertionError(f"rule function {fn} is not evaluated here")
+
+
+def deploy_refused(template: dict[str, Any], **given: str) -> list[str]:
+    """The AssertDescriptions of the rules a deploy with ``given`` parameters fails."""
+    params = {k: str(v.get("Default", "")) for k, v in template["Parameters"].items()}
+    params.update(given)
+    failed = []
+    for rule in template.get("Rules", {}).values():
+        if "RuleCondition" in rule and not rule_holds(rule["RuleCondition"], params):
+            continue
+        failed += [a["AssertDescription"] for a in rule["Assertions"]
+                   if not rule_holds(a["Assert"], params)]  # fmt: skip
+    return failed
+
+
+@pytest.mark.parametrize("stage", ["sam", "cfn"])
+def test_a_default_deploy_cannot_produce_an_open_api(
+    stage: str, sam: dict[str, Any], cfn: dict[str, Any]
+) -> None:
+    """As written and as the SAM translator hands it to CloudFormation: the defaults (no key,
+    no JWT) are refused; a key, a JWT, or AllowAnonymous=true on purpose are not."""
+    template = sam if stage == "sam" else cfn
+    backends = {"Backends": "[]"}
+    (why,) = deploy_refused(template, **backends)
+    assert "caller check" in why
+    assert deploy_refused(template, **backends, ApiKeys="sk-1") == []
+    assert deploy_refused(template, **backends, Jwt='{"issuer":"https://i","audience":"a"}') == []
+    assert deploy_refused(template, **backends, AllowAnonymous="true") == []
+    # the streaming URL open to all (AuthType NONE) does not lift the check either
+    assert deploy_refused(template, **backends, StreamUrlAuthType="NONE")

@@ -29,6 +29,7 @@ class ArtifactSpec:
     filename: str
     root_files: tuple[str, ...]
     source_dirs: tuple[str, ...]
+    #: The hash-locked requirements its dependencies are installed from (``make lock``).
     requirements: str
     deps_prefix: str
     executables: frozenset[str]
@@ -39,7 +40,7 @@ AZURE = ArtifactSpec(
     filename="azure-functionapp.zip",
     root_files=("function_app.py", "host.json", "requirements.txt"),
     source_dirs=("functions", "shared"),
-    requirements="requirements.txt",
+    requirements="requirements.lock",
     deps_prefix=".python_packages/lib/site-packages",
     executables=frozenset(),
 )
@@ -49,7 +50,7 @@ LAMBDA = ArtifactSpec(
     filename="lambda.zip",
     root_files=(),
     source_dirs=("functions", "shared"),
-    requirements="requirements-lambda.txt",
+    requirements="requirements-lambda.lock",
     deps_prefix="",
     executables=frozenset({"functions/chat/lambda_stream.sh"}),
 )

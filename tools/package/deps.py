@@ -2,6 +2,10 @@
 
 The tree is installed with ``pip install --target`` and pip's cross-platform flags, so a
 macOS laptop or an arm runner builds the same Linux wheels the cloud runtime needs. It is
+installed from a lock file (``requirements.lock``, ``requirements-lambda.lock``: every
+package pinned with its hashes, written by ``make lock``) with ``--require-hashes`` and
+``--no-deps``: two builds a week apart install the same files, and a file whose hash differs
+from the lock's is refused. It is
 cached under ``.local/package-deps/<key>`` where the key hashes the requirement files (``-r``
 includes followed) and the pip flags: the second build does not touch the network.
 """
@@ -27,6 +31,8 @@ PIP_FLAGS = (
     "--python-version",
     PYTHON_VERSION,
     "--only-binary=:all:",
+    "--require-hashes",
+    "--no-deps",
     "--no-compile",
     "--no-warn-script-location",
     "--disable-pip-version-check",
