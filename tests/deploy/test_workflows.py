@@ -53,11 +53,11 @@ def test_actionlint_catches_a_broken_workflow(actionlint: list[str], tmp_path: P
     broken = (
         (WORKFLOWS / "deploy-azure.yml").read_text().replace("id-token: write", "id-token: writ")
     )
-    (wf / "deploy-azure.yml").write_text(broken.replace("app-name:", "app-nam:"))
+    (wf / "deploy-azure.yml").write_text(broken.replace("client-id:", "client-idd:"))
     proc = lint(actionlint, tmp_path)
     assert proc.returncode == 1
     assert '"writ" is invalid for permission of scope "id-token"' in proc.stdout
-    assert 'input "app-nam" is not defined' in proc.stdout
+    assert 'input "client-idd" is not defined' in proc.stdout
 
 
 def test_ci_runs_make_test_on_python_311_and_node_20() -> None:
@@ -79,16 +79,18 @@ def test_deploys_use_oidc_on_dispatch_and_tags(name: str) -> None:
     assert "secrets." not in (WORKFLOWS / name).read_text(), "OIDC: no stored credential"
 
 
-def test_azure_deploy_logs_in_with_oidc_and_zip_deploys_the_built_package() -> None:
+def test_azure_deploy_runs_azd_up_with_oidc() -> None:
+    """azd provisions infra/ and deploys the packaged app (azure.yaml); both azd and az (for
+    the postdeploy hook) sign in with GitHub's OIDC token, never a stored secret."""
     wf = load("deploy-azure.yml")
     login = step_using(wf, "azure/login")
     assert login["uses"] == "azure/login@v2"
     assert {"client-id", "tenant-id", "subscription-id"} <= set(login["with"])
-    deploy = step_using(wf, "Azure/functions-action")["with"]
-    assert deploy["package"] == "dist/azure-functionapp.zip"
-    assert deploy["scm-do-build-during-deployment"] is False
-    assert deploy["enable-oryx-build"] is False
-    assert "app-name" in deploy
+    step_using(wf, "Azure/setup-azd")
+    text = run_text(wf)
+    assert "azd auth login" in text and "--federated-credential-provider github" in text
+    assert "azd up --no-prompt" in text and "make package" in text
+    assert "secrets." not in (WORKFLOWS / "deploy-azure.yml").read_text()
 
 
 def test_aws_deploy_assumes_a_role_and_deploys_the_built_zip_without_sam_build() -> None:

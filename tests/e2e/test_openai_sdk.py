@@ -121,10 +121,12 @@ def test_transient_faults_are_retried(client: openai.OpenAI, gpusim: Gpusim, fau
     assert sum(requests.values()) >= 3 if fault == "reset" else requests.get(fault) == 2
 
 
-def test_midstream_failure_ends_the_stream_with_an_error(
+def test_a_stream_that_cannot_be_completed_ends_with_an_error(
     client: openai.OpenAI, gpusim: Gpusim
 ) -> None:
-    gpusim.set_fault("midstream", count=1)
+    """Every continuation is cut too (one backend): the SDK raises, and never sees a
+    truncated answer as complete (tests/e2e/test_stream_rescue.py: the rescued ones)."""
+    gpusim.set_fault("midstream", count=-1)
     stream = client.chat.completions.create(
         model="local-model", messages=MSG, max_tokens=20, stream=True
     )
