@@ -41,6 +41,9 @@ param azureMlEndpointIds array = []
 @description('Create an Azure Managed Redis (Entra ID access for the app) and set INFER_STATE_URL to it.')
 param enableRedis bool = false
 
+@description('Resource ID of an action group the alert rules notify (empty: alerts without actions).')
+param alertActionGroupId string = ''
+
 var tags = { 'azd-env-name': environmentName }
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -62,6 +65,7 @@ module resources 'modules/resources.bicep' = {
     alwaysReadyHttp: alwaysReadyHttp
     instanceMemoryMB: instanceMemoryMB
     enableRedis: enableRedis
+    alertActionGroupId: alertActionGroupId
   }
 }
 
