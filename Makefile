@@ -104,12 +104,14 @@ package: $(VENV)/.installed
 
 # The artifacts install exactly these pins, hash-checked (tools/package/deps.py). Re-pin after
 # changing requirements.txt / requirements-lambda.txt, or to take newer releases:
-# `make lock` (UPGRADE=1 also moves pins that still satisfy the ranges).
-LOCK_FLAGS := --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
-  --no-emit-find-links $(if $(UPGRADE),--upgrade)
+# `make lock` (UPGRADE=1 also moves pins that still satisfy the ranges). uv resolves for the
+# artifacts' platform (manylinux2014 x86_64, CPython 3.11, wheels only), not this machine's.
+LOCK_FLAGS := --quiet --generate-hashes --python-platform x86_64-manylinux_2_17 \
+  --python-version 3.11 --only-binary :all: --custom-compile-command "make lock" \
+  $(if $(UPGRADE),--upgrade)
 lock: $(VENV)/.installed
-	$(BIN)/pip-compile $(LOCK_FLAGS) --output-file requirements.lock requirements.txt
-	$(BIN)/pip-compile $(LOCK_FLAGS) --output-file requirements-lambda.lock requirements-lambda.txt
+	$(BIN)/uv pip compile $(LOCK_FLAGS) --output-file requirements.lock requirements.txt
+	$(BIN)/uv pip compile $(LOCK_FLAGS) --output-file requirements-lambda.lock requirements-lambda.txt
 
 clean:
 	rm -rf dist .mypy_cache .ruff_cache .pytest_cache bench/results/*.tmp

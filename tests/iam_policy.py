@@ -163,7 +163,13 @@ def required(call: Call, account: str = ACCOUNT) -> list[tuple[str, str]]:
         return [(action, f"arn:aws:sqs:{call.region}:{owner}:{name}")]
     if call.service == "sagemaker-runtime":
         name = str(p["EndpointName"]).lower()  # SageMaker ARNs are lowercase
-        return [(action, f"arn:aws:sagemaker:{call.region}:{account}:endpoint/{name}")]
+        need = [(action, f"arn:aws:sagemaker:{call.region}:{account}:endpoint/{name}")]
+        if p.get("InferenceComponentName"):  # authorised on the component too
+            component = str(p["InferenceComponentName"]).lower()
+            need.append(
+                (action, f"arn:aws:sagemaker:{call.region}:{account}:inference-component/{component}")
+            )
+        return need
     raise Unsupported(f"{call}: no resource mapping")
 
 
@@ -314,7 +320,11 @@ class Stack:
         if name in pseudo:
             return pseudo[name]
         if name in self.params:
-            return self.params[name]
+            value = self.params[name]
+            kind = self.cfn.get("Parameters", {}).get(name, {}).get("Type")
+            if kind == "CommaDelimitedList" and isinstance(value, str):
+                return value.split(",")  # as CloudFormation hands a list parameter over
+            return value
         res = self.resources.get(name)
         if res is None:
             raise Unsupported(f"Ref {name}")
@@ -468,16 +478,20 @@ def bind(stack: Stack, function: str, env: dict[str, str], event: Any, calls: li
                 names.add(names.queues, queue_from_url(test)[1], urls[value])
     if "SageMakerEndpointArn" in stack.params and env.get("INFER_BACKENDS"):
         with _suppress_unsupported():
-            backends = json.loads(env["INFER_BACKENDS"])
-            sm = {
-                (str(b.get("region") or REGION), str(b["endpoint_name"]).lower())
-                for b in backends
-                if isinstance(b, dict) and b.get("kind") == "sagemaker" and b.get("endpoint_name")
-            }
-            if len(sm) == 1:  # the template grants one endpoint: a second one would be denied
-                ((region, name),) = sm
-                test_arn = f"arn:aws:sagemaker:{region}:{ACCOUNT}:endpoint/{name}"
-                names.add(names.endpoints, test_arn, str(stack.params["SageMakerEndpointArn"]))
+            backends = [b for b in json.loads(env["INFER_BACKENDS"])
+                        if isinstance(b, dict) and b.get("kind") == "sagemaker"]  # fmt: skip
+            granted = [str(a) for a in stack.ref("SageMakerEndpointArn") if a]
+            for kind, field_name in (("endpoint", "endpoint_name"),
+                                     ("inference-component", "inference_component")):  # fmt: skip
+                used = {(str(b.get("region") or REGION), str(b[field_name]).lower())
+                        for b in backends if b.get(field_name)}  # fmt: skip
+                stack_arns = [a for a in granted if f":{kind}/" in a]
+                # the template grants these; a test that uses more of them than are granted
+                # maps only the one of each kind, so the extra ones are denied
+                if len(used) == 1 and len(stack_arns) == 1:
+                    ((region, name),) = used
+                    test_arn = f"arn:aws:sagemaker:{region}:{ACCOUNT}:{kind}/{name}"
+                    names.add(names.endpoints, test_arn, stack_arns[0])
     records = event.get("Records", []) if isinstance(event, dict) else []
     for rec in records if isinstance(records, list) else []:
         if not isinstance(rec, dict):

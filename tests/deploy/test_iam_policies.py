@@ -163,3 +163,21 @@ def test_every_python_handler_of_the_template_is_tagged(stack: Stack) -> None:
 
     assert getattr(aws.handler, "_iam_function", None) == "BatchFunction"
     assert getattr(aws.shard_handler, "_iam_function", None) == "BatchShardFunction"
+
+
+def test_an_inference_component_needs_its_arn_granted_beside_the_endpoint() -> None:
+    """SageMakerEndpointArn is a list: an inference component's calls are authorised on the
+    endpoint and on the component, so both must be in it."""
+    ic = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:inference-component/llama-ic"
+    body = json.dumps([{"name": "sm", "kind": "sagemaker", "endpoint_name": "model-endpoint",
+                        "inference_component": "llama-ic", "region": REGION}])  # fmt: skip
+    call = Call("sagemaker-runtime", "InvokeEndpoint",
+                {"EndpointName": "model-endpoint", "InferenceComponentName": "llama-ic"}, REGION)
+    assert required(call) == [("sagemaker:InvokeEndpoint", SAGEMAKER_ENDPOINT),
+                              ("sagemaker:InvokeEndpoint", ic)]  # fmt: skip
+    f = frame("ChatFunction", {"INFER_BACKENDS": body})
+    call.function, call.frame = f.function, f
+    both = Stack(Stack.load().cfn, {"SageMakerEndpointArn": f"{SAGEMAKER_ENDPOINT},{ic}"})
+    assert violations([call], both) == []
+    (problem,) = violations([call])  # only the endpoint granted
+    assert "inference-component/llama-ic" in problem
