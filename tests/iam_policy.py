@@ -166,9 +166,8 @@ def required(call: Call, account: str = ACCOUNT) -> list[tuple[str, str]]:
         need = [(action, f"arn:aws:sagemaker:{call.region}:{account}:endpoint/{name}")]
         if p.get("InferenceComponentName"):  # authorised on the component too
             component = str(p["InferenceComponentName"]).lower()
-            need.append(
-                (action, f"arn:aws:sagemaker:{call.region}:{account}:inference-component/{component}")
-            )
+            arn = f"arn:aws:sagemaker:{call.region}:{account}:inference-component/{component}"
+            need.append((action, arn))
         return need
     raise Unsupported(f"{call}: no resource mapping")
 
