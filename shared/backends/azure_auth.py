@@ -6,6 +6,10 @@ until 5 minutes before it expires, so the identity endpoint is asked at most onc
 lifetime however many requests run. azure-identity is imported here, lazily: a function
 whose backends use keys or AWS never loads it.
 
+Which identity: the entry's ``client_id``, else the user-assigned identity named by
+``AZURE_CLIENT_ID`` (the variable azure-identity and Azure's templates use; infra/ sets it),
+else the system-assigned one.
+
 Which credential:
 - ``IDENTITY_ENDPOINT`` set (App Service, Azure Functions, Container Apps):
   ``ManagedIdentityCredential(client_id=…)`` directly: no chain to walk, no probing.
@@ -45,6 +49,7 @@ CredentialFactory = Callable[[str | None], Any]
 
 def default_credential(client_id: str | None) -> Any:
     """The credential for this process's identity (see the module docstring)."""
+    client_id = client_id or os.environ.get("AZURE_CLIENT_ID") or None
     if os.environ.get("IDENTITY_ENDPOINT"):
         from azure.identity import ManagedIdentityCredential
 

@@ -184,3 +184,18 @@ async def test_no_token_or_key_in_logs(
     assert token not in caplog.text
     assert token.split(".")[2] not in caplog.text
     assert AZURE_KEY not in caplog.text
+
+
+async def test_an_entry_without_client_id_uses_the_identity_named_by_azure_client_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Flex app with only a user-assigned identity (infra/) has no system-assigned one: a
+    backend entry that names no client_id signs in as AZURE_CLIENT_ID's identity."""
+    import jwt
+
+    from shared.backends.azure_auth import COGNITIVE_SERVICES_SCOPE, token_source
+
+    monkeypatch.setenv("AZURE_CLIENT_ID", "99999999-8888-7777-6666-555555555555")
+    token = await token_source(None, COGNITIVE_SERVICES_SCOPE).token()
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["appid"] == "99999999-8888-7777-6666-555555555555"
