@@ -94,7 +94,13 @@ class ApiKey(BaseModel):
 
 
 def parse_api_keys(value: Any) -> Any:
-    """``INFER_API_KEYS`` text -> list of :class:`ApiKey` inputs (bare keys get their id)."""
+    """``INFER_API_KEYS`` text -> list of :class:`ApiKey` inputs (bare keys get their id).
+
+    A setting that is not blank must hold a key: ``" , "`` or ``"[ ]"`` would otherwise turn
+    the app's check off while still turning the host's off too (``functions/http_auth.py``
+    sees a setting), so it is a configuration error, as is a Key Vault reference App Service
+    left unresolved (its literal text would become a key anyone can read in the portal)."""
+    given = isinstance(value, str) and bool(value.strip())
     if isinstance(value, str):
         text = value.strip()
         value = json.loads(text) if text.startswith("[") else [k for k in text.split(",")]
@@ -104,10 +110,17 @@ def parse_api_keys(value: Any) -> Any:
     for item in value:
         if isinstance(item, str):
             item = item.strip()
+            if item.startswith("@Microsoft.KeyVault("):
+                raise ValueError(
+                    "holds an unresolved Key Vault reference: grant the app's identity "
+                    "access to the secret (Key Vault Secrets User) or fix the reference"
+                )
             if item:
                 out.append({"id": key_id(item), "key": item})
         else:
             out.append(item)
+    if given and not out:
+        raise ValueError("is set but holds no key: remove it, or give at least one key")
     return out
 
 

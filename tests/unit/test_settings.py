@@ -116,3 +116,28 @@ def test_duplicate_key_ids_are_refused(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("INFER_API_KEYS", json.dumps(keys))
     with pytest.raises(ConfigError, match="key ids must be unique; repeated: ci"):
         build_settings(CallerSettings)
+
+
+@pytest.mark.parametrize("value", [" , ", "[ ]", "[]", ",", '[""]'])
+def test_api_keys_set_but_empty_is_a_configuration_error_not_an_open_api(
+    clean_env: pytest.MonkeyPatch, value: str
+) -> None:
+    """The host's key check is off once INFER_API_KEYS is set (functions/http_auth.py), so
+    a value holding no key must fail closed, not leave both checks off."""
+    from shared.callers import CallerSettings
+    from shared.settings import build_settings
+
+    clean_env.setenv("INFER_API_KEYS", value)
+    with pytest.raises(ConfigError, match=r"INFER_API_KEYS.*holds no key"):
+        build_settings(CallerSettings)
+
+
+def test_an_unresolved_key_vault_reference_is_a_configuration_error(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    from shared.callers import CallerSettings
+    from shared.settings import build_settings
+
+    clean_env.setenv("INFER_API_KEYS", "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/k)")
+    with pytest.raises(ConfigError, match="unresolved Key Vault reference"):
+        build_settings(CallerSettings)
