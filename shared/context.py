@@ -63,6 +63,9 @@ class Context:
     #: Backends that timed out during this invocation: a silent endpoint is not tried again
     #: for it (``shared.router``); the other candidates are.
     abandoned: set[str] = field(default_factory=set)
+    #: The caller sent ``Prefer: respond-async``: when every backend is at capacity, answer
+    #: at once (``AtCapacity``; the HTTP layer queues a job) instead of waiting for a slot.
+    prefer_async: bool = False
 
     @property
     def served_from_cache(self) -> bool:

@@ -12,7 +12,9 @@
         ├── BackendRejected             (4xx from the endpoint passed through, e.g. content_filter)
         │   └── ContextTooLong          (400 context_length_exceeded: the next backend may fit it)
         ├── BackendRateLimited          (429 from the endpoint, carries retry_after)
+        │   └── AtCapacity              (429 capacity_exceeded: every candidate is full)
         ├── BackendUnavailable          (503, carries retry_after)
+        │   └── BackendWarming          (503 backend_warming: scaling out from zero)
         ├── BackendTimeout              (504)
         └── BackendConnectionError      (502, connect/reset)
     DeadlineExceeded                    (504, the invocation ran out of time)
@@ -156,6 +158,25 @@ class BackendRateLimited(BackendError):
 class BackendUnavailable(BackendError):
     status = 503
     code = "backend_unavailable"
+
+
+class AtCapacity(BackendRateLimited):
+    """Every backend serving the model holds ``max_concurrency`` requests, and the wait for
+    a slot reached the deadline (or the caller asked not to wait: ``Prefer:
+    respond-async``). No model call was made: a job or batch line waits and tries again
+    without using up its attempts (``waits``)."""
+
+    code = "capacity_exceeded"
+    waits = True
+
+
+class BackendWarming(BackendUnavailable):
+    """The endpoint has no capacity yet: scaled to zero, or the first replica still
+    starting (SageMaker's "no capacity" answer). Not a rejection: the caller retries after
+    ``Retry-After``; jobs and batch lines wait without using up their attempts."""
+
+    code = "backend_warming"
+    waits = True
 
 
 class BackendTimeout(BackendError):

@@ -172,10 +172,12 @@ async def probe_backend(
         max(0.0, min(settings.timeout_s, parent.remaining())),
         request_id=f"{parent.request_id}-{backend.name}",
     )
+    lease = await slot.gate.take(ctx)  # the probe is load too: live requests see it
+    if lease is None:
+        return None  # at capacity: busy serving, and no room for a probe
     started = time.monotonic()
     err: InferenceError | None = None
     ttft: float | None = None
-    slot.in_flight += 1  # the probe is load too: live requests see it
     try:
         ttft = await asyncio.wait_for(
             _probe_once(backend, mode, settings.prompt, ctx), timeout=max(ctx.remaining(), 0.0)
@@ -187,7 +189,7 @@ async def probe_backend(
     except Exception as exc:  # a probe never raises: it reports
         err = BackendError(f"probe failed: {type(exc).__name__}")
     finally:
-        slot.in_flight -= 1
+        await lease.release()
     now = clock()
     _update_circuit(slot, err, settings.open_s, now)
     telemetry.record_probe(

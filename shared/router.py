@@ -12,7 +12,12 @@
   moves to the next candidate (a larger context may fit). When every candidate failed, the
   last error goes to the retry policy.
 - ``max_concurrency`` caps requests in flight per backend (a stream holds its slot until it
-  ends); when every candidate is full the call waits for a slot until the deadline.
+  ends), across every instance when shared state is configured (``shared.capacity``); a
+  full backend is passed over for the next candidate that has room (the next priority
+  group included). When every candidate is full the request queues (first come, first
+  served) until a slot is freed; at the deadline it gets 429 ``capacity_exceeded`` with
+  Retry-After, and a caller that sent ``Prefer: respond-async`` gets it at once (the HTTP
+  layer then answers 202 with a job).
 - A circuit per backend opens for the endpoint's Retry-After on 429/503 (or after
   ``failure_threshold`` consecutive failures, for ``open_s``); once that time has passed one
   request is let through as a half-open probe: success closes the circuit, failure reopens it.
@@ -29,8 +34,10 @@ from typing import Any, TypeVar
 
 from shared import telemetry
 from shared.backends.base import SSE_DONE, Backend, ByteStream, Result
+from shared.capacity import Capacity, Gate, Lease, Waiter
 from shared.context import Context
 from shared.errors import (
+    AtCapacity,
     BackendConnectionError,
     BackendError,
     BackendRateLimited,
@@ -49,7 +56,6 @@ Clock = Callable[[], float]
 DEFAULT_OPEN_S = 5.0
 RATE_LIMIT_OPEN_S = 1.0
 FAILURE_THRESHOLD = 3
-SLOT_POLL_S = 0.005
 #: The pause (times 1 to 2, jittered) before the one quick retry of a lone 5xx or reset.
 QUICK_RETRY_S = 0.05
 #: Do not wait for a retry that would leave less than this for the attempt.
@@ -104,12 +110,13 @@ class Circuit:
 @dataclass
 class Slot:
     backend: Backend
+    gate: Gate
     circuit: Circuit = field(default_factory=Circuit)
-    in_flight: int = 0
 
     @property
-    def full(self) -> bool:
-        return self.in_flight >= self.backend.config.max_concurrency
+    def in_flight(self) -> int:
+        """Requests this instance has in flight toward the backend."""
+        return self.gate.in_flight
 
     def __post_init__(self) -> None:
         self.circuit.name = self.backend.name
@@ -201,7 +208,7 @@ class _SlotStream:
     def __init__(
         self,
         inner: ByteStream,
-        release: Callable[[], None],
+        lease: Lease,
         on_failure: Callable[[InferenceError], None],
         backend: Backend,
         started: float,
@@ -210,13 +217,8 @@ class _SlotStream:
         self._config = backend.config
         self._started = started
         self._inner = inner
-        self._release: Callable[[], None] | None = release
+        self._lease = lease
         self._on_failure = on_failure
-
-    def _done(self) -> None:
-        if self._release is not None:
-            self._release()
-            self._release = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
@@ -274,13 +276,33 @@ class _SlotStream:
             raise
         finally:
             dog.close()
-            self._done()
+            await self._lease.release()
 
     async def aclose(self) -> None:
         try:
             await self._inner.aclose()
         finally:
-            self._done()
+            await self._lease.release()
+
+
+class _Place:
+    """A request's place in the queue for its candidates' slots (none until it must wait)."""
+
+    __slots__ = ("capacity", "key", "waiter")
+
+    def __init__(self, capacity: Capacity, key: frozenset[str]) -> None:
+        self.capacity = capacity
+        self.key = key
+        self.waiter: Waiter | None = None
+
+    def join(self) -> None:
+        if self.waiter is None:
+            self.waiter = self.capacity.join(self.key)
+
+    def leave(self) -> None:
+        if self.waiter is not None:
+            self.capacity.leave(self.waiter)
+            self.waiter = None
 
 
 class Router:
@@ -291,8 +313,12 @@ class Router:
         clock: Clock = time.monotonic,
         rand: Callable[[], float] = random.random,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        capacity: Capacity | None = None,
     ) -> None:
-        self.slots = [Slot(b) for b in backends]
+        self.capacity = capacity or Capacity()
+        self.slots = [
+            Slot(b, self.capacity.gate(b.name, b.config.max_concurrency)) for b in backends
+        ]
         self._clock = clock
         self._rand = rand
         self._sleep = sleep
@@ -327,11 +353,11 @@ class Router:
         return ordered
 
     async def invoke(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
-        async def call(slot: Slot) -> Result:
+        async def call(slot: Slot, lease: Lease) -> Result:
             try:
                 return await slot.backend.invoke(op, payload, ctx)
             finally:
-                slot.in_flight -= 1
+                await lease.release()
 
         return await self._route(str(payload.get("model", "")), call, ctx)
 
@@ -349,31 +375,28 @@ class Router:
         backend that continues); ``skip_rejected`` moves past a backend that refuses the
         request (4xx) instead of answering with its refusal."""
 
-        async def call(slot: Slot) -> ByteStream:
+        async def call(slot: Slot, lease: Lease) -> ByteStream:
             backend = slot.backend
             started = asyncio.get_running_loop().time()
             try:
                 async with asyncio.timeout(backend.config.headers_timeout_s):
                     inner = await backend.open_stream(op, payload, ctx)
             except TimeoutError:
-                slot.in_flight -= 1
+                await lease.release()
                 raise BackendTimeout(
                     f"backend {backend.name!r} sent no response headers within "
                     f"{backend.config.headers_timeout_s:g}s"
                 ) from None
             except BaseException:
-                slot.in_flight -= 1
+                await lease.release()
                 raise
-
-            def release() -> None:
-                slot.in_flight -= 1
 
             def failed(err: InferenceError) -> None:
                 slot.circuit.record_failure(err, self._clock())
                 if isinstance(err, BackendTimeout):
                     ctx.abandoned.add(backend.name)
 
-            return _SlotStream(inner, release, failed, backend, started)
+            return _SlotStream(inner, lease, failed, backend, started)
 
         model = str(payload.get("model", ""))
         return await self._route(model, call, ctx, only=only, skip_rejected=skip_rejected)
@@ -407,7 +430,7 @@ class Router:
     async def _route(
         self,
         model: str,
-        call: Callable[[Slot], Awaitable[T]],
+        call: Callable[[Slot, Lease], Awaitable[T]],
         ctx: Context,
         *,
         only: Callable[[Backend], bool] | None = None,
@@ -417,7 +440,27 @@ class Router:
         plan = self.plan(model)
         if only is not None:
             plan = [s for s in plan if only(s.backend)]
+        place = _Place(self.capacity, frozenset(s.backend.name for s in plan))
+        if self.capacity.queued(place.key):  # first come, first served: behind those waiting
+            place.join()
+        try:
+            return await self._passes(model, plan, call, ctx, skip_rejected, place)
+        finally:
+            place.leave()
+
+    async def _passes(
+        self,
+        model: str,
+        plan: list[Slot],
+        call: Callable[[Slot, Lease], Awaitable[T]],
+        ctx: Context,
+        skip_rejected: bool,
+        place: _Place,
+    ) -> T:
+        capacity = self.capacity
         failed: Slot | None = None
+        if place.waiter is not None:
+            await capacity.wait_turn(place.waiter, ctx, model)
         while True:
             now = self._clock()
             last_err: InferenceError | None = None
@@ -434,18 +477,19 @@ class Router:
                             soon = slot.circuit.open_until
                             reopen_at = soon if reopen_at is None else min(reopen_at, soon)
                         break
-                    if slot.full:
+                    lease = await slot.gate.take(ctx)
+                    if lease is None:
                         waiting_for_slot = True
                         break
+                    place.leave()  # served: the next in line may look
                     if slot.circuit.state(now) == "half_open":
                         slot.circuit.probing = True
                         telemetry.record_circuit(slot.backend.name, "half_open")
                     if failed is not None and failed is not slot:
                         telemetry.record_failover(ctx, failed.backend.name, slot.backend.name)
-                    slot.in_flight += 1
                     tried = telemetry.attempt(ctx, slot.backend)
                     try:
-                        result = await call(slot)
+                        result = await call(slot, lease)
                     except InferenceError as err:
                         tried.end(err)
                         if not err.retryable:
@@ -484,8 +528,13 @@ class Router:
                     last_err.retry_here = False
                 raise last_err
             if waiting_for_slot:
-                ctx.check()
-                await asyncio.sleep(SLOT_POLL_S)
+                if ctx.prefer_async:
+                    raise AtCapacity(
+                        f"every backend serving '{model}' is at capacity", retry_after=1.0
+                    )
+                place.join()
+                assert place.waiter is not None
+                await capacity.wait_turn(place.waiter, ctx, model)
                 continue
             if silent:
                 timed_out = BackendTimeout(f"every backend serving '{model}' timed out")

@@ -107,7 +107,9 @@ class Service:
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
         backends: list[Backend] = [build_backend(b) for b in settings.backends]
-        return cls(settings, Router(backends))
+        from shared.capacity import Capacity
+
+        return cls(settings, Router(backends, capacity=Capacity(settings.capacity_lease_s)))
 
     def validate(self, op: Operation, data: Any) -> dict[str, Any]:
         return validate_payload(op, data, max_tokens_cap=self.settings.max_tokens_cap)

@@ -159,6 +159,9 @@ class Settings(BaseSettings):
     log_prompts: bool = False
     request_timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
+    #: How long a slot of a backend's ``max_concurrency`` held in shared state outlives an
+    #: instance that stopped renewing it (a crash); renewed every third of it (capacity.py).
+    capacity_lease_s: float = Field(default=15.0, ge=1.0, le=600.0)
     bucket: str | None = None
     queue_url: str | None = None
 

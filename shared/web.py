@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from shared.context import Context
 from shared.errors import (
+    AtCapacity,
     AuthenticationFailed,
     InferenceError,
     InvalidRequest,
@@ -121,7 +122,23 @@ async def openai_endpoint(request: Request, op: Operation) -> Response:
                 headers=_rid(ctx, SSE_HEADERS),
                 background=BackgroundTask(flush, ctx) if telemetry_enabled() else None,
             )
-        result = await service.complete(op, payload, ctx)
+        ctx.prefer_async = _prefers_async(request) and _jobs_configured()
+        try:
+            result = await service.complete(op, payload, ctx)
+        except AtCapacity:
+            if not ctx.prefer_async:
+                raise
+            from shared.jobs.http import respond_async
+
+            await flush(ctx)
+            try:
+                return await respond_async(request, op.url, payload, ctx)
+            except Exception as exc:  # no job could be queued: the caller gets the 429
+                log.warning("respond-async: no job queued (%s)", type(exc).__name__)
+                raise AtCapacity(
+                    f"every backend serving '{payload.get('model')}' is at capacity",
+                    retry_after=1.0,
+                ) from None
         await flush(ctx)
         return Response(result.content, media_type="application/json", headers=_rid(ctx))
     except InferenceError as err:
@@ -130,6 +147,21 @@ async def openai_endpoint(request: Request, op: Operation) -> Response:
     except Exception as exc:
         await flush(ctx)
         return internal_error(exc, ctx.request_id if ctx else None)
+
+
+def _prefers_async(request: Request) -> bool:
+    """RFC 7240 ``Prefer: respond-async`` (among other preferences, any case)."""
+    prefer = request.headers.get("prefer")
+    if not prefer:
+        return False
+    return any(p.split(";")[0].strip().lower() == "respond-async" for p in prefer.split(","))
+
+
+def _jobs_configured() -> bool:
+    """Whether this app can queue a job (a queue is configured for it)."""
+    from shared.storage.queues import queue_configured
+
+    return queue_configured()
 
 
 def _rid(ctx: Context, base: dict[str, str] | None = None) -> dict[str, str]:

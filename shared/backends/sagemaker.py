@@ -48,6 +48,7 @@ from shared.errors import (
     BackendRejected,
     BackendTimeout,
     BackendUnavailable,
+    BackendWarming,
     ContextTooLong,
     DeadlineExceeded,
     InferenceError,
@@ -86,6 +87,8 @@ TIMEOUT_BUCKETS = (0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25
 #: SageMaker calls running at once per process (half the pool: storage calls keep theirs).
 MAX_IN_FLIGHT = POOL_WORKERS // 2
 GATE_POLL_S = 0.005
+#: Retry-After of a "no capacity" answer (SageMaker sends none): a scale-out takes minutes.
+WARMING_RETRY_S = 10.0
 
 
 def read_timeout(timeout_s: float, remaining: float) -> float:
@@ -195,7 +198,11 @@ def map_client_error(exc: Exception, backend: str) -> InferenceError:
         return BackendRejected(
             text, status=400 if original == 422 else original, code="model_error"
         )
-    if code in ("ModelNotReadyException", "ServiceUnavailable") or status == 503:
+    if code == "ValidationError" and NO_CAPACITY in message.lower():
+        return warming(backend, message, retry_after)
+    if code == "ModelNotReadyException":
+        return warming(backend, message, retry_after)
+    if code == "ServiceUnavailable" or status == 503:
         return BackendUnavailable(message, retry_after=retry_after)
     if code in ("ThrottlingException", "TooManyRequestsException") or status == 429:
         return BackendRateLimited(message, retry_after=retry_after)
@@ -212,6 +219,22 @@ def map_client_error(exc: Exception, backend: str) -> InferenceError:
     if code == "ModelStreamError":
         return BackendError(f"model stream of {backend!r} failed: {message}")
     return BackendError(message, retry_after=retry_after)
+
+
+#: SageMaker's words while an inference component has no copy (scaled to zero, or scaling
+#: out): "Inference Component has no capacity to process this request. ..." (HTTP 400).
+NO_CAPACITY = "has no capacity to process this request"
+
+
+def warming(backend: str, message: str, retry_after: float | None) -> BackendWarming:
+    """The endpoint is scaling out (from zero): 503 with Retry-After, not a rejection. Not
+    retried within the invocation (a scale-out takes minutes); jobs and batches wait."""
+    err = BackendWarming(
+        f"backend {backend!r} has no capacity yet (scaling out): {message}",
+        retry_after=retry_after or WARMING_RETRY_S,
+    )
+    err.retry_here = False
+    return err
 
 
 class _EventStreamBody:

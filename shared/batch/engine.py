@@ -268,10 +268,12 @@ class ShardRunner:
             except InferenceError as err:
                 release(err)
                 self._observe_router()
-                tries -= share - max(ctx.tries_left or 0, 0)
-                # over the caller's own limit: wait and retry without using up the line's
-                # attempts (the limiter above paused every line for the Retry-After)
-                throttled = getattr(err, "caller_limit", False)
+                # over the caller's own limit, or no capacity yet (the endpoint scaling out
+                # from zero, every backend full): wait and retry without using up the line's
+                # attempts or tries (the limiter above paused every line for the Retry-After)
+                throttled = getattr(err, "caller_limit", False) or getattr(err, "waits", False)
+                if not throttled:
+                    tries -= share - max(ctx.tries_left or 0, 0)
                 retries_left = throttled or attempt < self.settings.line_retries
                 if err.retryable and tries > 0 and retries_left:
                     delay = retry_delay(err.retry_after, attempt, random.random())

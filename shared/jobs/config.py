@@ -37,6 +37,9 @@ class JobSettings(BaseSettings):
     job_retry_base_s: float = Field(default=2.0, ge=0)
     job_retry_max_s: float = Field(default=300.0, ge=0)
     job_max_defers: int = Field(default=20, ge=0)
+    #: How long a job may wait for capacity (a scale-out from zero, every backend full)
+    #: without those waits counting as deferrals or tries.
+    job_max_wait_s: float = Field(default=3600.0, ge=0)
     jobs_container: str = Field(default="jobs", pattern=r"^[a-z0-9][a-z0-9-]{2,62}$")
     callback_secret: str | None = None
     callback_timeout_s: float = Field(default=5.0, gt=0)

@@ -28,7 +28,14 @@ from shared.blocking import run_blocking
 from shared.callers import ANONYMOUS
 from shared.context import Context
 from shared.errors import InferenceError, InvalidRequest, NotFound
-from shared.jobs.model import JOB_ID, JobRecord, MalformedMessage, idempotent_id, parse_line
+from shared.jobs.model import (
+    JOB_ID,
+    JobLine,
+    JobRecord,
+    MalformedMessage,
+    idempotent_id,
+    parse_line,
+)
 from shared.jobs.store import PreconditionFailed, get_job_store
 from shared.service import get_service
 from shared.storage import StorageError
@@ -117,44 +124,69 @@ async def create_job_endpoint(request: Request) -> Response:
             line = dataclasses.replace(line, traceparent=ctx.traceparent)
         if line.callback_url:
             await _check_callback(line.callback_url)
-        key = request.headers.get("idempotency-key")
-        job_id = idempotent_id(caller, key) if key else "job_" + uuid.uuid4().hex
-        location = request.url.path.rstrip("/") + "/" + job_id
-        headers = {"location": location, "x-request-id": ctx.request_id}
-        jobs = get_job_store()
-        record = JobRecord.new(line, job_id, caller=caller)
-        try:
-            stored = await jobs.acreate(record)
-        except PreconditionFailed:
-            existing = await jobs.aget(job_id)
-            if existing is None or existing.record.request_hash != record.request_hash:
-                raise IdempotencyConflict(
-                    "this Idempotency-Key was already used with a different request",
-                    param="Idempotency-Key",
-                ) from None
-            old = existing.record
-            if (
-                old.status == "queued"
-                and old.attempts == 0
-                and time.time() - old.created_at > RESEND_AFTER_S
-            ):
-                await run_blocking(_send, line.message(job_id, old.seed(existing.etag)))
-            return _json(old.public(), 200, headers)
-        try:
-            # The message names the stored version, so the worker claims it with one
-            # conditional write and reads nothing first.
-            await run_blocking(_send, line.message(job_id, record.seed(stored.etag)))
-        except Exception as exc:
-            log.error("job %s: enqueue failed: %s", job_id, exc)
-            await run_blocking(jobs.delete, job_id)
-            raise QueueUnavailable("the job could not be queued; try again") from exc
-        return _json({"id": job_id, "status": "queued"}, 202, headers)
+        base = request.url.path.rstrip("/")
+        return await submit(line, caller, ctx, base, request.headers.get("idempotency-key"))
     except InferenceError as err:
         return error_response(err, ctx.request_id if ctx else None)
     except Exception as exc:
         if _is_storage_failure(exc):
             return _store_down(exc, ctx.request_id if ctx else None)
         return internal_error(exc, ctx.request_id if ctx else None)
+
+
+async def submit(
+    line: JobLine, caller: str, ctx: Context, jobs_path: str, key: str | None = None
+) -> Response:
+    """Store ``line`` as a queued job and send its message: 202 with ``Location`` (under
+    ``jobs_path``), or 200 with the existing record for a repeated ``Idempotency-Key``."""
+    job_id = idempotent_id(caller, key) if key else "job_" + uuid.uuid4().hex
+    location = jobs_path + "/" + job_id
+    headers = {"location": location, "x-request-id": ctx.request_id}
+    jobs = get_job_store()
+    record = JobRecord.new(line, job_id, caller=caller)
+    try:
+        stored = await jobs.acreate(record)
+    except PreconditionFailed:
+        existing = await jobs.aget(job_id)
+        if existing is None or existing.record.request_hash != record.request_hash:
+            raise IdempotencyConflict(
+                "this Idempotency-Key was already used with a different request",
+                param="Idempotency-Key",
+            ) from None
+        old = existing.record
+        if (
+            old.status == "queued"
+            and old.attempts == 0
+            and time.time() - old.created_at > RESEND_AFTER_S
+        ):
+            await run_blocking(_send, line.message(job_id, old.seed(existing.etag)))
+        return _json(old.public(), 200, headers)
+    try:
+        # The message names the stored version, so the worker claims it with one
+        # conditional write and reads nothing first.
+        await run_blocking(_send, line.message(job_id, record.seed(stored.etag)))
+    except Exception as exc:
+        log.error("job %s: enqueue failed: %s", job_id, exc)
+        await run_blocking(jobs.delete, job_id)
+        raise QueueUnavailable("the job could not be queued; try again") from exc
+    return _json({"id": job_id, "status": "queued"}, 202, headers)
+
+
+async def respond_async(
+    request: Request, op_url: str, payload: dict[str, Any], ctx: Context
+) -> Response:
+    """``Prefer: respond-async`` met a model at capacity: the request becomes a job (202,
+    ``Location`` under the app's ``/v1/jobs``) that the queue worker runs when a slot frees."""
+    path = request.url.path
+    prefix = path[: path.index("/v1/")] if "/v1/" in path else ""
+    line = parse_line({"custom_id": ctx.request_id, "method": "POST", "url": op_url,
+                       "body": payload})  # fmt: skip
+    if ctx.traceparent:
+        line = dataclasses.replace(line, traceparent=ctx.traceparent)
+    response = await submit(line, ctx.caller or ANONYMOUS, ctx, prefix + "/v1/jobs",
+                            request.headers.get("idempotency-key"))  # fmt: skip
+    response.headers["preference-applied"] = "respond-async"
+    return response
 
 
 def path_job_id(request: Request) -> str:

@@ -17,8 +17,11 @@
   sends the same message again with ``delay_s`` (the Retry-After) and acks this one, so a
   long rate-limit episode does not use up the delivery attempts (``maxDequeueCount``) and
   poison healthy jobs. At most ``INFER_JOB_MAX_DEFERS`` times per job, then it counts as
-  an ordinary retryable failure. (A crash between send and ack leaves two messages for the
-  job, which the lease and the succeeded check make harmless.)
+  an ordinary retryable failure. A job that found no capacity (the endpoint scaling out
+  from zero, or every backend at ``max_concurrency``) is deferred without counting a
+  deferral or a try, for up to ``INFER_JOB_MAX_WAIT_S`` from its submission. (A crash
+  between send and ack leaves two messages for the job, which the lease and the succeeded
+  check make harmless.)
 - ``poison``: the message can never succeed (not JSON, no or unknown ``url``, missing
   ``body_ref``): the job (when the message names one) is marked failed with the reason and
   the adapter moves the message to the poison queue / DLQ at once, without retries.
@@ -350,9 +353,23 @@ class Worker:
         telemetry.record_job_start(
             ctx, self.clock() - claim.record.created_at, line.op, str(payload.get("model", ""))
         )
+        reserved = ctx.tries_left or 0
         try:
             body = await self._answer(line, payload, ctx)
         except InferenceError as err:
+            if getattr(err, "waits", False) and (
+                self.clock() - claim.record.created_at < self.settings.job_max_wait_s
+            ):  # no capacity yet (warming, or every backend full): wait, costing nothing
+                tries = max(0, claim.record.tries - reserved)
+                released = claim.record.model_copy(update={"tries": tries})
+                await self._release(Versioned(released, claim.etag))
+                return Outcome(
+                    "defer",
+                    job_id,
+                    delay_s=self.retry_delay(err, attempt),
+                    reason=err.message,
+                    status="queued",
+                )
             claim = self._settle_tries(claim, ctx)
             if not (err.retryable or isinstance(err, DeadlineExceeded)):
                 record, _ = await self._write_final(claim, _failure(err))

@@ -194,6 +194,14 @@ def _build_queue(key: tuple[str, str | None]) -> QueueSender:
 _queues = Keyed(_build_queue)
 
 
+def queue_configured() -> bool:
+    """Whether this app has a jobs queue (AWS: ``INFER_QUEUE_URL``; Azure and the local
+    spool: always). Reads settings only; builds nothing."""
+    from shared.storage import provider
+
+    return provider() != "s3" or bool(os.environ.get("INFER_QUEUE_URL"))
+
+
 def get_queue(name: str = "inference-requests", *, url: str | None = None) -> QueueSender:
     """The sender for queue ``name`` (SQS: ``url`` or ``INFER_QUEUE_URL``), built once."""
     return _queues.get((name, url or None))

@@ -22,7 +22,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
@@ -619,6 +619,21 @@ def record_limit(ctx: Context | None, outcome: str) -> None:
     t = _get()
     if t is not None and outcome != "admitted":
         t.record(N.LIMIT_REFUSALS, 1, {**_attrs_of(ctx), "infer.limit": outcome})
+
+
+def record_backlog(backends: Iterable[str], waiting: Callable[[str], int]) -> None:
+    """Requests of this instance waiting for a slot, per backend (``shared.capacity``)."""
+    t = _get()
+    if t is not None:
+        for name in backends:
+            t.record(N.BACKLOG, waiting(name), {"infer.backend": name})
+
+
+def record_quota_headroom(backend: str, kind: str, remaining: float) -> None:
+    """The provider's own ``x-ratelimit-remaining-{kind}`` after a call."""
+    t = _get()
+    if t is not None:
+        t.record(N.QUOTA_HEADROOM, remaining, {"infer.backend": backend, "infer.quota.kind": kind})
 
 
 def record_job_start(ctx: Context, age_s: float, op: str = "", model: str = "") -> None:

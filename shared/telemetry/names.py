@@ -131,6 +131,20 @@ PROBE_TTFT = Metric(
     "Scheduled probe per backend: time to the first content chunk of a one-token chat",
     TTFT_BUCKETS,
 )
+BACKLOG = Metric(
+    "infer.backend.backlog",
+    "gauge",
+    "{request}",
+    "Requests of an instance waiting for a slot of this backend's max_concurrency (a "
+    "scaling signal: the endpoint needs more replicas); recorded as a wait starts and ends",
+)
+QUOTA_HEADROOM = Metric(
+    "infer.backend.quota_remaining",
+    "gauge",
+    "{unit}",
+    "What the provider's x-ratelimit-remaining-* headers say is left "
+    "(infer.quota.kind requests | tokens)",
+)
 
 ALL: tuple[Metric, ...] = (
     CLIENT_DURATION,
@@ -152,4 +166,6 @@ ALL: tuple[Metric, ...] = (
     BATCH_LIMIT,
     PROBE_AVAILABILITY,
     PROBE_TTFT,
+    BACKLOG,
+    QUOTA_HEADROOM,
 )

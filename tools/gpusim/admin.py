@@ -7,6 +7,8 @@
   ``GET`` shows it, ``DELETE`` clears every fault and sets the rate to 0.
 - ``GET /admin/stats``: request counts per route and status, completed model calls in
   total and per ``x-gpusim-tag``, running/waiting now and their peaks, the fault state.
+- ``POST /admin/scale``: ``{"replicas": n, "warmup_s"?: s}``: scale in at once, out after
+  the warm-up; ``GET`` shows replicas ready, the target and seconds until it is ready.
 - ``POST /admin/reset``: zero those stats (the Prometheus counters stay monotonic).
 """
 
@@ -41,6 +43,17 @@ def routes(rt: Runtime) -> list[BaseRoute]:
                 return JSONResponse({"error": {"message": str(exc)}}, status_code=400)
         return JSONResponse(rt.faults.describe())
 
+    async def scale(request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                spec = await wire.loads(await request.body())
+                replicas = int(spec["replicas"])
+                warmup = spec.get("warmup_s")
+                rt.engine.scale(replicas, None if warmup is None else float(warmup))
+            except (ValueError, TypeError, KeyError) as exc:
+                return JSONResponse({"error": {"message": f"bad scale: {exc}"}}, status_code=400)
+        return JSONResponse(rt.engine.describe_scale())
+
     async def stats(request: Request) -> Response:
         return JSONResponse(rt.stats())
 
@@ -53,5 +66,6 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/admin/faults", faults, methods=["GET", "POST", "DELETE"]),
         Route("/admin/stats", stats, methods=["GET"]),
+        Route("/admin/scale", scale, methods=["GET", "POST"]),
         Route("/admin/reset", reset, methods=["POST"]),
     ]

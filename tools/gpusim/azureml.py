@@ -22,6 +22,7 @@ from starlette.types import Message, Send
 
 from . import openai_api, tgi, wire
 from .azure_openai import Endpoint, Relay, SendFilter, authorize, with_body
+from .engine import NoCapacity
 from .runtime import Runtime
 
 AUDIENCE = "https://ml.azure.com"
@@ -89,6 +90,11 @@ def routes(rt: Runtime) -> list[BaseRoute]:
             body: Any = await wire.loads(raw)
         except ValueError:
             return JSONResponse({"message": "Request body is not valid JSON."}, 400)
+        try:
+            rt.engine.check_capacity()
+        except NoCapacity as exc:  # the front end while the deployment scales out
+            headers = {**wire.retry_headers(exc.retry_after), DEPLOYMENT_HEADER: deployment}
+            return JSONResponse({"message": "Service temporarily unavailable."}, 503, headers)
         if isinstance(body, dict) and "inputs" in body:
             inner = tgi.generate(rt, body, request.headers, stream=bool(body.get("stream")))
         elif isinstance(body, dict) and "messages" in body:

@@ -35,6 +35,11 @@ class Config:
         False, "each call gets new text (a per-process call counter joins the seed)"
     )
     max_num_seqs: int = _knob(64, "sequences running concurrently (the batch)")
+    replicas: int = _knob(1, "model replicas, each running max_num_seqs (0: scaled to zero)")
+    warmup_s: float = _knob(0.0, "seconds a new replica takes before it serves (scale-out)")
+    wake_on_request: bool = _knob(
+        False, "a request while scaled to zero starts one replica (a scale-from-zero policy)"
+    )
     max_waiting: int = _knob(256, "requests allowed to wait for a slot; beyond that: 429")
     ttft_base_ms: float = _knob(30.0, "fixed time to first token")
     prefill_ms_per_token: float = _knob(0.2, "extra time to first token per prompt token")
@@ -95,6 +100,8 @@ class Config:
         problems = []
         if self.max_num_seqs < 1:
             problems.append("max_num_seqs must be >= 1")
+        if self.replicas < 0 or self.warmup_s < 0:
+            problems.append("replicas and warmup_s must be >= 0")
         if self.max_waiting < 0:
             problems.append("max_waiting must be >= 0")
         if not 0 < self.min_output_tokens <= self.max_output_tokens:

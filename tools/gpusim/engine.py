@@ -11,7 +11,11 @@ format into a :class:`GenerationRequest` and use only this API::
     result = await engine.complete(request)                 # the same, buffered
     vectors, prompt_tokens = await engine.embed(model, texts, tag=...)  # also admitted
 
-Capacity: at most ``max_num_seqs`` sequences run at once; later arrivals wait in FIFO order;
+Capacity: ``replicas`` replicas each run at most ``max_num_seqs`` sequences; later arrivals
+wait in FIFO order. :meth:`Engine.scale` changes the replica count: a scale-in takes effect
+at once (running sequences finish), a scale-out after ``warmup_s``; with no replica ready a
+request is refused at once with :class:`NoCapacity` (and, with ``wake_on_request``, starts a
+scale-out to one replica, as a scale-from-zero policy on the failed call would);
 when ``max_waiting`` are already waiting, :class:`Overloaded` is raised at once (the caller
 answers 429 with ``retry_after``). Leaving the ``generate`` context (normally, by error or
 by cancellation when the client goes away) frees the slot for the next waiter.
@@ -57,6 +61,16 @@ class Overloaded(Exception):
             f"server overloaded: {running} requests running and {waiting} waiting; "
             f"retry after {retry_after:g}s"
         )
+        self.retry_after = retry_after
+
+
+class NoCapacity(Overloaded):
+    """No replica is ready (scaled to zero, or the first one still warming up): each
+    protocol answers as its real front end does (SageMaker 400 ``ValidationError``, the
+    others 503 with ``Retry-After``)."""
+
+    def __init__(self, retry_after: float) -> None:
+        Exception.__init__(self, "no replica is ready to serve the model (scaling from zero)")
         self.retry_after = retry_after
 
 
@@ -160,6 +174,10 @@ class Engine:
         self.config = config
         self.metrics = metrics or Metrics()
         self.running = 0
+        self.replicas = config.replicas  # ready now
+        self.target = config.replicas  # asked for (ready once warmed up)
+        self.ready_at = 0.0  # monotonic time the pending scale-out completes
+        self._scaling: asyncio.TimerHandle | None = None
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.peak_running = 0
         self.peak_waiting = 0
@@ -177,7 +195,7 @@ class Engine:
 
     def itl_seconds(self) -> float:
         c = self.config
-        load = self.running / c.max_num_seqs
+        load = self.running / (c.max_num_seqs * max(self.replicas, 1))
         return c.itl_ms * (1 + c.batch_slowdown * load) * c.time_scale / 1000
 
     @property
@@ -188,10 +206,59 @@ class Engine:
         self.peak_running = self.running
         self.peak_waiting = self.waiting
 
+    # --- replicas ---------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return self.replicas * self.config.max_num_seqs
+
+    def scale(self, replicas: int, warmup_s: float | None = None) -> None:
+        """Ask for ``replicas``: fewer take effect at once; more once ``warmup_s`` (default
+        the config's, times ``time_scale``) has passed."""
+        if replicas < 0:
+            raise ValueError("replicas must be >= 0")
+        self.target = replicas
+        if self._scaling is not None:
+            self._scaling.cancel()
+            self._scaling = None
+        if replicas <= self.replicas:
+            self.replicas = replicas
+            self.ready_at = 0.0
+            return
+        delay = (self.config.warmup_s if warmup_s is None else warmup_s) * self.config.time_scale
+        loop = asyncio.get_running_loop()
+        self.ready_at = time.monotonic() + delay
+        self._scaling = loop.call_later(delay, self._warmed, replicas)
+
+    def _warmed(self, replicas: int) -> None:
+        self._scaling = None
+        self.ready_at = 0.0
+        self.replicas = replicas
+        while self._waiters and self.running < self.capacity:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.running += 1
+                self.peak_running = max(self.peak_running, self.running)
+                waiter.set_result(None)
+
+    def describe_scale(self) -> dict[str, object]:
+        left = max(0.0, self.ready_at - time.monotonic()) if self.ready_at else 0.0
+        return {"replicas": self.replicas, "target": self.target, "ready_in_s": round(left, 3),
+                "capacity": self.capacity}  # fmt: skip
+
     # --- admission --------------------------------------------------------------------
+    def check_capacity(self) -> None:
+        """Raise :class:`NoCapacity` when no replica is ready (waking one if configured)."""
+        if self.replicas > 0:
+            return
+        if self.config.wake_on_request and self.target == 0:
+            self.scale(1)
+        left = self.ready_at - time.monotonic() if self.ready_at else self.config.retry_after
+        raise NoCapacity(max(left, 0.001))
+
     async def _acquire(self) -> None:
         c = self.config
-        if self.running < c.max_num_seqs and not self._waiters:
+        self.check_capacity()
+        if self.running < self.capacity and not self._waiters:
             self.running += 1
             self.peak_running = max(self.peak_running, self.running)
             return
@@ -210,7 +277,7 @@ class Engine:
             raise
 
     def _release(self) -> None:
-        while self._waiters:
+        while self._waiters and self.running <= self.capacity:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)  # hand the slot over: running stays the same

@@ -32,6 +32,7 @@ from .engine import (
     ContextTooLong,
     Generation,
     GenerationRequest,
+    NoCapacity,
     Overloaded,
 )
 from .faults import Fault, FaultSpecError
@@ -69,6 +70,9 @@ class ApiError(Exception):
 
 
 def overloaded_error(exc: Overloaded) -> ApiError:
+    if isinstance(exc, NoCapacity):  # what a gateway in front of a loading server answers
+        return ApiError(503, str(exc), type="service_unavailable", code="no_capacity",
+                        headers=wire.retry_headers(exc.retry_after))  # fmt: skip
     return ApiError(429, str(exc), type="requests", code="rate_limit_exceeded",
                     headers=wire.retry_headers(exc.retry_after))  # fmt: skip
 

@@ -45,6 +45,7 @@ class Runtime:
             "peak_running": e.peak_running,
             "peak_waiting": e.peak_waiting,
             "faults": self.faults.describe(),
+            "scale": e.describe_scale(),
         }
 
     def reset_stats(self) -> None:

@@ -12,7 +12,8 @@
   event boundaries (as the real service may).
 - Errors: the container's 5xx/4xx become ``ModelError`` (424, ``OriginalStatusCode``,
   ``OriginalMessage``), 429 ``ModelError`` too (with OriginalStatusCode 429), an injected
-  503 ``ServiceUnavailable``; a bad body ``ValidationError`` (400). Each with
+  503 ``ServiceUnavailable``; a bad body ``ValidationError`` (400); no replica ready (scaled
+  to zero) the real 400 ``ValidationError`` "Inference Component has no capacity...". Each with
   ``x-amzn-ErrorType`` and a JSON body.
 """
 
@@ -29,9 +30,17 @@ from starlette.types import Message, Send
 
 from . import eventstream, openai_api, sigv4, tgi, wire
 from .azure_openai import Endpoint, Relay, SendFilter, with_body
+from .engine import NoCapacity
 from .runtime import Runtime
 
 COMPONENT_HEADER = "x-amzn-sagemaker-inference-component"
+#: SageMaker's answer while an inference component has no copy (scaled to zero, or the
+#: first copy still starting): every call fails like this for as long as a scale-out takes.
+NO_CAPACITY = (
+    "Inference Component has no capacity to process this request. ApplicationAutoScaling "
+    "may be in-progress (if configured) or try to increase the capacity by invoking "
+    "UpdateInferenceComponentRuntimeConfig API."
+)
 
 
 def aws_error(status: int, code: str, message: str, extra: dict[str, Any] | None = None,
@@ -151,6 +160,10 @@ def routes(rt: Runtime) -> list[BaseRoute]:
             body: Any = await wire.loads(raw)
         except ValueError:
             return aws_error(400, "ValidationError", "Request body is not valid JSON")
+        try:
+            rt.engine.check_capacity()
+        except NoCapacity:
+            return aws_error(400, "ValidationError", NO_CAPACITY)
         is_tgi = isinstance(body, dict) and "inputs" in body
         if is_tgi:
             inner = tgi.generate(rt, body, request.headers, stream=stream)

@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from . import text, wire
-from .engine import ContextTooLong, GenerationRequest, Overloaded
+from .engine import ContextTooLong, GenerationRequest, NoCapacity, Overloaded
 from .faults import Fault, FaultSpecError
 from .runtime import TAG_HEADER, Runtime
 
@@ -147,9 +147,9 @@ def generate(rt: Runtime, body: Any, headers: Any, *, stream: bool) -> Response:
                 await send(wire.json_start(200, payload))
                 await send({"type": "http.response.body", "body": payload})
         except Overloaded as exc:
-            err = TgiError(
-                429, "Model is overloaded", "overloaded", wire.retry_headers(exc.retry_after)
-            )
+            busy = (503, "Model is loading", "loading") if isinstance(exc, NoCapacity) else (
+                429, "Model is overloaded", "overloaded")  # fmt: skip
+            err = TgiError(*busy, wire.retry_headers(exc.retry_after))
             await wire.send_json(send, err.status, err.body, err.headers)
 
     return wire.RawResponse(run)
