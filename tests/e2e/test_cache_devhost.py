@@ -38,7 +38,7 @@ def hosts(
     for name in ("a", "b"):
         port = free_port()
         argv = [PYTHON, "-m", "tools.devhost", "--port", str(port), "--app-dir", str(ROOT),
-                "--no-queues", "--no-blobs"]  # fmt: skip
+                "--no-queues", "--no-blobs", "--no-timers"]  # fmt: skip
         proc = DevhostProcess(
             argv, port, ready_path="/api/healthz", env=env, name=f"devhost-cache-{name}",
             log_path=logs / f"{name}.log",

@@ -113,7 +113,7 @@ def test_startup_lists_http_routes_like_func_start(host: DevhostProcess) -> None
 
 
 def test_factory_starts_and_restarts_on_the_same_port(devhost_factory: DevhostFactory) -> None:
-    proc = devhost_factory(args=["--no-queues", "--no-blobs"])
+    proc = devhost_factory(args=["--no-queues", "--no-blobs", "--no-timers"])
     port = proc.port
     assert httpx.get(f"{proc.url}/api/items/1").status_code == 200
     proc.kill()

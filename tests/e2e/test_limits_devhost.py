@@ -44,7 +44,7 @@ def _host(sim: Gpusim, redis_url: str, name: str) -> DevhostProcess:
         "PYTHONUNBUFFERED": "1",
     }
     argv = [PYTHON, "-m", "tools.devhost", "--port", str(port), "--app-dir", str(ROOT),
-            "--no-queues", "--no-blobs"]  # fmt: skip
+            "--no-queues", "--no-blobs", "--no-timers"]  # fmt: skip
     return DevhostProcess(argv, port, ready_path="/api/healthz", env=env, name=name).start()
 
 

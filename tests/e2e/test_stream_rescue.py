@@ -59,7 +59,7 @@ def sims() -> Iterator[Sims]:
     port = free_port()
     host = DevhostProcess(
         [PYTHON, "-m", "tools.devhost", "--port", str(port), "--app-dir", str(ROOT),
-         "--no-queues", "--no-blobs"],
+         "--no-queues", "--no-blobs", "--no-timers"],
         port,
         ready_path="/api/healthz",
         env={"INFER_BACKENDS": json.dumps(backends), "INFER_MAX_RETRIES": "2",
