@@ -43,6 +43,7 @@ from shared.errors import (
     BackendRateLimited,
     BackendTimeout,
     BackendUnavailable,
+    BackendWarming,
     ContextTooLong,
     InferenceError,
     ModelNotFound,
@@ -68,6 +69,8 @@ class Circuit:
     failures: int = 0
     probing: bool = False
     name: str = ""  # the backend's, for telemetry
+    #: Opened by a "no capacity yet" answer: the endpoint is scaling out, not failing.
+    warming: bool = False
 
     def state(self, now: float) -> str:
         if self.open_until == 0.0:
@@ -84,6 +87,7 @@ class Circuit:
         self.open_until = 0.0
         self.failures = 0
         self.probing = False
+        self.warming = False
 
     def trip(self, now: float, hold_s: float) -> None:
         """Open now for ``hold_s`` (a failed health probe), whatever the failure count."""
@@ -97,6 +101,7 @@ class Circuit:
     def record_failure(self, err: InferenceError, now: float) -> None:
         self.probing = False
         self.failures += 1
+        self.warming = isinstance(err, BackendWarming)
         was = self.open_until
         if isinstance(err, BackendRateLimited | BackendUnavailable):
             hold = err.retry_after if err.retry_after and err.retry_after > 0 else RATE_LIMIT_OPEN_S
@@ -543,6 +548,14 @@ class Router:
             if not plan:
                 raise BackendError(f"no backend serving '{model}' can take this request")
             wait = (reopen_at - now) if reopen_at is not None else DEFAULT_OPEN_S
+            cooling = [s for s in plan if s.circuit.open_until > now or s.circuit.probing]
+            if cooling and all(s.circuit.warming for s in cooling):
+                warming = BackendWarming(
+                    f"every backend serving '{model}' is scaling out (no capacity yet)",
+                    retry_after=max(wait, 0.001),
+                )
+                warming.retry_here = False
+                raise warming
             raise BackendUnavailable(
                 f"every backend serving '{model}' is cooling down after failures",
                 retry_after=max(wait, 0.001),
