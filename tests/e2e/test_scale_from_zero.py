@@ -107,3 +107,43 @@ def test_jobs_and_a_batch_sent_while_scaled_to_zero_all_succeed_once_it_wakes(
     poison = QueueClient.from_connection_string(azurite.connection_string, QUEUE + "-poison")
     assert list(poison.peek_messages(max_messages=32)) == []
     assert http.post("/api/v1/chat/completions", json=chat_line(1)["body"]).status_code == 200
+
+
+def test_prefer_respond_async_at_capacity_gets_202_and_a_job_that_succeeds(
+    devhost_factory: DevhostFactory,
+    azurite: Azurite,
+    gpusim_factory: Callable[..., Gpusim],
+    tmp_path: Path,
+) -> None:
+    sim = gpusim_factory()
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "host.json").write_text(json.dumps(HOST_JSON))
+    backends = [{"name": "gpu", "kind": "openai", "base_url": sim.v1, "models": ["*"],
+                 "max_concurrency": 1}]  # fmt: skip
+    env = {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "INFER_BACKENDS": json.dumps(backends),
+        "INFER_JOBS_CONTAINER": "jobs-" + uuid.uuid4().hex[:12],
+        "INFER_AUTH_LEVEL": "ANONYMOUS",
+    }
+    host = devhost_factory(
+        app_module="tests.e2e.capacity_app", app_dir=app_dir, env=env,
+        args=["--poll-interval", "0.05", "--no-blobs", "--no-timers"],
+    )  # fmt: skip
+    http = httpx.Client(base_url=host.url, timeout=30)
+    sim.set_fault("slow_first_token", 1, delay_s=3)  # holds the only slot for 3 s
+    body = chat_line(0)["body"]
+    with http.stream("POST", "/api/v1/chat/completions", json={**body, "stream": True}) as held:
+        assert held.status_code == 200
+        r = http.post("/api/v1/chat/completions", json=body, headers={"Prefer": "respond-async"})
+        assert r.status_code == 202, r.text
+        assert r.headers["preference-applied"] == "respond-async"
+        location = r.headers["location"]
+        assert location == f"/api/v1/jobs/{r.json()['id']}"
+        assert r.json()["status"] == "queued"
+        held.read()
+    record = wait_for(
+        lambda: (j := http.get(location).json())["status"] == "succeeded" and j, timeout=30
+    )
+    assert record["response"]["body"]["object"] == "chat.completion"  # type: ignore[index]
