@@ -39,6 +39,7 @@ from shared.errors import AtCapacity
 
 if TYPE_CHECKING:
     from shared.context import Context
+    from shared.quota import Reservation
 
 log = logging.getLogger("shared.capacity")
 
@@ -91,13 +92,15 @@ class Waiter:
 class Lease:
     """One slot of one backend, held until :meth:`release` (idempotent)."""
 
-    __slots__ = ("gate", "id", "released", "shared")
+    __slots__ = ("gate", "id", "released", "reservation", "shared")
 
     def __init__(self, gate: Gate, lease_id: str, shared: bool) -> None:
         self.gate = gate
         self.id = lease_id
         self.shared = shared
         self.released = False
+        #: The backend quota this request reserved (``shared.quota``), settled by the router.
+        self.reservation: Reservation | None = None
 
     async def release(self) -> None:
         if self.released:

@@ -30,7 +30,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared import telemetry
 from shared.backends.base import SSE_DONE, Backend, ByteStream, Result
@@ -48,8 +48,12 @@ from shared.errors import (
     InferenceError,
     ModelNotFound,
 )
+from shared.quota import headroom as quota_headroom
 from shared.schemas import Operation
 from shared.telemetry import record_retry
+
+if TYPE_CHECKING:
+    from shared.quota import BackendQuota
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -117,6 +121,8 @@ class Slot:
     backend: Backend
     gate: Gate
     circuit: Circuit = field(default_factory=Circuit)
+    #: The provider's own tpm / rpm (``shared.quota``), when the entry declares them.
+    quota: BackendQuota | None = None
 
     @property
     def in_flight(self) -> int:
@@ -281,13 +287,68 @@ class _SlotStream:
             raise
         finally:
             dog.close()
-            await self._lease.release()
+            try:
+                if self._lease.reservation is not None:  # the usage event, else as reserved
+                    await self._lease.reservation.settle(_stream_usage(previous + last))
+            finally:
+                await self._lease.release()
 
     async def aclose(self) -> None:
         try:
             await self._inner.aclose()
         finally:
-            await self._lease.release()
+            try:
+                if self._lease.reservation is not None:
+                    await self._lease.reservation.settle(None)
+            finally:
+                await self._lease.release()
+
+
+def _quota_of(backend: Backend) -> BackendQuota | None:
+    cfg = backend.config
+    if not (cfg.tpm or cfg.rpm):
+        return None
+    from shared.quota import BackendQuota
+
+    return BackendQuota(backend.name, cfg.tpm, cfg.rpm, cfg.quota_window_s)
+
+
+#: Errors after which the endpoint did no work: a provider quota's reservation is refunded.
+_NO_WORK = (BackendRateLimited, BackendUnavailable, BackendConnectionError)
+
+
+async def _settle_quota(lease: Lease, result: Result | None, err: BaseException | None) -> None:
+    reservation = lease.reservation
+    if reservation is None:
+        return
+    from shared.quota import usage_tokens
+
+    if result is not None:
+        await reservation.settle(usage_tokens(result.usage()))
+    elif isinstance(err, _NO_WORK) or (isinstance(err, BackendError) and not err.retryable):
+        await reservation.settle(0)
+    else:
+        await reservation.settle(None)
+
+
+def _stream_usage(tail: bytes) -> int | None:
+    """``total_tokens`` of the usage event among a stream's last chunks, if there is one."""
+    at = tail.rfind(b'"usage":{')
+    if at < 0:
+        return None
+    start = tail.rfind(b"data:", 0, at)
+    end = tail.find(b"\n", at)
+    if start < 0:
+        return None
+    import json
+
+    from shared.quota import usage_tokens
+
+    try:
+        event = json.loads(tail[start + 5 : end if end >= 0 else len(tail)])
+    except ValueError:
+        return None
+    return usage_tokens(event.get("usage")) if isinstance(event, dict) else None
 
 
 class _Place:
@@ -319,10 +380,13 @@ class Router:
         rand: Callable[[], float] = random.random,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         capacity: Capacity | None = None,
+        max_tokens_cap: int = 4096,
     ) -> None:
         self.capacity = capacity or Capacity()
+        self.max_tokens_cap = max_tokens_cap
         self.slots = [
-            Slot(b, self.capacity.gate(b.name, b.config.max_concurrency)) for b in backends
+            Slot(b, self.capacity.gate(b.name, b.config.max_concurrency), quota=_quota_of(b))
+            for b in backends
         ]
         self._clock = clock
         self._rand = rand
@@ -359,12 +423,22 @@ class Router:
 
     async def invoke(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
         async def call(slot: Slot, lease: Lease) -> Result:
+            result: Result | None = None
+            err: BaseException | None = None
             try:
-                return await slot.backend.invoke(op, payload, ctx)
+                result = await slot.backend.invoke(op, payload, ctx)
+                return result
+            except BaseException as exc:
+                err = exc
+                raise
             finally:
-                await lease.release()
+                try:
+                    if lease.reservation is not None:
+                        await _settle_quota(lease, result, err)
+                finally:
+                    await lease.release()
 
-        return await self._route(str(payload.get("model", "")), call, ctx)
+        return await self._route(str(payload.get("model", "")), call, ctx, payload=payload)
 
     async def open_stream(
         self,
@@ -387,12 +461,14 @@ class Router:
                 async with asyncio.timeout(backend.config.headers_timeout_s):
                     inner = await backend.open_stream(op, payload, ctx)
             except TimeoutError:
+                await _settle_quota(lease, None, None)
                 await lease.release()
                 raise BackendTimeout(
                     f"backend {backend.name!r} sent no response headers within "
                     f"{backend.config.headers_timeout_s:g}s"
                 ) from None
-            except BaseException:
+            except BaseException as exc:
+                await _settle_quota(lease, None, exc)
                 await lease.release()
                 raise
 
@@ -404,7 +480,20 @@ class Router:
             return _SlotStream(inner, lease, failed, backend, started)
 
         model = str(payload.get("model", ""))
-        return await self._route(model, call, ctx, only=only, skip_rejected=skip_rejected)
+        return await self._route(
+            model, call, ctx, only=only, skip_rejected=skip_rejected, payload=payload
+        )
+
+    def _need(self, payload: dict[str, Any] | None) -> int:
+        from shared.quota import reservation_tokens
+
+        return reservation_tokens(payload or {}, self.max_tokens_cap)
+
+    @staticmethod
+    def _over_quota(slot: Slot, need: int, now: float) -> float | None:
+        """Seconds until the provider's last reported headroom would hold ``need``."""
+        room = quota_headroom.get(slot.backend.name)
+        return None if room is None else room.fits(need, time.monotonic())
 
     def _same_again(self, slot: Slot, err: InferenceError, ctx: Context) -> float | None:
         """The pause before trying ``slot`` once more after ``err``, or None to move on.
@@ -440,6 +529,7 @@ class Router:
         *,
         only: Callable[[Backend], bool] | None = None,
         skip_rejected: bool = False,
+        payload: dict[str, Any] | None = None,
     ) -> T:
         """Try candidates in order; ``call`` owns releasing the slot it was given."""
         plan = self.plan(model)
@@ -449,7 +539,7 @@ class Router:
         if self.capacity.queued(place.key):  # first come, first served: behind those waiting
             place.join()
         try:
-            return await self._passes(model, plan, call, ctx, skip_rejected, place)
+            return await self._passes(model, plan, call, ctx, skip_rejected, place, payload)
         finally:
             place.leave()
 
@@ -461,6 +551,7 @@ class Router:
         ctx: Context,
         skip_rejected: bool,
         place: _Place,
+        payload: dict[str, Any] | None,
     ) -> T:
         capacity = self.capacity
         failed: Slot | None = None
@@ -482,10 +573,26 @@ class Router:
                             soon = slot.circuit.open_until
                             reopen_at = soon if reopen_at is None else min(reopen_at, soon)
                         break
+                    if slot.quota is not None or slot.backend.name in quota_headroom:
+                        need = self._need(payload)
+                        wait_s = self._over_quota(slot, need, now)
+                        if wait_s is not None:  # spent: passed over like an open circuit
+                            soon = now + wait_s
+                            reopen_at = soon if reopen_at is None else min(reopen_at, soon)
+                            break
                     lease = await slot.gate.take(ctx)
                     if lease is None:
                         waiting_for_slot = True
                         break
+                    if slot.quota is not None:
+                        reservation, wait_s = await slot.quota.take(self._need(payload), ctx)
+                        if reservation is None:
+                            await lease.release()
+                            soon = self._clock() + wait_s
+                            reopen_at = soon if reopen_at is None else min(reopen_at, soon)
+                            telemetry.record_throttle(ctx, "backend_quota")
+                            break
+                        lease.reservation = reservation
                     place.leave()  # served: the next in line may look
                     if slot.circuit.state(now) == "half_open":
                         slot.circuit.probing = True

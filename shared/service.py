@@ -109,7 +109,9 @@ class Service:
         backends: list[Backend] = [build_backend(b) for b in settings.backends]
         from shared.capacity import Capacity
 
-        return cls(settings, Router(backends, capacity=Capacity(settings.capacity_lease_s)))
+        capacity = Capacity(settings.capacity_lease_s)
+        router = Router(backends, capacity=capacity, max_tokens_cap=settings.max_tokens_cap)
+        return cls(settings, router)
 
     def validate(self, op: Operation, data: Any) -> dict[str, Any]:
         return validate_payload(op, data, max_tokens_cap=self.settings.max_tokens_cap)

@@ -53,6 +53,11 @@ class BackendConfig(BaseModel):
     priority: int = 0
     weight: float = Field(default=1.0, gt=0)
     max_concurrency: int = Field(default=64, ge=1)
+    #: The provider's own quota (shared/quota.py): tokens / requests per ``quota_window_s``,
+    #: shared by every caller and instance; spent, the backend is passed over.
+    tpm: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1)
+    quota_window_s: float = Field(default=60.0, gt=0, le=86400)
     timeout_s: float = Field(default=60.0, gt=0)
     #: A stream's three deadlines per attempt (docs/backends.md "When the endpoint
     #: misbehaves"): until the response headers, until the first bytes of the answer (from

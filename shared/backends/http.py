@@ -370,6 +370,12 @@ async def send_json(
         raise map_error(response.status_code, response.headers, content, backend)
     if not stream:
         check_json_object(response.content, backend)
+    if "x-ratelimit-remaining-tokens" in response.headers or (
+        "x-ratelimit-remaining-requests" in response.headers
+    ):  # the provider's own quota: what is left (shared/quota.py)
+        from shared.quota import note_headers
+
+        note_headers(backend, response.headers)
     return response
 
 

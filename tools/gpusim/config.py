@@ -40,6 +40,8 @@ class Config:
     wake_on_request: bool = _knob(
         False, "a request while scaled to zero starts one replica (a scale-from-zero policy)"
     )
+    tpm: int = _knob(0, "deployment rate limit: tokens per minute, prompt + max_tokens (0: none)")
+    rpm: int = _knob(0, "deployment rate limit: requests per minute (0: none)")
     max_waiting: int = _knob(256, "requests allowed to wait for a slot; beyond that: 429")
     ttft_base_ms: float = _knob(30.0, "fixed time to first token")
     prefill_ms_per_token: float = _knob(0.2, "extra time to first token per prompt token")

@@ -18,7 +18,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
@@ -36,6 +36,7 @@ from .engine import (
     Overloaded,
 )
 from .faults import Fault, FaultSpecError
+from .quota import OverQuota
 from .runtime import TAG_HEADER, Runtime
 
 SSE_HEADERS = [
@@ -321,7 +322,8 @@ class CompletionFormat(_Chunks):
 
 # --- running a generation ----------------------------------------------------------------
 async def send_body(scope: Scope, send: Send, body: bytes, request_id: str,
-                    fault: Fault | None, hang_s: float) -> None:  # fmt: skip
+                    fault: Fault | None, hang_s: float,
+                    headers: dict[str, str] | None = None) -> None:  # fmt: skip
     """A 200 JSON answer, or the fault acted out on it: "midstream" sends half and closes
     the connection, "malformed" sends half as the whole body, "stall" sends the headers and
     then nothing, "slow_first_token" answers ``delay_s`` late."""
@@ -330,7 +332,7 @@ async def send_body(scope: Scope, send: Send, body: bytes, request_id: str,
         await asyncio.sleep(fault.delay_s)
     if kind == "malformed":
         body = body[: len(body) // 2]
-    await send(wire.json_start(200, body, {"x-request-id": request_id}))
+    await send(wire.json_start(200, body, {"x-request-id": request_id, **(headers or {})}))
     if kind == "midstream":
         half = body[: len(body) // 2]
         await send({"type": "http.response.body", "body": half, "more_body": True})
@@ -357,6 +359,7 @@ class GenerationCall:
     stream: bool
     fault: Fault | None
     request_id: str
+    headers: dict[str, str] = field(default_factory=dict)
 
     def response(self) -> Response:
         if self.fault is not None and self.fault.status is not None:
@@ -377,7 +380,7 @@ class GenerationCall:
                                               gen.prompt_tokens, gen.completion_tokens)  # fmt: skip
                     body = wire.dumps(self.fmt.full(result))
                     await send_body(scope, send, body, self.request_id, fault,
-                                    self.rt.config.hang_s)  # fmt: skip
+                                    self.rt.config.hang_s, self.headers)  # fmt: skip
                     return
                 await self.send_stream(scope, send, gen)
         except Overloaded as exc:
@@ -387,7 +390,8 @@ class GenerationCall:
     async def send_stream(self, scope: Scope, send: Send, gen: Generation) -> None:
         fmt, fault = self.fmt, self.fault
         kind = fault.type if fault is not None else None
-        headers = [*SSE_HEADERS, (b"x-request-id", self.request_id.encode())]
+        headers = [*SSE_HEADERS, (b"x-request-id", self.request_id.encode()),
+                   *((k.encode(), v.encode()) for k, v in self.headers.items())]  # fmt: skip
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         if kind == "slow_first_token" and fault is not None:
             await asyncio.sleep(fault.delay_s)
@@ -466,6 +470,14 @@ def generation_request(
     )
 
 
+def charge_quota(rt: Runtime, tokens: int) -> dict[str, str]:
+    """The deployment's rate limit (``--tpm`` / ``--rpm``): its headers, or a 429."""
+    try:
+        return rt.quota.charge(tokens)
+    except OverQuota as exc:
+        raise ApiError(429, str(exc), type="requests", code="429", headers=exc.headers) from None
+
+
 def check_context(rt: Runtime, prompt_tokens: int, max_tokens: int | None) -> None:
     try:
         rt.engine.check_context(prompt_tokens, max_tokens)
@@ -540,10 +552,11 @@ def routes(rt: Runtime) -> list[BaseRoute]:
             gen = generation_request(request, model, prompt, prompt_tokens, body, max_tokens,
                                      prefix or "")  # fmt: skip
             fault = decide_fault(rt, request)
+            limits = charge_quota(rt, prompt_tokens + (max_tokens or rt.config.max_output_tokens))
         except ApiError as err:
             return err.response()
         fmt = ChatFormat(model, include_usage)
-        return GenerationCall(rt, gen, fmt, stream, fault, fmt.id).response()
+        return GenerationCall(rt, gen, fmt, stream, fault, fmt.id, limits).response()
 
     async def completions(request: Request) -> Response:
         try:

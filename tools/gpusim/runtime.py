@@ -12,6 +12,7 @@ from .config import Config
 from .engine import Engine
 from .faults import Fault, FaultInjector
 from .metrics import Metrics
+from .quota import Quota
 
 TAG_HEADER = "x-gpusim-tag"
 
@@ -22,11 +23,13 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     engine: Engine = field(init=False)
     faults: FaultInjector = field(init=False)
+    quota: Quota = field(init=False)
 
     def __post_init__(self) -> None:
         c = self.config
         self.engine = Engine(c, self.metrics)
         self.faults = FaultInjector(c.fail_rate, c.fail_types, c.retry_after, c.seed)
+        self.quota = Quota(c.tpm, c.rpm)
 
     def knows_model(self, name: str) -> bool:
         return self.config.accepts_any_model or name in self.config.models
@@ -46,6 +49,7 @@ class Runtime:
             "peak_waiting": e.peak_waiting,
             "faults": self.faults.describe(),
             "scale": e.describe_scale(),
+            "quota_refused": self.quota.refused,
         }
 
     def reset_stats(self) -> None:
