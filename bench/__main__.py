@@ -9,6 +9,7 @@ BENCHES = [
     "bench.coldstart",
     "bench.overhead",
     "bench.faults",
+    "bench.capacity",
     "bench.storage_cpu",
     "bench.queue_all",
     "bench.batch",
