@@ -38,6 +38,9 @@ param azureOpenAiResourceIds array = []
 @description('Resource IDs of Azure ML online endpoints the app calls (AzureML Data Scientist on each).')
 param azureMlEndpointIds array = []
 
+@description('Autoscale for Azure ML online deployments: [{deploymentId, location?, minInstances?, maxInstances?, defaultInstances?, requestsPerMinutePerInstance?}] (docs/capacity.md).')
+param azureMlAutoscale array = []
+
 @description('Create an Azure Managed Redis (Entra ID access for the app) and set INFER_STATE_URL to it.')
 param enableRedis bool = false
 
@@ -85,6 +88,19 @@ module mlRoles 'modules/ml-endpoint-role.bicep' = [for id in azureMlEndpointIds:
     workspaceName: split(id, '/')[8]
     endpointName: last(split(id, '/'))
     principalId: resources.outputs.identityPrincipalId
+  }
+}]
+
+module mlAutoscale 'modules/ml-autoscale.bicep' = [for item in azureMlAutoscale: {
+  name: 'ml-autoscale-${uniqueString(item.deploymentId)}'
+  scope: resourceGroup(split(item.deploymentId, '/')[2], split(item.deploymentId, '/')[4])
+  params: {
+    deploymentId: item.deploymentId
+    location: item.?location ?? location
+    minInstances: item.?minInstances ?? 1
+    maxInstances: item.?maxInstances ?? 4
+    defaultInstances: item.?defaultInstances ?? 1
+    requestsPerMinutePerInstance: item.?requestsPerMinutePerInstance ?? 60
   }
 }]
 

@@ -309,3 +309,22 @@ def test_removing_or_misrouting_the_event_subscription_is_caught() -> None:
     assert mutated(wrong_function) == [
         "no Event Grid subscription delivers batch-in/{name}.jsonl to function batch"
     ]
+
+
+def test_azure_ml_deployments_can_autoscale_on_requests_per_minute() -> None:
+    main = parsed("main.bicep")
+    assert main["parameters"]["azureMlAutoscale"]["default"] == []
+    module = parsed("modules/ml-autoscale.bicep")
+    setting = module["resources"]["autoscale"]
+    assert setting["type"] == "Microsoft.Insights/autoscalesettings"
+    props = setting["config"]["properties"]
+    assert props["enabled"] is True
+    profile = props["profiles"][0]
+    assert set(profile["capacity"]) == {"minimum", "maximum", "default"}
+    out, back = profile["rules"]
+    assert out["metricTrigger"]["metricName"] == back["metricTrigger"]["metricName"] == (
+        "RequestsPerMinute"
+    )
+    assert out["scaleAction"]["direction"] == "Increase"
+    assert back["scaleAction"]["direction"] == "Decrease"
+    assert out["scaleAction"]["cooldown"] != back["scaleAction"]["cooldown"]
