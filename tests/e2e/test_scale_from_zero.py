@@ -89,7 +89,7 @@ def test_jobs_and_a_batch_sent_while_scaled_to_zero_all_succeed_once_it_wakes(
         r = http.post("/api/v1/jobs", json=chat_line(i))
         assert r.status_code == 202, r.text
         ids.append(r.json()["id"])
-    data, good, bad = make_input(LINES, prefix="wake")
+    data, good, _ = make_input(LINES, prefix="wake")
     upload(azurite, "wake", data)
     assert sim.stats()["scale"]["replicas"] == 0  # all of it sent before the endpoint woke
 

@@ -32,7 +32,9 @@ class SlowBackend(FakeBackend):
         self.running = 0
         self.peak = 0
 
-    async def send(self, op: Operation, payload: dict[str, Any], body: bytes, ctx: Context) -> bytes:
+    async def send(
+        self, op: Operation, payload: dict[str, Any], body: bytes, ctx: Context
+    ) -> bytes:
         self.running += 1
         self.peak = max(self.peak, self.running)
         self.order.append(ctx.request_id)
