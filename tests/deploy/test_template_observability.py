@@ -74,8 +74,13 @@ def alarms(cfn: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {
         k: v["Properties"]
         for k, v in cfn["Resources"].items()
-        if v["Type"] == "AWS::CloudWatch::Alarm"
+        if v["Type"] == "AWS::CloudWatch::Alarm" and k not in SCALING_ALARMS
     }
+
+
+#: Alarms that scale the endpoint (their action is a scaling policy, not the alarm topic):
+#: tests/deploy/test_template_scaling.py covers them.
+SCALING_ALARMS = {"NoCapacityAlarm", "BacklogAlarm"}
 
 
 def test_alarms_cover_error_rate_throttling_and_dead_letters(cfn: dict[str, Any]) -> None:

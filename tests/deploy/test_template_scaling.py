@@ -5,6 +5,7 @@ zero (NoCapacityInvocationFailures and the functions' backlog alarm a step polic
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tests.iam_policy import Stack
@@ -49,9 +50,16 @@ def test_an_inference_component_scales_to_zero_and_back() -> None:
     assert no_cap["Dimensions"] == [{"Name": "InferenceComponentName", "Value": "llm-ic"}]
     assert no_cap["AlarmActions"] == ["EndpointStepOut"]
     backlog = made["BacklogAlarm"]
-    assert backlog["MetricName"] == "infer.backend.backlog"
-    assert {d["Name"]: d["Value"] for d in backlog["Dimensions"]} == {
+    metrics = {m["Id"]: m for m in backlog["Metrics"]}
+    (shown,) = [m for m in backlog["Metrics"] if m["ReturnData"]]
+    assert set(re.findall(r"FILL\((\w+), 0\)", shown["Expression"])) == set(metrics) - {
+        shown["Id"]}  # fmt: skip
+    waiting = metrics["waiting"]["MetricStat"]["Metric"]
+    assert waiting["MetricName"] == "infer.backend.backlog"
+    assert {d["Name"]: d["Value"] for d in waiting["Dimensions"]} == {
         "operation": "-", "model": "-", "backend": "gpu"}  # fmt: skip
+    queued = {metrics[i]["MetricStat"]["Metric"]["MetricName"] for i in ("visible", "deferred")}
+    assert queued == {"ApproximateNumberOfMessagesVisible", "ApproximateNumberOfMessagesDelayed"}
     assert backlog["AlarmActions"] == ["EndpointStepOut"]
 
 

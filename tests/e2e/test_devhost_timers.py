@@ -160,7 +160,7 @@ def test_probe_runs_on_schedule_and_records_availability(
         app_module="tests.e2e.probe_app",
         app_dir=ROOT,
         env=env,
-        args=["--no-queues", "--no-blobs", "--no-timers"],
+        args=["--no-queues", "--no-blobs"],
     )
 
     def runs() -> Any:

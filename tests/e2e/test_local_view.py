@@ -71,7 +71,7 @@ def test_local_view_charts_ttft_tokens_and_errors(
             "INFER_PROBE_SCHEDULE": "*/2 * * * * *",
             "INFER_METRICS_PROMETHEUS": "1",
         },
-        args=["--no-queues", "--no-blobs", "--no-timers"],
+        args=["--no-queues", "--no-blobs"],
     )
     page = chromium_page(host.url + "/_metrics/view?interval=0.5")
     assert page.wait_for("document.getElementById('status').dataset.ok === '1'", timeout=30)
