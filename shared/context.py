@@ -66,6 +66,18 @@ class Context:
     #: The caller sent ``Prefer: respond-async``: when every backend is at capacity, answer
     #: at once (``AtCapacity``; the HTTP layer queues a job) instead of waiting for a slot.
     prefer_async: bool = False
+    #: Our own id for this request toward the endpoint (``x-request-id`` /
+    #: ``x-ms-client-request-id`` sent upstream) when ``request_id`` came from the caller:
+    #: a caller's id is echoed and logged, never made the endpoint's or a slot's id.
+    call_id: str | None = None
+    #: A stream's usage as the endpoint reported it (set when the stream ends), also when
+    #: the caller did not ask for it and its usage event was left out of the stream.
+    stream_usage: dict[str, Any] | None = None
+
+    @property
+    def upstream_id(self) -> str:
+        """The request id sent to the endpoint: ours, whatever the caller sent."""
+        return self.call_id or self.request_id
 
     @property
     def served_from_cache(self) -> bool:

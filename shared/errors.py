@@ -186,6 +186,8 @@ class BackendTimeout(BackendError):
 
 class BackendConnectionError(BackendError):
     code = "backend_connection_error"
+    #: True when the request never reached the endpoint (connect failed): nothing to charge.
+    no_work = False
 
 
 class DeadlineExceeded(InferenceError):

@@ -106,14 +106,9 @@ def note_headers(backend: str, headers: Mapping[str, str]) -> None:
 
 def reservation_tokens(payload: dict[str, Any], cap: int) -> int:
     """A request's worst case: its prompt estimate plus ``n`` times its ``max_tokens``."""
-    from shared.limits.base import estimate_prompt_tokens
+    from shared.limits.base import reservation_tokens as worst_case
 
-    prompt = estimate_prompt_tokens(payload)
-    if "messages" not in payload and "prompt" not in payload:
-        return prompt  # embeddings: no output tokens
-    out = payload.get("max_completion_tokens") or payload.get("max_tokens") or cap
-    n = payload.get("n") or 1
-    return prompt + int(out) * int(n)
+    return worst_case(payload, cap)
 
 
 class Reservation:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -49,10 +50,53 @@ def sse_error(err: InferenceError) -> bytes:
 
 
 class _Seen:
-    """What a charged stream has forwarded so far: its tail and its content events."""
+    """What a charged stream has forwarded so far: its tail."""
 
     tail = b""
-    events = 0
+
+
+def total_tokens(usage: dict[str, Any] | None) -> int | None:
+    """``total_tokens`` of an OpenAI usage object (or prompt + completion), else None."""
+    if not usage:
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int):
+        return total
+    parts = (usage.get("prompt_tokens"), usage.get("completion_tokens"))
+    if all(isinstance(p, int) for p in parts):
+        return int(parts[0]) + int(parts[1])  # type: ignore[arg-type]
+    return None
+
+
+_NO_CHOICES = re.compile(rb'"choices":\s*\[\]')
+
+
+def drop_usage_events(block: bytes) -> bytes:
+    """``block`` without its usage-only events (``"choices":[]`` and a ``usage``): the
+    caller did not ask for them."""
+    events = block.split(b"\n\n")
+    kept = [e for e in events if not (b'"usage":' in e and _NO_CHOICES.search(e))]
+    return b"\n\n".join(kept) if len(kept) > 1 or (kept and kept[0]) else b""
+
+
+def did_no_work(exc: BaseException) -> bool:
+    """Whether a failure happened before the endpoint produced anything: a refusal, a
+    rate limit or capacity answer, a connection that failed. A timeout, a deadline or a
+    stream cut after it began may have cost the endpoint its work: charged."""
+    from shared.errors import (
+        BackendConnectionError,
+        BackendRateLimited,
+        BackendRejected,
+        BackendUnavailable,
+        InvalidRequest,
+        NotFound,
+    )
+
+    if isinstance(exc, BackendRejected | BackendRateLimited | BackendUnavailable):
+        return True
+    if isinstance(exc, InvalidRequest | NotFound):
+        return True
+    return isinstance(exc, BackendConnectionError) and exc.no_work
 
 
 class _SettleOnClose:
@@ -68,15 +112,15 @@ class _SettleOnClose:
         return self._inner.__aiter__()
 
     async def aclose(self) -> None:
-        from shared.limits import count_stream_tokens
-
         try:
             await self._inner.aclose()
         finally:
-            tokens = 0
+            tokens: int | None = 0
             if not self._ctx.served_from_cache:
-                usage = usage_from_tail(self._seen.tail)
-                tokens = count_stream_tokens(usage, self._seen.events, self._admission.estimate)
+                # the endpoint's usage (always asked for; stripped before the caller when
+                # it did not ask), else the reservation stands: never a guess from events
+                usage = self._ctx.stream_usage or usage_from_tail(self._seen.tail)
+                tokens = total_tokens(usage)
             await self._admission.settle(tokens)
 
 
@@ -88,7 +132,6 @@ def _charged(body: ForwardStream, admission: Admission, ctx: Context) -> Forward
     async def forward() -> AsyncGenerator[bytes, None]:
         async for chunk in body:
             seen.tail = (seen.tail + chunk)[-_USAGE_TAIL:]
-            seen.events += chunk.count(b'"content":') + chunk.count(b'"text":')
             yield chunk
 
     return ForwardStream(forward(), _SettleOnClose(body, admission, ctx, seen))
@@ -114,7 +157,16 @@ class Service:
         return cls(settings, router)
 
     def validate(self, op: Operation, data: Any) -> dict[str, Any]:
-        return validate_payload(op, data, max_tokens_cap=self.settings.max_tokens_cap)
+        """The checked payload; a chat or completion that sets no ``max_tokens`` (nor
+        ``max_completion_tokens``) gets ``INFER_MAX_TOKENS_CAP`` as its ``max_tokens``,
+        forwarded: the cap then bounds what the endpoint generates, and what limits reserve."""
+        cap = self.settings.max_tokens_cap
+        payload = validate_payload(op, data, max_tokens_cap=cap)
+        if op is not Operation.EMBEDDINGS and (
+            payload.get("max_tokens") is None and payload.get("max_completion_tokens") is None
+        ):
+            payload["max_tokens"] = cap
+        return payload
 
     async def admit(self, payload: dict[str, Any], ctx: Context) -> Admission | None:
         """Admit the request under its caller's limits (``INFER_LIMITS``); ``None`` when no
@@ -128,7 +180,9 @@ class Service:
         if limiter is None:
             return None
         model = str(payload.get("model") or "")
-        admission = await limiter.admit(ctx.caller or ANONYMOUS, model, payload, ctx)
+        admission = await limiter.admit(
+            ctx.caller or ANONYMOUS, model, payload, ctx, cap=self.settings.max_tokens_cap
+        )
         ctx.response_headers.update(admission.headers)
         return admission
 
@@ -141,8 +195,9 @@ class Service:
             return await self._answer(op, payload, ctx)
         try:
             result = await self._answer(op, payload, ctx)
-        except BaseException:
-            await asyncio.shield(admission.settle(0, ctx))
+        except BaseException as exc:
+            # refunded only when the endpoint did no work; else the reservation stands
+            await asyncio.shield(admission.settle(0 if did_no_work(exc) else None, ctx))
             raise
         tokens: int | None = 0
         if not ctx.served_from_cache:
@@ -194,9 +249,9 @@ class Service:
                     record_cache(ctx, ctx.cache_status)
             else:
                 body = await self._stream(op, payload, ctx)
-        except BaseException:
+        except BaseException as exc:
             if admission is not None:
-                await asyncio.shield(admission.settle(0, ctx))
+                await asyncio.shield(admission.settle(0 if did_no_work(exc) else None, ctx))
             raise
         return body if admission is None else _charged(body, admission, ctx)
 
@@ -212,8 +267,16 @@ class Service:
         started = time.monotonic()
         rec = start_telemetry(op, payload, ctx, stream=True)
 
+        # the endpoint always reports usage (what limits and telemetry charge); the caller
+        # sees its usage event only when it asked for one
+        wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+        upstream = payload
+        if not wants_usage and op is not Operation.EMBEDDINGS:
+            options = {**(payload.get("stream_options") or {}), "include_usage": True}
+            upstream = {**payload, "stream_options": options}
+
         async def attempt(n: int) -> ByteStream:
-            return await self.router.open_stream(op, payload, ctx)
+            return await self.router.open_stream(op, upstream, ctx)
 
         try:
             opened = await call_with_retry(attempt, ctx, max_retries=self.settings.max_retries)
@@ -223,7 +286,8 @@ class Service:
                 self._log_failure(op, payload, ctx, err, started)
             raise
         ctx.response_headers["x-infer-backend"] = str(getattr(opened, "backend", ""))
-        return ForwardStream(self._forward(opened, op, payload, ctx, started, rec), opened)
+        body = self._forward(opened, op, upstream, ctx, started, rec, strip_usage=not wants_usage)
+        return ForwardStream(body, opened)
 
     async def _forward(
         self,
@@ -233,6 +297,8 @@ class Service:
         ctx: Context,
         started: float,
         rec: Any = None,
+        *,
+        strip_usage: bool = False,
     ) -> AsyncGenerator[bytes, None]:
         """The stream's bytes to the caller; a stream that breaks (cut, stalled, malformed,
         ended early) is continued elsewhere (``_recover``), and one that cannot be ends
@@ -250,6 +316,10 @@ class Service:
                     async with asyncio.timeout(max(ctx.remaining(), 0.0)):
                         async for chunk in stream:
                             tail = (tail + chunk)[-_USAGE_TAIL:]
+                            if strip_usage and b'"usage":' in chunk:
+                                chunk = drop_usage_events(chunk)
+                                if not chunk:
+                                    continue
                             sent.add(chunk)
                             rec.chunk(chunk)
                             yield chunk
@@ -259,7 +329,7 @@ class Service:
                         raise
                     rec.fail_attempt(err)
                     self._log_failure(op, payload, ctx, err, started, backend, recovering=True)
-                    resumed = await self._recover(op, payload, ctx, sent)
+                    resumed = await self._recover(op, payload, ctx, sent, not strip_usage)
                     if resumed is None:
                         raise
                     await stream.aclose()
@@ -290,11 +360,17 @@ class Service:
         usage = usage_from_tail(tail)
         if usage is None and usage_of is not None:
             usage = usage_of.usage  # the continuation's, which the caller did not ask for
+        ctx.stream_usage = usage
         rec.end(usage=usage, tail=tail)
         self._log_usage(op, payload, ctx, backend, usage, started)
 
     async def _recover(
-        self, op: Operation, payload: dict[str, Any], ctx: Context, sent: Sent
+        self,
+        op: Operation,
+        payload: dict[str, Any],
+        ctx: Context,
+        sent: Sent,
+        wants_usage: bool,
     ) -> Continued | None:
         """Open the stream that completes what ``sent`` began, or None when none can.
 
@@ -319,7 +395,6 @@ class Service:
             log.warning("stream could not be continued request_id=%s: %s", ctx.request_id,
                         err.message)  # fmt: skip
             return None
-        wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
         return Continued(opened, partial, wants_usage)
 
     async def models(self, ctx: Context) -> dict[str, Any]:

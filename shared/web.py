@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from starlette.background import BackgroundTask
@@ -69,6 +70,8 @@ def request_context(request: Request) -> Context:
             ctx.deadline = ctx.clock() + settings.request_timeout_s
     else:
         ctx = Context.with_timeout(settings.request_timeout_s, request_id=rid)
+    if rid:  # the caller's id is echoed and logged; the endpoint gets ours
+        ctx.call_id = uuid.uuid4().hex
     ctx.traceparent = request.headers.get("traceparent")
     ctx.entry = "http"
     return ctx

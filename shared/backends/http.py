@@ -150,7 +150,10 @@ def transport_error(exc: Exception, backend: str) -> InferenceError:
     """Translate an httpx exception into the shared error tree."""
     if isinstance(exc, httpx.TimeoutException):
         return BackendTimeout(f"backend {backend!r} did not answer in time ({type(exc).__name__})")
-    return BackendConnectionError(f"backend {backend!r} connection failed: {type(exc).__name__}")
+    err = BackendConnectionError(f"backend {backend!r} connection failed: {type(exc).__name__}")
+    # a request that never reached the endpoint cost it nothing; one cut later may have
+    err.no_work = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+    return err
 
 
 def stream_error(exc: httpx.TransportError, ctx: Context, backend: str) -> InferenceError:
@@ -443,7 +446,7 @@ class HttpBackend(BaseBackend[ConfigT]):
         headers = {
             "content-type": "application/json",
             "accept": "text/event-stream" if stream else "application/json",
-            self.request_id_header: ctx.request_id,
+            self.request_id_header: ctx.upstream_id,
         }
         if self.config.auth == "key":
             name, value = self.key_header(self.config.api_key())

@@ -216,8 +216,8 @@ class ResponseCache:
             return None
 
     async def _put(self, req: Lookup, body: bytes) -> None:
-        if not self.store.available():
-            return
+        if not self.store.available() or len(body) > self.config.max_entry_bytes:
+            return  # an answer larger than max_entry_bytes is never cached
         try:
             async with asyncio.timeout(self._budget(req.ctx)):
                 await self.store.put(req, body, self.config.ttl_s)

@@ -1,7 +1,7 @@
 """``INFER_CACHE``: the response cache's settings, parsed on first use.
 
 ``{"mode": "off" | "exact" | "semantic", "ttl_s": 300, "scope": "caller" | "shared",
-"max_entries": 1000, "max_bytes": 33554432,
+"max_entries": 1000, "max_bytes": 33554432, "max_entry_bytes": 1048576,
 "semantic": {"embeddings_model": "...", "distance_threshold": 0.1, "ignore_system": false}}``
 
 ``INFER_STATE_URL`` (``redis://`` / ``rediss://``) moves the exact cache from the process
@@ -35,6 +35,9 @@ class CacheConfig(BaseModel):
     scope: Literal["caller", "shared"] = "caller"
     max_entries: int = Field(default=1000, ge=1)
     max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    #: The largest answer stored (bigger ones are served, not cached): bounds what one
+    #: request can write into a Redis it shares with the limits' counters.
+    max_entry_bytes: int = Field(default=1024 * 1024, ge=1024)
     semantic: SemanticConfig | None = None
     state_url: str | None = None
 

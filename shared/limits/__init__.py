@@ -20,6 +20,7 @@ from shared.limits.base import (
     count_stream_tokens,
     estimate_prompt_tokens,
     format_duration,
+    reservation_tokens,
 )
 from shared.limits.config import get_limit_settings, limits_configured
 
@@ -33,6 +34,7 @@ __all__ = [
     "estimate_prompt_tokens",
     "format_duration",
     "get_limiter",
+    "reservation_tokens",
 ]
 
 

@@ -11,10 +11,13 @@ decides all of them at once, atomically: either every counter is charged or none
 - ``parallel`` (max_parallel): the request ids in flight, each with an expiry at its deadline
   (a crashed instance's slots free themselves).
 
-Tokens: admission charges the estimated prompt tokens (``estimate_prompt_tokens``);
-:meth:`Admission.settle` then charges the difference to the real usage (prompt +
-completion, read from the answer or the stream's usage chunk, counted when the endpoint
-sends none) and releases the parallel slot. Settlement runs once, on every exit.
+Tokens: admission reserves the request's worst case (``reservation_tokens``: the prompt
+estimate plus ``n`` x ``max_tokens``, which the service sets to ``INFER_MAX_TOKENS_CAP`` when
+the caller leaves it out); :meth:`Admission.settle` then charges the real usage instead
+(the answer's, or the stream's usage event, which the service always asks the endpoint
+for). Without a usage the reservation stands; a failure before the endpoint did any work
+refunds it. Settlement runs once, on every exit, and releases the parallel slot, whose id
+is made here (never the caller's request id).
 
 A provider that cannot reach its store raises ``StateUnavailable``: the request is admitted
 (fail open), logged and counted (``shared.state.failures["limits"]``).
@@ -27,6 +30,7 @@ import datetime as dt
 import json
 import logging
 import math
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -54,6 +58,9 @@ class Check:
     span_ms: int  # rate: window; quota: until the period ends; parallel: hold (deadline)
     cost: int
     metric: str  # "requests" | "tokens" | "quota" | "parallel"
+    #: quota: "hour" | "day" | "month": the Redis script reads the period from the server's
+    #: clock (``span_ms`` and the key's period are this instance's view, for memory).
+    period: str = ""
 
 
 @dataclass
@@ -144,6 +151,20 @@ def estimate_prompt_tokens(payload: dict[str, Any]) -> int:
         chars = _text_len(payload.get("prompt", payload.get("input")))
         overhead = 1
     return max(1, math.ceil(chars / CHARS_PER_TOKEN) + overhead)
+
+
+def reservation_tokens(payload: dict[str, Any], cap: int) -> int:
+    """A request's worst case: its prompt estimate plus ``n`` times its ``max_tokens``
+    (``max_completion_tokens``; ``cap`` when it sets neither). Embeddings: the prompt only."""
+    prompt = estimate_prompt_tokens(payload)
+    if "messages" not in payload and "prompt" not in payload:
+        return prompt
+    out = payload.get("max_completion_tokens") or payload.get("max_tokens") or cap
+    if not out:
+        return prompt
+    n = payload.get("n") or 1
+    best_of = payload.get("best_of") or 1
+    return prompt + int(out) * max(int(n), int(best_of))
 
 
 def count_stream_tokens(tail_usage: dict[str, Any] | None, content_events: int, prompt: int) -> int:
@@ -253,29 +274,33 @@ class Limiter:
                 k = state_key("lim", base, "tpm")
                 out.append(Check("rate", k, rule.tpm, window, estimate, "tokens"))
             if rule.token_quota:
-                ident, left_s = period_bounds(rule.period, self._wall())
-                k = state_key("lim", base, "quota", ident)
-                out.append(
-                    Check("quota", k, rule.token_quota, int(left_s * 1000) + 1, estimate, "quota")
-                )
+                _, left_s = period_bounds(rule.period, self._wall())
+                k = state_key("lim", base, "quota")
+                span = int(left_s * 1000) + 1
+                out.append(Check("quota", k, rule.token_quota, span, estimate, "quota",
+                                 rule.period))  # fmt: skip
             if rule.max_parallel:
                 k = state_key("lim", base, "par")
                 out.append(Check("parallel", k, rule.max_parallel, hold_ms, 1, "parallel"))
         return out
 
     async def admit(
-        self, caller: str, model: str, payload: dict[str, Any], ctx: Context
+        self, caller: str, model: str, payload: dict[str, Any], ctx: Context, *, cap: int = 0
     ) -> Admission:
+        """Admit at the request's worst case (``reservation_tokens``): prompt estimate plus
+        ``n`` x ``max_tokens``; :meth:`Admission.settle` then charges the real usage."""
         from shared import telemetry
         from shared.state import StateUnavailable
 
-        estimate = estimate_prompt_tokens(payload)
+        estimate = reservation_tokens(payload, cap)
         hold_ms = int(max(ctx.remaining(), 1.0) * 1000) + 5000
         checks = self.checks(caller, model, estimate, hold_ms)
         if not checks:
             return NOOP
         try:
-            decision = await self.provider.acquire(checks, ctx.request_id, ctx)
+            # the slot's id is ours: requests sharing a caller's x-request-id are distinct
+            slot_id = uuid.uuid4().hex
+            decision = await self.provider.acquire(checks, slot_id, ctx)
         except StateUnavailable:
             self.failed_open += 1
             telemetry.record_limit(ctx, "fail_open")
@@ -303,7 +328,7 @@ class Limiter:
                 headers=headers,
             )
         telemetry.record_limit(ctx, "admitted")
-        return Admission(self, checks, ctx.request_id, estimate, headers)
+        return Admission(self, checks, slot_id, estimate, headers)
 
     async def settle(self, admission: Admission, deltas: list[int], ctx: Context | None) -> None:
         from shared.state import StateUnavailable

@@ -6,6 +6,12 @@ and charges all of them or none. Settlement is a second script. The function nev
 counter and writes it back. A request's keys share the caller's hash tag (``{caller}``), so
 the scripts also run on a clustered Redis (Azure Managed Redis OSS cluster policy,
 ElastiCache cluster mode).
+
+A token quota is a hash per counter whose field is the period (``20261206``: hour, day or
+month, read from the server's clock in the script, so no instance's clock decides when a
+period ends) and which carries no expiry: under the managed default eviction policy
+(``volatile-lru``) only keys with an expiry are evicted, so a cache that fills Redis cannot
+evict a spent quota and reset it. A period's field replaces the last one's.
 """
 
 from __future__ import annotations
@@ -18,7 +24,48 @@ from shared.limits.base import PARALLEL_RETRY_MS, Check, Decision
 if TYPE_CHECKING:
     from shared.context import Context
 
-ACQUIRE = """
+PERIODS = """
+-- the period of a token quota, from the server's clock: its id and ms until it ends
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (m + 9) % 12
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+local function period(kind, now)
+  local secs = math.floor(now / 1000)
+  local day = math.floor(secs / 86400)
+  local y, m, d = civil_from_days(day)
+  if kind == 'hour' then
+    local h = math.floor((secs % 86400) / 3600)
+    return string.format('%04d%02d%02dT%02d', y, m, d, h), (secs - secs % 3600 + 3600) * 1000 - now
+  elseif kind == 'day' then
+    return string.format('%04d%02d%02d', y, m, d), (day + 1) * 86400000 - now
+  end
+  local ny, nm = y, m + 1
+  if nm > 12 then ny, nm = y + 1, 1 end
+  return string.format('%04d%02d', y, m), days_from_civil(ny, nm, 1) * 86400000 - now
+end
+"""
+
+ACQUIRE = PERIODS + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rid = ARGV[1]
@@ -28,8 +75,9 @@ local refused = 0
 local refused_quota = false
 local retry = 0
 local newv = {}
+local fields = {}
 for i = 1, n do
-  local b = 1 + (i - 1) * 4
+  local b = 1 + (i - 1) * 5
   local kind = ARGV[b + 1]
   local limit = tonumber(ARGV[b + 2])
   local span = tonumber(ARGV[b + 3])
@@ -55,14 +103,16 @@ for i = 1, n do
       reset = math.ceil(new - now)
     end
   elseif kind == 'quota' then
-    local used = tonumber(redis.call('GET', KEYS[i]) or 0)
+    local field, left = period(ARGV[b + 5], now)
+    fields[i] = field
+    local used = tonumber(redis.call('HGET', KEYS[i], field) or 0)
     if used + math.min(cost, limit) > limit then
       remaining = limit - used
-      if not refused_quota then refused, retry, refused_quota = i, span, true end
+      if not refused_quota then refused, retry, refused_quota = i, left, true end
     else
       remaining = limit - used - cost
     end
-    reset = span
+    reset = left
   else
     redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
     local held = redis.call('ZCARD', KEYS[i])
@@ -80,15 +130,17 @@ for i = 1, n do
 end
 if refused == 0 then
   for i = 1, n do
-    local b = 1 + (i - 1) * 4
+    local b = 1 + (i - 1) * 5
     local kind = ARGV[b + 1]
     local span = tonumber(ARGV[b + 3])
     local cost = tonumber(ARGV[b + 4])
     if kind == 'rate' then
       redis.call('SET', KEYS[i], tostring(newv[i]), 'PX', math.ceil(newv[i] - now) + 1000)
     elseif kind == 'quota' then
-      redis.call('INCRBY', KEYS[i], cost)
-      redis.call('PEXPIRE', KEYS[i], span + 60000)
+      redis.call('HINCRBY', KEYS[i], fields[i], cost)
+      for _, old in ipairs(redis.call('HKEYS', KEYS[i])) do
+        if old ~= fields[i] then redis.call('HDEL', KEYS[i], old) end
+      end
     else
       redis.call('ZADD', KEYS[i], now + span, rid)
       redis.call('PEXPIRE', KEYS[i], span + 60000)
@@ -100,12 +152,12 @@ out[2] = math.ceil(retry)
 return out
 """.replace("ARGV_PAR", str(PARALLEL_RETRY_MS))
 
-SETTLE = """
+SETTLE = PERIODS + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rid = ARGV[1]
 for i = 1, #KEYS do
-  local b = 1 + (i - 1) * 4
+  local b = 1 + (i - 1) * 5
   local kind = ARGV[b + 1]
   local limit = tonumber(ARGV[b + 2])
   local span = tonumber(ARGV[b + 3])
@@ -121,9 +173,11 @@ for i = 1, #KEYS do
       redis.call('SET', KEYS[i], tostring(new), 'PX', math.ceil(new - now) + 1000)
     end
   elseif kind == 'quota' and delta ~= 0 then
-    local used = redis.call('INCRBY', KEYS[i], delta)
-    if used < 0 then redis.call('SET', KEYS[i], 0, 'KEEPTTL') end
-    if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], span + 60000) end
+    local field = period(ARGV[b + 5], now)
+    if redis.call('HEXISTS', KEYS[i], field) == 1 then  -- the period it was charged in
+      local used = redis.call('HINCRBY', KEYS[i], field, delta)
+      if used < 0 then redis.call('HSET', KEYS[i], field, 0) end
+    end
   elseif kind == 'parallel' then
     redis.call('ZREM', KEYS[i], rid)
   end
@@ -135,7 +189,7 @@ return 1
 def _argv(request_id: str, checks: Sequence[Check], values: Sequence[int]) -> list[Any]:
     argv: list[Any] = [request_id]
     for c, v in zip(checks, values, strict=True):
-        argv += [c.kind, c.limit, c.span_ms, v]
+        argv += [c.kind, c.limit, c.span_ms, v, c.period or "-"]
     return argv
 
 

@@ -19,7 +19,9 @@ from shared.lifecycle import reset_all
 from shared.schemas import Operation
 from tests.fixtures.core import Handler, chat_answer, sse
 
-MSG = {"model": "local-model", "messages": [{"role": "user", "content": "x" * 36}]}  # 13 tokens
+#: 36 characters: 13 prompt tokens, plus 20 max_tokens reserved: 33 at admission
+MSG = {"model": "local-model", "messages": [{"role": "user", "content": "x" * 36}],
+       "max_tokens": 20}  # fmt: skip
 
 
 def client() -> httpx.AsyncClient:
@@ -54,10 +56,10 @@ async def test_admitted_answers_carry_openai_rate_headers(
         assert r.headers["x-ratelimit-remaining-requests"] == "4"
         assert r.headers["x-ratelimit-reset-requests"] == "4h48m0s"  # one request: 86400 s / 5
         assert r.headers["x-ratelimit-limit-tokens"] == "1000"
-        assert r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 13)
+        assert r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 33)
         r = await c.post("/v1/chat/completions", json=MSG)
-        # the first answer's real usage (4 tokens) replaced its estimate (13)
-        assert r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 4 - 13)
+        # the first answer's real usage (4 tokens) replaced its reservation (13 + 20)
+        assert r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 4 - 33)
 
 
 async def test_refusal_is_a_429_the_openai_sdk_retries_after(
@@ -105,26 +107,53 @@ async def test_a_stream_is_charged_its_usage_chunk_and_frees_its_slot(
     async with client() as c:
         r = await c.post("/v1/chat/completions", json=stream)
         assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
-        assert r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 13)
+        assert r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 33)
         r = await c.post("/v1/chat/completions", json=stream)  # slot released: admitted
         assert r.status_code == 200
-        assert r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 100 - 13)
+        assert r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 100 - 33)
 
 
-async def test_a_stream_without_usage_is_counted(
+async def test_a_stream_without_usage_is_charged_its_reservation(
     limits_env: pytest.MonkeyPatch, fake_endpoint: Callable[[Handler], None]
 ) -> None:
     _limits(limits_env, {"caller": "*", "tpm": 1000, "window_s": 86400})
+    asked: list[Any] = []
     events = [{"id": "c", "choices": [{"index": 0, "delta": {"content": "t"}}]}] * 20
     body = sse(*events, "[DONE]")
+
+    def answer(req: httpx.Request) -> httpx.Response:
+        asked.append(json.loads(req.content).get("stream_options"))
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    fake_endpoint(answer)
+    async with client() as c:
+        await c.post("/v1/chat/completions", json={**MSG, "stream": True})
+        r = await c.post("/v1/chat/completions", json={**MSG, "stream": True})
+        # no usage came: the first stream is charged its whole reservation (13 + 20), not
+        # a guess from its content events
+        assert r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 33 - 33)
+    assert asked[0] == {"include_usage": True}  # the endpoint is always asked for usage
+
+
+async def test_usage_the_caller_did_not_ask_for_is_charged_but_not_sent(
+    limits_env: pytest.MonkeyPatch, fake_endpoint: Callable[[Handler], None]
+) -> None:
+    _limits(limits_env, {"caller": "*", "tpm": 1000, "window_s": 86400})
+    usage = {"prompt_tokens": 13, "completion_tokens": 7, "total_tokens": 20}
+    body = sse(
+        {"id": "c", "choices": [{"index": 0, "delta": {"reasoning_content": "hmm"}}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {"id": "c", "choices": [], "usage": usage},
+        "[DONE]",
+    )
     fake_endpoint(
         lambda req: httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
     )
     async with client() as c:
-        await c.post("/v1/chat/completions", json={**MSG, "stream": True})
+        first = await c.post("/v1/chat/completions", json={**MSG, "stream": True})
+        assert '"usage"' not in first.text and first.text.endswith("data: [DONE]\n\n")
         r = await c.post("/v1/chat/completions", json={**MSG, "stream": True})
-        # estimate 13 + 20 content events charged for the first stream
-        assert r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 33 - 13)
+        assert r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 20 - 33)
 
 
 async def test_a_throttled_job_is_deferred_by_the_retry_after_not_failed(
@@ -200,8 +229,8 @@ async def test_a_cache_hit_costs_no_tokens_but_counts_as_a_request(
         assert hit.headers["x-cache"] == "hit"
         assert hit.headers["x-ratelimit-remaining-requests"] == "8"
         after = await c.post("/v1/chat/completions", json=MSG)
-        # the miss was charged its usage (4); the hit's estimate (13) was refunded
-        assert after.headers["x-ratelimit-remaining-tokens"] == str(1000 - 4 - 13)
+        # the miss was charged its usage (4); the hit's reservation (33) was refunded
+        assert after.headers["x-ratelimit-remaining-tokens"] == str(1000 - 4 - 33)
     assert len(calls) == 1
 
 
@@ -226,5 +255,6 @@ async def test_a_stream_closed_before_its_first_chunk_frees_its_slot(
     ctx = Context.with_timeout(10)
     again = await service.stream(Operation.CHAT, payload, ctx)
     await again.aclose()
-    # nothing was forwarded: each closed stream was charged only its estimate (13)
-    assert ctx.response_headers["x-ratelimit-remaining-tokens"] == str(1000 - 5 * 13 - 13)
+    # the endpoint reported no usage for them: each closed stream is charged its
+    # reservation (13 + 20), the most it could have cost
+    assert ctx.response_headers["x-ratelimit-remaining-tokens"] == str(1000 - 5 * 33 - 33)

@@ -220,3 +220,32 @@ async def test_a_reset_is_not_rounded_up_by_clock_float_noise() -> None:
     check = Check("rate", "k", limit=5, span_ms=86_400_000, cost=1, metric="requests")
     decision = await provider.acquire([check], "r1", Context.with_timeout(5))
     assert decision.reset_ms == [17_280_000]
+
+
+def test_admission_reserves_the_worst_case_and_settles_to_the_usage(provider: Any) -> None:
+    lim = _limiter(provider, {"caller": "*", "tpm": 1000, "window_s": 86400})
+
+    async def main() -> None:
+        ask = {**_payload(), "max_tokens": 200, "n": 2}
+        a = await lim.admit("c", "m", ask, _ctx("r1"))
+        assert a.headers["x-ratelimit-remaining-tokens"] == str(1000 - 13 - 2 * 200)
+        await a.settle(113)  # what it really used
+        b = await lim.admit("c", "m", _payload(), _ctx("r2"), cap=300)  # no max_tokens: cap
+        assert b.headers["x-ratelimit-remaining-tokens"] == str(1000 - 113 - 13 - 300)
+        await b.settle(None)  # no usage reported: the reservation stands
+        c = await lim.admit("c", "m", _payload(), _ctx("r3"))
+        assert c.headers["x-ratelimit-remaining-tokens"] == str(1000 - 113 - 313 - 13)
+
+    asyncio.run(main())
+
+
+def test_one_caller_request_id_gets_one_slot_per_request(provider: Any) -> None:
+    lim = _limiter(provider, {"caller": "*", "max_parallel": 2})
+
+    async def main() -> None:
+        await lim.admit("c", "m", _payload(), _ctx("same"))
+        await lim.admit("c", "m", _payload(), _ctx("same"))
+        with pytest.raises(CallerRateLimited):  # the third with that id is one too many
+            await lim.admit("c", "m", _payload(), _ctx("same"))
+
+    asyncio.run(main())

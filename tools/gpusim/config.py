@@ -50,6 +50,9 @@ class Config:
         1.0, "ITL = itl_ms * (1 + batch_slowdown * running / max_num_seqs)"
     )
     time_scale: float = _knob(1.0, "multiplies every simulated duration (0.1 = 10x faster)")
+    reasoning_tokens: int = _knob(
+        0, "the first N tokens of each chat answer are reasoning (reasoning_content deltas)"
+    )
     min_output_tokens: int = _knob(16, "shortest natural completion")
     max_output_tokens: int = _knob(128, "longest natural completion")
     max_model_len: int = _knob(8192, "context window: prompt + max_tokens beyond it is a 400")

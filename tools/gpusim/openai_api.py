@@ -263,16 +263,27 @@ class _Chunks:
 
 
 class ChatFormat(_Chunks):
-    def __init__(self, model: str, include_usage: bool) -> None:
+    """Chat chunks. With ``reasoning`` N (``--reasoning-tokens``) the first N tokens of an
+    answer are reasoning, sent as ``reasoning_content`` deltas (vLLM's reasoning parser)
+    and counted in ``completion_tokens`` like the rest."""
+
+    def __init__(self, model: str, include_usage: bool, reasoning: int = 0) -> None:
         super().__init__(f"chatcmpl-{uuid.uuid4().hex}", "chat.completion.chunk", model,
                          include_usage)  # fmt: skip
+        self.reasoning = reasoning
+        self._sent = 0
 
     def full(self, result: CompletionResult) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": result.text}
+        if self.reasoning:
+            words = result.text.split(" ")
+            message["reasoning_content"] = " ".join(words[: self.reasoning])
+            message["content"] = " ".join(words[self.reasoning :])
         return {
             "id": self.id, "object": "chat.completion", "created": self.created,
             "model": self.model,
             "choices": [{"index": 0, "logprobs": None, "finish_reason": result.finish_reason,
-                         "message": {"role": "assistant", "content": result.text}}],
+                         "message": message}],
             "usage": usage_dict(result.prompt_tokens, result.completion_tokens),
         }  # fmt: skip
 
@@ -282,8 +293,12 @@ class ChatFormat(_Chunks):
         )
 
     def token(self, piece: str) -> bytes:
+        field = "content"
+        if self._sent < self.reasoning:
+            self._sent += 1
+            field = "reasoning_content"
         return self.event(
-            f'"delta":{{"content":{json.dumps(piece)}}},"logprobs":null,"finish_reason":null}}'
+            f'"delta":{{"{field}":{json.dumps(piece)}}},"logprobs":null,"finish_reason":null}}'
         )
 
     def finish(self, reason: str) -> bytes:
@@ -555,7 +570,7 @@ def routes(rt: Runtime) -> list[BaseRoute]:
             limits = charge_quota(rt, prompt_tokens + (max_tokens or rt.config.max_output_tokens))
         except ApiError as err:
             return err.response()
-        fmt = ChatFormat(model, include_usage)
+        fmt = ChatFormat(model, include_usage, rt.config.reasoning_tokens)
         return GenerationCall(rt, gen, fmt, stream, fault, fmt.id, limits).response()
 
     async def completions(request: Request) -> Response:
