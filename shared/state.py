@@ -22,9 +22,10 @@ The URL's query may carry the same choices (``?auth=entra&user=…``). Every Red
 under :func:`op_timeout`: at most ``INFER_STATE_TIMEOUT_S`` and never past the invocation's
 deadline. A failed call is reported with :func:`note_failure` (logged at most once per
 ``_LOG_EVERY_S``, counted in :data:`failures`) and Redis is then left alone for
-``INFER_STATE_COOLDOWN_S``: limits fail open and the cache is skipped meanwhile, so a Redis
-outage costs a request at most one timeout, and a request never fails because the state
-store did.
+``INFER_STATE_COOLDOWN_S``, by that component only (limits, cache, capacity: each its own
+circuit, so a slow cache write never turns the limits off): limits fall back to this
+instance's own counters and the cache is skipped meanwhile, so a Redis outage costs a
+request at most one timeout, and a request never fails because the state store did.
 """
 
 from __future__ import annotations
@@ -287,7 +288,10 @@ class StateClient:
                 serverless=settings.aws_serverless,
             )
         self._clients: dict[int, tuple[asyncio.AbstractEventLoop, Redis, float]] = {}
-        self.down_until = 0.0
+        #: component -> when it may use Redis again (each component its own circuit: a
+        #: slow cache write never turns the limits off)
+        self.down_until: dict[str, float] = {}
+        self._building: dict[int, asyncio.Lock] = {}
 
     def _build(self) -> Redis:
         from redis.asyncio import Redis
@@ -314,15 +318,33 @@ class StateClient:
         client: Redis = Redis.from_url(self.plan.url, **kwargs)
         return client
 
+    def _current(self, running: asyncio.AbstractEventLoop) -> Redis | None:
+        entry = self._clients.get(id(running))
+        if entry is not None and entry[0] is running and time.time() < entry[2]:
+            return entry[1]
+        return None
+
     async def client(self) -> Redis:
         running = asyncio.get_running_loop()
+        found = self._current(running)
+        if found is not None:
+            return found
+        # one rebuild (one token refresh) per loop however many requests arrive at once
+        lock = self._building.get(id(running))
+        if lock is None or getattr(lock, "_loop", running) is not running:
+            lock = self._building[id(running)] = asyncio.Lock()
+        async with lock:
+            found = self._current(running)
+            if found is not None:
+                return found
+            return await self._rebuild(running)
+
+    async def _rebuild(self, running: asyncio.AbstractEventLoop) -> Redis:
         loop = id(running)
         entry = self._clients.get(loop)
         if entry is not None and entry[0] is not running:
             entry = None  # an id reused by a new loop
         now = time.time()
-        if entry is not None and now < entry[2]:
-            return entry[1]
         # a client belongs to the loop that built it: forget those of loops that are gone
         for key in [k for k, (lp, _, _) in self._clients.items() if lp.is_closed()]:
             del self._clients[key]
@@ -371,10 +393,11 @@ def key(*parts: str) -> str:
     return get_state_settings().key_prefix + ":".join(parts)
 
 
-def available() -> bool:
-    """False while Redis is cooling down after a failure (callers fail open / skip)."""
+def available(component: str = "cache") -> bool:
+    """False while ``component``'s use of Redis is cooling down after one of its calls
+    failed (the limits fall back, the cache is skipped); each component has its own."""
     s = _state.peek()
-    return s is None or time.monotonic() >= s.down_until
+    return s is None or time.monotonic() >= s.down_until.get(component, 0.0)
 
 
 def op_timeout(ctx: Context | None) -> float:
@@ -390,7 +413,7 @@ def note_failure(component: str, exc: BaseException) -> None:
     failures[component] += 1
     s = _state.peek()
     if s is not None:
-        s.down_until = time.monotonic() + s.settings.cooldown_s
+        s.down_until[component] = time.monotonic() + s.settings.cooldown_s
     now = time.monotonic()
     if now - _last_log.get(component, -_LOG_EVERY_S) >= _LOG_EVERY_S:
         _last_log[component] = now
@@ -399,7 +422,10 @@ def note_failure(component: str, exc: BaseException) -> None:
             component,
             type(exc).__name__,
             str(exc)[:200],
-            "failing open" if component == "limits" else "skipping",
+            {
+                "limits": "limits fall back to this instance's counters",
+                "capacity": "capacity counted per instance",
+            }.get(component, "skipping"),
             failures[component],
         )
 
@@ -411,10 +437,12 @@ class StateUnavailable(Exception):
 async def run(component: str, ctx: Context | None, fn: Callable[[Redis], Awaitable[T]]) -> T:
     """``fn(redis)`` within :func:`op_timeout`; any failure is noted and raised as
     :class:`StateUnavailable` (never a Redis or socket error)."""
-    if not available():
+    if not available(component):
         raise StateUnavailable("state store cooling down after a failure")
     try:
-        redis = await get_redis()  # built (redis imported) outside the per-call timeout
+        # built (redis imported, a token fetched) within the deadline, not the call's timeout
+        async with asyncio.timeout(max(ctx.remaining(), 0.001) if ctx is not None else 30.0):
+            redis = await get_redis()
         async with asyncio.timeout(op_timeout(ctx)):
             return await fn(redis)
     except ConfigError:

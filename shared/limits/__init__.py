@@ -39,7 +39,8 @@ __all__ = [
 
 
 def _build() -> Limiter | None:
-    rules = get_limit_settings().limits if limits_configured() else []
+    settings = get_limit_settings() if limits_configured() else None
+    rules = settings.limits if settings is not None else []
     if not rules:
         return None
     from shared.state import configured
@@ -52,7 +53,9 @@ def _build() -> Limiter | None:
         from shared.limits.memory import MemoryProvider
 
         provider = MemoryProvider()
-    return Limiter(rules, provider, clock=time.time)  # type: ignore[arg-type]
+    assert settings is not None
+    return Limiter(rules, provider, clock=time.time,  # type: ignore[arg-type]
+                   on_state_down=settings.limits_on_state_down)  # fmt: skip
 
 
 _limiter: Singleton[Limiter | None] = Singleton(_build)

@@ -19,8 +19,11 @@ for). Without a usage the reservation stands; a failure before the endpoint did 
 refunds it. Settlement runs once, on every exit, and releases the parallel slot, whose id
 is made here (never the caller's request id).
 
-A provider that cannot reach its store raises ``StateUnavailable``: the request is admitted
-(fail open), logged and counted (``shared.state.failures["limits"]``).
+A provider that cannot reach its store raises ``StateUnavailable`` (logged and counted,
+``shared.state.failures["limits"]``): the request is then admitted against this instance's
+own counters (``INFER_LIMITS_ON_STATE_DOWN=local``, the default: limits hold per instance,
+never "unlimited") or not checked (``open``). A settlement Redis did not take is kept and
+made once Redis answers again, so a slot is freed and tokens charged late, not never.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ log = logging.getLogger("shared.limits")
 CheckKind = Literal["rate", "quota", "parallel"]
 #: How long a refused max_parallel request is told to wait (in-flight requests end unseen).
 PARALLEL_RETRY_MS = 1000
+#: Settlements kept for when Redis answers again (a slot to free, tokens to charge).
+MAX_UNSETTLED = 1000
 #: Characters per token for the admission estimate (OpenAI's rule of thumb for English).
 CHARS_PER_TOKEN = 4
 
@@ -220,6 +225,8 @@ class Admission:
     estimate: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
+    #: Where it was admitted: Redis, or this instance's counters while Redis was down.
+    provider: Provider | None = None
 
     async def settle(self, tokens: int | None, ctx: Context | None = None) -> None:
         """Charge ``tokens`` (None: keep the estimate; 0: refund it, e.g. a cache hit or a
@@ -243,12 +250,22 @@ NOOP = Admission(limiter=None, settled=True)
 class Limiter:
     """Rules plus a provider (in-process, or Redis when ``INFER_STATE_URL`` is set)."""
 
-    def __init__(self, rules: Sequence[LimitRule], provider: Provider, *, clock: Any) -> None:
+    def __init__(
+        self,
+        rules: Sequence[LimitRule],
+        provider: Provider,
+        *,
+        clock: Any,
+        on_state_down: Literal["local", "open"] = "local",
+    ) -> None:
         self.rules = list(rules)
         self.provider = provider
         self.named = {r.caller for r in self.rules if r.caller != "*"}
         self._wall = clock
         self.failed_open = 0
+        self.on_state_down = on_state_down
+        self._local: Provider | None = None
+        self._unsettled: list[tuple[list[Check], list[int], str]] = []
 
     def applicable(self, caller: str, model: str) -> list[LimitRule]:
         own = caller in self.named
@@ -297,14 +314,22 @@ class Limiter:
         checks = self.checks(caller, model, estimate, hold_ms)
         if not checks:
             return NOOP
+        # the slot's id is ours: requests sharing a caller's x-request-id are distinct
+        slot_id = uuid.uuid4().hex
+        provider: Provider = self.provider
         try:
-            # the slot's id is ours: requests sharing a caller's x-request-id are distinct
-            slot_id = uuid.uuid4().hex
-            decision = await self.provider.acquire(checks, slot_id, ctx)
-        except StateUnavailable:
+            decision = await provider.acquire(checks, slot_id, ctx)
+        except StateUnavailable:  # logged and counted by shared.state
             self.failed_open += 1
-            telemetry.record_limit(ctx, "fail_open")
-            return NOOP  # fail open: logged and counted by shared.state
+            if self.on_state_down == "open":
+                telemetry.record_limit(ctx, "fail_open")
+                return NOOP
+            telemetry.record_limit(ctx, "fallback")  # this instance's own counters
+            provider = self.local()
+            decision = await provider.acquire(checks, slot_id, ctx)
+        else:
+            if self._unsettled:
+                await self._settle_unsettled()
         headers = rate_headers(checks, decision)
         if decision.refused is not None:
             refused = checks[decision.refused]
@@ -328,17 +353,40 @@ class Limiter:
                 headers=headers,
             )
         telemetry.record_limit(ctx, "admitted")
-        return Admission(self, checks, slot_id, estimate, headers)
+        return Admission(self, checks, slot_id, estimate, headers, provider=provider)
+
+    def local(self) -> Provider:
+        """This instance's own counters: what limits hold while Redis does not answer."""
+        if self._local is None:
+            from shared.limits.memory import MemoryProvider
+
+            self._local = MemoryProvider()
+        return self._local
 
     async def settle(self, admission: Admission, deltas: list[int], ctx: Context | None) -> None:
         from shared.state import StateUnavailable
 
+        provider = admission.provider or self.provider
         try:
-            await self.provider.settle(admission.checks, deltas, admission.request_id, ctx)
+            await provider.settle(admission.checks, deltas, admission.request_id, ctx)
         except StateUnavailable:
             self.failed_open += 1
+            # settled (its slot freed, its tokens charged) once Redis answers again
+            if len(self._unsettled) < MAX_UNSETTLED:
+                self._unsettled.append((admission.checks, deltas, admission.request_id))
         except Exception:  # settlement never fails a request that already got its answer
             log.exception("limits: settlement failed request_id=%s", admission.request_id)
+
+    async def _settle_unsettled(self) -> None:
+        from shared.state import StateUnavailable
+
+        pending, self._unsettled = self._unsettled, []
+        for i, (checks, deltas, slot_id) in enumerate(pending):
+            try:
+                await self.provider.settle(checks, deltas, slot_id, None)
+            except StateUnavailable:
+                self._unsettled = pending[i:] + self._unsettled
+                return
 
 
 def rate_headers(checks: Sequence[Check], decision: Decision) -> dict[str, str]:

@@ -63,6 +63,8 @@ class LimitSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INFER_", extra="ignore", frozen=True)
 
     limits: Annotated[list[LimitRule], NoDecode] = Field(default_factory=list)
+    #: While Redis does not answer: ``local`` counts in this instance, ``open`` admits all.
+    limits_on_state_down: Literal["local", "open"] = "local"
 
     @field_validator("limits", mode="before")
     @classmethod

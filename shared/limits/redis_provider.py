@@ -16,10 +16,13 @@ evict a spent quota and reset it. A period's field replaces the last one's.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from shared.limits.base import PARALLEL_RETRY_MS, Check, Decision
+
+log = logging.getLogger("shared.limits")
 
 if TYPE_CHECKING:
     from shared.context import Context
@@ -65,7 +68,9 @@ local function period(kind, now)
 end
 """
 
-ACQUIRE = PERIODS + """
+ACQUIRE = (
+    PERIODS
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rid = ARGV[1]
@@ -151,8 +156,11 @@ out[1] = refused
 out[2] = math.ceil(retry)
 return out
 """.replace("ARGV_PAR", str(PARALLEL_RETRY_MS))
+)
 
-SETTLE = PERIODS + """
+SETTLE = (
+    PERIODS
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rid = ARGV[1]
@@ -184,6 +192,7 @@ for i = 1, #KEYS do
 end
 return 1
 """
+)
 
 
 def _argv(request_id: str, checks: Sequence[Check], values: Sequence[int]) -> list[Any]:
@@ -198,6 +207,25 @@ class RedisProvider:
 
     def __init__(self) -> None:
         self._scripts: dict[int, tuple[Any, Any]] = {}
+        self._policy_checked = False
+
+    async def _check_policy(self, redis: Any) -> None:
+        """Once per process: warn when Redis may evict keys without an expiry (an
+        ``allkeys-*`` policy), which would reset counters; managed Redis that refuses
+        CONFIG is not asked again."""
+        self._policy_checked = True
+        try:
+            found = await redis.config_get("maxmemory-policy")
+        except Exception:  # CONFIG disabled (managed Redis): its default is volatile-lru
+            return
+        policy = str(found.get("maxmemory-policy", ""))
+        if policy.startswith("allkeys"):
+            log.warning(
+                "Redis maxmemory-policy is %s: under memory pressure it may evict limit "
+                "counters and reset a spent quota; use volatile-lru (the managed default) "
+                "or noeviction, or a separate Redis for the cache (docs/controls.md)",
+                policy,
+            )
 
     def _bound(self, redis: Any) -> tuple[Any, Any]:
         found = self._scripts.get(id(redis))
@@ -213,6 +241,8 @@ class RedisProvider:
         argv = _argv(request_id, checks, [c.cost for c in checks])
 
         async def call(redis: Any) -> list[int]:
+            if not self._policy_checked:
+                await self._check_policy(redis)
             acquire, _ = self._bound(redis)
             return list(await acquire(keys=keys, args=argv))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -187,7 +188,7 @@ def test_concurrent_admissions_never_exceed_the_limit(provider: Any) -> None:
     assert asyncio.run(main()) == 20
 
 
-def test_redis_down_fails_open_logged_and_counted(
+def test_redis_down_falls_back_to_this_instances_counters(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from shared import state
@@ -198,17 +199,62 @@ def test_redis_down_fails_open_logged_and_counted(
     lim = _limiter(RedisProvider(), {"caller": "*", "rpm": 1})
 
     async def main() -> None:
+        a = await lim.admit("c", "m", _payload(), _ctx("r0"))
+        assert a.headers["x-ratelimit-limit-requests"] == "1"  # counted here
+        await a.settle(10)
+        with pytest.raises(CallerRateLimited):  # never "unlimited for everyone"
+            await lim.admit("c", "m", _payload(), _ctx("r1"))
+
+    with caplog.at_level("WARNING", logger="shared.state"):
+        asyncio.run(main())
+    assert lim.failed_open >= 1
+    assert state.failures["limits"] >= 1
+    assert "fall back to this instance" in caplog.text
+    reset_all()
+
+
+def test_redis_down_fails_open_when_told_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from tests.fixtures.procs import free_port
+
+    monkeypatch.setenv("INFER_STATE_URL", f"redis://127.0.0.1:{free_port()}/0")
+    reset_all()
+    lim = Limiter([LimitRule(caller="*", rpm=1)], RedisProvider(), clock=time.time,
+                  on_state_down="open")  # fmt: skip
+
+    async def main() -> None:
         for i in range(3):
             a = await lim.admit("c", "m", _payload(), _ctx(f"r{i}"))
             assert a.headers == {}
             await a.settle(10)
 
-    with caplog.at_level("WARNING", logger="shared.state"):
-        asyncio.run(main())
+    asyncio.run(main())
     assert lim.failed_open == 3
-    assert state.failures["limits"] >= 1
-    assert "failing open" in caplog.text
     reset_all()
+
+
+def test_a_slot_redis_could_not_free_is_freed_once_it_answers(state_env: str) -> None:
+    import redis as redis_lib
+
+    from shared import state
+
+    lim = _limiter(RedisProvider(), {"caller": "*", "max_parallel": 1})
+
+    async def main() -> None:
+        a = await lim.admit("c", "m", _payload(), _ctx("a"))
+        state.state().down_until["limits"] = time.monotonic() + 60  # Redis "down"
+        await a.settle(None)  # not taken: kept
+        assert len(lim._unsettled) == 1
+        state.state().down_until.clear()  # back
+        held = redis_lib.Redis.from_url(state_env)
+        assert sum(held.zcard(k) for k in held.scan_iter("*par*")) == 1
+        b = await lim.admit("d", "m", _payload(), _ctx("b"))  # any admission flushes it
+        await b.settle(None)
+        assert lim._unsettled == []
+        assert sum(held.zcard(k) for k in held.scan_iter("*par*")) == 0
+
+    asyncio.run(main())
 
 
 async def test_a_reset_is_not_rounded_up_by_clock_float_noise() -> None:

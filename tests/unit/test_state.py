@@ -50,7 +50,8 @@ def test_down_redis_fails_fast_counted_and_cools_down(monkeypatch: pytest.Monkey
         with pytest.raises(state.StateUnavailable):
             await _ping()
         assert state.failures["test"] == 1
-        assert not state.available()
+        assert not state.available("test")
+        assert state.available("cache")  # each component its own circuit
         started = time.monotonic()
         with pytest.raises(state.StateUnavailable, match="cooling down"):
             await _ping()
