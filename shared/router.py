@@ -400,6 +400,13 @@ class Router:
     def backends(self) -> list[Backend]:
         return [s.backend for s in self.slots]
 
+    def check_model(self, model: str) -> None:
+        """``ModelNotFound`` (404) unless a backend serves ``model``."""
+        if not any(s.backend.config.serves(model) for s in self.slots):
+            raise ModelNotFound(
+                f"The model '{model}' does not exist or is not served here", param="model"
+            )
+
     def plan(self, model: str) -> list[Slot]:
         """Candidates for ``model`` in the order they will be tried."""
         serving = [s for s in self.slots if s.backend.config.serves(model)]

@@ -44,6 +44,10 @@ Int = Annotated[int, Field(strict=True)]
 Num = Annotated[float, Field(strict=True)]
 Bool = Annotated[bool, Field(strict=True)]
 Str = Annotated[str, Field(strict=True)]
+#: A model name: 1-256 visible ASCII characters (no spaces or control characters). It
+#: names counters and log fields, so its size and alphabet are bounded.
+ModelName = Annotated[str, Field(strict=True, min_length=1, max_length=256,
+                                 pattern=r"^[\x21-\x7e]+$")]  # fmt: skip
 
 #: OpenAI's documented limits (chat, completions, embeddings API reference).
 MAX_JSON_DEPTH = 64
@@ -132,7 +136,7 @@ Penalty = Annotated[float, Field(strict=True, ge=-2, le=2)]
 
 
 class _Generation(_Open):
-    model: Str = Field(min_length=1)
+    model: ModelName
     stream: Bool = False
     stream_options: StreamOptions | None = None
     max_tokens: Int | None = Field(default=None, ge=1)
@@ -167,7 +171,7 @@ class CompletionRequest(_Generation):
 
 
 class EmbeddingRequest(_Open):
-    model: Str = Field(min_length=1)
+    model: ModelName
     input: Any  # checked by _check_embedding_input (fast on large token arrays)
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: Int | None = Field(default=None, ge=1)

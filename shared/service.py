@@ -173,6 +173,7 @@ class Service:
         limits are configured. A refusal raises ``CallerRateLimited`` (429)."""
         if not self._limits:
             return None
+        self.router.check_model(str(payload.get("model") or ""))  # 404 before any counter
         from shared.callers import ANONYMOUS
         from shared.limits import get_limiter
 

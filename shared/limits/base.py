@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
@@ -281,7 +282,8 @@ class Limiter:
 
         out: list[Check] = []
         for rule in self.applicable(caller, model):
-            scope = model if rule.model == "*" else (rule.model or "*")
+            # a caller-chosen name never becomes a key as is: bounded, hashed
+            scope = _model_key(model) if rule.model == "*" else (rule.model or "*")
             base = f"{{{caller}}}:{rule.rule_id}:{scope}"
             window = int(rule.window_s * 1000)
             if rule.rpm:
@@ -387,6 +389,10 @@ class Limiter:
             except StateUnavailable:
                 self._unsettled = pending[i:] + self._unsettled
                 return
+
+
+def _model_key(model: str) -> str:
+    return "m" + hashlib.sha256(model.encode()).hexdigest()[:16]
 
 
 def rate_headers(checks: Sequence[Check], decision: Decision) -> dict[str, str]:

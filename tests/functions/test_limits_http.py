@@ -258,3 +258,22 @@ async def test_a_stream_closed_before_its_first_chunk_frees_its_slot(
     # the endpoint reported no usage for them: each closed stream is charged its
     # reservation (13 + 20), the most it could have cost
     assert ctx.response_headers["x-ratelimit-remaining-tokens"] == str(1000 - 5 * 33 - 33)
+
+
+async def test_model_names_are_bounded_and_unknown_models_touch_no_counter(
+    limits_env: pytest.MonkeyPatch, fake_endpoint: Callable[[Handler], None]
+) -> None:
+    limits_env.setenv("INFER_BACKENDS", json.dumps(
+        [{"name": "b", "kind": "openai", "base_url": "http://127.0.0.1:8081/v1",
+          "models": ["local-model"]}]))  # fmt: skip
+    _limits(limits_env, {"caller": "*", "model": "*", "rpm": 5})
+    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    async with client() as c:
+        long = await c.post("/v1/chat/completions", json={**MSG, "model": "m" * 257})
+        assert long.status_code == 400 and long.json()["error"]["param"] == "model"
+        spaced = await c.post("/v1/chat/completions", json={**MSG, "model": "a model"})
+        assert spaced.status_code == 400
+        unknown = await c.post("/v1/chat/completions", json={**MSG, "model": "nope"})
+        assert unknown.status_code == 404 and "x-ratelimit-limit-requests" not in unknown.headers
+        ok = await c.post("/v1/chat/completions", json=MSG)
+        assert ok.headers["x-ratelimit-remaining-requests"] == "4"
