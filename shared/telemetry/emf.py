@@ -30,6 +30,16 @@ MAX_VALUES = 100
 MAX_METRICS = 100
 
 
+def known_models() -> frozenset[str]:
+    """The model names the backends are configured with (the wildcard is not one)."""
+    try:
+        from shared.settings import get_settings
+
+        return frozenset(m for b in get_settings().backends for m in b.models if m != "*")
+    except Exception:  # settings broken: the request fails on its own; keep metrics bounded
+        return frozenset()
+
+
 def namespace() -> str:
     return os.environ.get("INFER_METRICS_NAMESPACE") or "ServerlessInference"
 
@@ -44,9 +54,27 @@ class EmfSink:
         self._out = out
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, ...], dict[tuple[str, str], list[float]]] = {}
+        self._known: frozenset[str] | None = None
+
+    def _model(self, attrs: dict[str, Any]) -> str:
+        """The ``model`` dimension: a configured model name, else what the endpoint said it
+        served, else ``other``: a caller-chosen string never becomes a CloudWatch metric
+        (each distinct dimension value is a metric, and billed)."""
+        asked = attrs.get("gen_ai.request.model")
+        if not asked:
+            return "-"
+        if self._known is None:
+            self._known = known_models()
+        if asked in self._known:
+            return str(asked)
+        return str(attrs.get("gen_ai.response.model") or "other")
 
     def record(self, metric: Metric, value: float, attrs: dict[str, Any]) -> None:
-        dims = tuple(str(attrs.get(key) or "-") for _, key in DIMENSIONS)
+        dims = (
+            str(attrs.get("gen_ai.operation.name") or "-"),
+            self._model(attrs),
+            str(attrs.get("infer.backend") or "-"),
+        )
         name = metric.name
         if metric is CLIENT_TOKENS:  # one metric per token type: CloudWatch sums them apart
             name = f"{name}.{attrs.get('gen_ai.token.type', 'output')}"

@@ -147,3 +147,22 @@ def test_concurrent_flushes_are_shared_and_each_covers_its_caller() -> None:
     assert len(sink.flushes) <= 4  # shared, not one per caller
     for t0, t1 in asked:  # some flush started after the caller asked and ended before it left
         assert any(s >= t0 - 1e-6 and e <= t1 + 1e-6 for s, e in sink.flushes)
+
+
+def test_a_caller_chosen_model_never_becomes_an_emf_dimension(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backend = {"name": "b", "kind": "openai", "base_url": "http://x/v1", "models": ["llama", "*"]}
+    monkeypatch.setenv("INFER_BACKENDS", json.dumps([backend]))
+    reset_all()
+    out = io.StringIO()
+    sink = EmfSink("NS", out)
+    base = {"gen_ai.operation.name": "chat", "infer.backend": "b"}
+    sink.record(N.SERVER_TTFT, 0.1, {**base, "gen_ai.request.model": "llama"})
+    sink.record(N.SERVER_TTFT, 0.1, {**base, "gen_ai.request.model": "x" * 200})
+    sink.record(N.SERVER_TTFT, 0.1, {**base, "gen_ai.request.model": "made-up",
+                                     "gen_ai.response.model": "served-one"})  # fmt: skip
+    sink.flush(1.0)
+    models = {json.loads(line)["model"] for line in out.getvalue().splitlines()}
+    assert models == {"llama", "other", "served-one"}
+    reset_all()
