@@ -73,6 +73,8 @@ class Context:
     #: A stream's usage as the endpoint reported it (set when the stream ends), also when
     #: the caller did not ask for it and its usage event was left out of the stream.
     stream_usage: dict[str, Any] | None = None
+    #: What the answer cost (the serving backend's ``price`` x its usage); None: unpriced.
+    cost: float | None = None
 
     @property
     def upstream_id(self) -> str:

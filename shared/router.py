@@ -53,6 +53,7 @@ from shared.schemas import Operation
 from shared.telemetry import record_retry
 
 if TYPE_CHECKING:
+    from shared.pricing import Price
     from shared.quota import BackendQuota
 
 T = TypeVar("T")
@@ -399,6 +400,23 @@ class Router:
     @property
     def backends(self) -> list[Backend]:
         return [s.backend for s in self.slots]
+
+    def price_of(self, backend: str) -> Price | None:
+        for slot in self.slots:
+            if slot.backend.name == backend:
+                return slot.backend.config.price
+        return None
+
+    def worst_prices(self, model: str) -> tuple[float, float]:
+        """The highest (input, output) price per token among the backends serving ``model``
+        (what a request may cost before it is known where it will run)."""
+        inp = out = 0.0
+        for slot in self.slots:
+            price = slot.backend.config.price
+            if price is not None and slot.backend.config.serves(model):
+                i, o, _ = price.per_token()
+                inp, out = max(inp, i), max(out, o)
+        return inp, out
 
     def check_model(self, model: str) -> None:
         """``ModelNotFound`` (404) unless a backend serves ``model``."""

@@ -55,6 +55,17 @@ class _Seen:
     tail = b""
 
 
+def _micro_cost(ctx: Context, tokens: int | None) -> int | None:
+    """What a settled answer cost, in micro-units: 0 from the cache, None when unknown."""
+    if ctx.served_from_cache or tokens == 0:
+        return 0
+    if ctx.cost is None:
+        return None
+    from shared.pricing import micro
+
+    return micro(ctx.cost)
+
+
 def total_tokens(usage: dict[str, Any] | None) -> int | None:
     """``total_tokens`` of an OpenAI usage object (or prompt + completion), else None."""
     if not usage:
@@ -121,7 +132,7 @@ class _SettleOnClose:
                 # it did not ask), else the reservation stands: never a guess from events
                 usage = self._ctx.stream_usage or usage_from_tail(self._seen.tail)
                 tokens = total_tokens(usage)
-            await self._admission.settle(tokens)
+            await self._admission.settle(tokens, None, _micro_cost(self._ctx, tokens))
 
 
 def _charged(body: ForwardStream, admission: Admission, ctx: Context) -> ForwardStream:
@@ -181,8 +192,23 @@ class Service:
         if limiter is None:
             return None
         model = str(payload.get("model") or "")
+        cost = 0
+        if limiter.prices:  # a cost_quota applies somewhere: reserve the worst case
+            from shared.limits import estimate_prompt_tokens, reservation_tokens
+            from shared.pricing import micro
+
+            cap = self.settings.max_tokens_cap
+            prompt = estimate_prompt_tokens(payload)
+            output = reservation_tokens(payload, cap) - prompt
+            inp, out = self.router.worst_prices(model)
+            cost = micro(prompt * inp + output * out)
         admission = await limiter.admit(
-            ctx.caller or ANONYMOUS, model, payload, ctx, cap=self.settings.max_tokens_cap
+            ctx.caller or ANONYMOUS,
+            model,
+            payload,
+            ctx,
+            cap=self.settings.max_tokens_cap,
+            cost=cost,
         )
         ctx.response_headers.update(admission.headers)
         return admission
@@ -204,7 +230,7 @@ class Service:
         if not ctx.served_from_cache:
             total = (result.usage() or {}).get("total_tokens")
             tokens = total if isinstance(total, int) else None
-        await admission.settle(tokens, ctx)
+        await admission.settle(tokens, ctx, _micro_cost(ctx, tokens))
         return result
 
     async def _answer(self, op: Operation, payload: dict[str, Any], ctx: Context) -> Result:
@@ -231,6 +257,9 @@ class Service:
             raise
         rec.end(result=result)
         ctx.response_headers["x-infer-backend"] = result.backend
+        price = self.router.price_of(result.backend)
+        if price is not None:
+            self._charge(ctx, result.backend, price.cost(result.usage()))
         if log.isEnabledFor(logging.INFO):  # reading usage parses the body: only when logged
             self._log_usage(op, payload, ctx, result.backend, result.usage(), started)
         return result
@@ -362,6 +391,9 @@ class Service:
         if usage is None and usage_of is not None:
             usage = usage_of.usage  # the continuation's, which the caller did not ask for
         ctx.stream_usage = usage
+        price = self.router.price_of(backend)
+        if price is not None:
+            self._charge(ctx, backend, price.cost(usage))
         rec.end(usage=usage, tail=tail)
         self._log_usage(op, payload, ctx, backend, usage, started)
 
@@ -426,6 +458,18 @@ class Service:
         self._ready = (time.monotonic() + READY_CACHE_S, report)
         return report
 
+    @staticmethod
+    def _charge(ctx: Context, backend: str, cost: float | None) -> None:
+        """Note what the answer cost: the context (limits, jobs, batches, the log) and the
+        ``infer.cost`` counter."""
+        if cost is None:
+            return
+        ctx.cost = (ctx.cost or 0.0) + cost
+        if not ctx.served_from_cache:
+            from shared.telemetry import record_cost
+
+            record_cost(ctx, backend, cost)
+
     def _log_usage(
         self,
         op: Operation,
@@ -447,6 +491,7 @@ class Service:
             backend=backend,
             ms=round((time.monotonic() - started) * 1000, 1),
             usage=usage,
+            cost=None if ctx.cost is None else round(ctx.cost, 6),
         )
 
     def _log_failure(

@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
 from shared.lifecycle import Singleton
+from shared.pricing import Price
 
 DEFAULT_BACKEND_URL = "http://127.0.0.1:8081/v1"
 DEFAULT_MODEL = "local-model"
@@ -58,6 +59,8 @@ class BackendConfig(BaseModel):
     tpm: int | None = Field(default=None, ge=1)
     rpm: int | None = Field(default=None, ge=1)
     quota_window_s: float = Field(default=60.0, gt=0, le=86400)
+    #: What a request costs here (shared/pricing.py): per million tokens, or hourly.
+    price: Price | None = None
     timeout_s: float = Field(default=60.0, gt=0)
     #: A stream's three deadlines per attempt (docs/backends.md "When the endpoint
     #: misbehaves"): until the response headers, until the first bytes of the answer (from

@@ -176,6 +176,32 @@ def _rid(ctx: Context, base: dict[str, str] | None = None) -> dict[str, str]:
     return headers
 
 
+async def usage_endpoint(request: Request) -> Response:
+    """GET /v1/usage[?model=]: the authenticated caller's limits now: per rule, what is used
+    (tokens, money, requests in flight) and what remains, charging nothing."""
+    ctx: Context | None = None
+    try:
+        ctx = request_context(request)
+        caller = await authenticate_caller(request, ctx)
+        model = request.query_params.get("model")
+        if model is not None and not (0 < len(model) <= 256 and model.isprintable()):
+            raise InvalidRequest("model: 1-256 printable characters", param="model")
+        limits: list[dict[str, Any]] = []
+        if get_service()._limits:
+            from shared.limits import get_limiter
+
+            limiter = get_limiter()
+            if limiter is not None:
+                limits = await limiter.usage(caller, model, ctx)
+        body = {"object": "usage", "caller": caller, "model": model, "limits": limits}
+        return Response(json.dumps(body).encode(), media_type="application/json",
+                        headers=_rid(ctx))  # fmt: skip
+    except InferenceError as err:
+        return error_response(err, ctx.request_id if ctx else None)
+    except Exception as exc:
+        return internal_error(exc, ctx.request_id if ctx else None)
+
+
 async def models_endpoint(request: Request) -> Response:
     """GET /v1/models: the models this deployment routes."""
     try:

@@ -1,12 +1,12 @@
 """FastAPI app of the `models` function: Lambda (Mangum or Lambda Web Adapter) and local runs.
 
-The models this deployment routes (OpenAI list shape).
+The models this deployment routes (OpenAI list shape), and the caller's usage of its limits.
 """
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.web import create_app, models_endpoint
+from shared.web import create_app, models_endpoint, usage_endpoint
 
 app = create_app("models")
 
@@ -14,3 +14,8 @@ app = create_app("models")
 @app.get("/v1/models")
 async def list_models(request: Request) -> Response:
     return await models_endpoint(request)
+
+
+@app.get("/v1/usage")
+async def usage(request: Request) -> Response:
+    return await usage_endpoint(request)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from shared.errors import BackendRateLimited
 from shared.limits.config import LimitRule, QuotaPeriod
+from shared.pricing import MICRO, micro
 
 if TYPE_CHECKING:
     from shared.context import Context
@@ -63,7 +64,7 @@ class Check:
     limit: int
     span_ms: int  # rate: window; quota: until the period ends; parallel: hold (deadline)
     cost: int
-    metric: str  # "requests" | "tokens" | "quota" | "parallel"
+    metric: str  # "requests" | "tokens" | "quota" | "cost" | "parallel"
     #: quota: "hour" | "day" | "month": the Redis script reads the period from the server's
     #: clock (``span_ms`` and the key's period are this instance's view, for memory).
     period: str = ""
@@ -228,17 +229,26 @@ class Admission:
     settled: bool = False
     #: Where it was admitted: Redis, or this instance's counters while Redis was down.
     provider: Provider | None = None
+    #: Money reserved (micro-units) against ``cost_quota`` counters.
+    reserved_cost: int = 0
 
-    async def settle(self, tokens: int | None, ctx: Context | None = None) -> None:
-        """Charge ``tokens`` (None: keep the estimate; 0: refund it, e.g. a cache hit or a
-        failed call) and release the parallel slot."""
+    async def settle(
+        self, tokens: int | None, ctx: Context | None = None, cost: int | None = None
+    ) -> None:
+        """Charge ``tokens`` and ``cost`` (micro-units) (None: keep what was reserved; 0:
+        refund it, e.g. a cache hit or a failed call) and release the parallel slot.
+        ``cost`` left None follows ``tokens``: refunded with them when they are 0."""
         if self.settled or self.limiter is None or not self.checks:
             self.settled = True
             return
         self.settled = True
         delta = 0 if tokens is None else tokens - self.estimate
+        if cost is None and tokens == 0:
+            cost = 0
+        cost_delta = 0 if cost is None else cost - self.reserved_cost
         deltas = [
-            delta if c.metric in ("tokens", "quota") else 0 for c in self.checks
+            cost_delta if c.metric == "cost" else delta if c.metric in ("tokens", "quota") else 0
+            for c in self.checks
         ]  # requests stay charged; parallel slots are released by the provider
         if not any(deltas) and not any(c.kind == "parallel" for c in self.checks):
             return
@@ -267,6 +277,8 @@ class Limiter:
         self.on_state_down = on_state_down
         self._local: Provider | None = None
         self._unsettled: list[tuple[list[Check], list[int], str]] = []
+        #: Whether any rule is a cost_quota (the service then prices the reservation).
+        self.prices = any(r.cost_quota for r in self.rules)
 
     def applicable(self, caller: str, model: str) -> list[LimitRule]:
         own = caller in self.named
@@ -277,7 +289,9 @@ class Limiter:
             and (r.model in (None, "*") or r.model == model)
         ]
 
-    def checks(self, caller: str, model: str, estimate: int, hold_ms: int) -> list[Check]:
+    def checks(
+        self, caller: str, model: str, estimate: int, hold_ms: int, cost: int = 0
+    ) -> list[Check]:
         from shared.state import key as state_key
 
         out: list[Check] = []
@@ -298,13 +312,26 @@ class Limiter:
                 span = int(left_s * 1000) + 1
                 out.append(Check("quota", k, rule.token_quota, span, estimate, "quota",
                                  rule.period))  # fmt: skip
+            if rule.cost_quota:
+                _, left_s = period_bounds(rule.period, self._wall())
+                k = state_key("lim", base, "cost")
+                limit = micro(rule.cost_quota)
+                out.append(Check("quota", k, limit, int(left_s * 1000) + 1, cost, "cost",
+                                 rule.period))  # fmt: skip
             if rule.max_parallel:
                 k = state_key("lim", base, "par")
                 out.append(Check("parallel", k, rule.max_parallel, hold_ms, 1, "parallel"))
         return out
 
     async def admit(
-        self, caller: str, model: str, payload: dict[str, Any], ctx: Context, *, cap: int = 0
+        self,
+        caller: str,
+        model: str,
+        payload: dict[str, Any],
+        ctx: Context,
+        *,
+        cap: int = 0,
+        cost: int = 0,
     ) -> Admission:
         """Admit at the request's worst case (``reservation_tokens``): prompt estimate plus
         ``n`` x ``max_tokens``; :meth:`Admission.settle` then charges the real usage."""
@@ -313,7 +340,7 @@ class Limiter:
 
         estimate = reservation_tokens(payload, cap)
         hold_ms = int(max(ctx.remaining(), 1.0) * 1000) + 5000
-        checks = self.checks(caller, model, estimate, hold_ms)
+        checks = self.checks(caller, model, estimate, hold_ms, cost)
         if not checks:
             return NOOP
         # the slot's id is ours: requests sharing a caller's x-request-id are distinct
@@ -340,6 +367,13 @@ class Limiter:
             telemetry.record_throttle(ctx, "limit")
             retry_ms = max(1, decision.retry_ms)
             wait = format_duration(retry_ms)
+            if refused.metric == "cost":
+                raise CallerQuotaExceeded(
+                    f"You exceeded your budget of {refused.limit / MICRO:g} for this period; "
+                    f"it resets in {wait}.",
+                    retry_ms=retry_ms,
+                    headers=headers,
+                )
             if refused.kind == "quota":
                 raise CallerQuotaExceeded(
                     f"You exceeded your token quota of {refused.limit} for this period; "
@@ -355,7 +389,45 @@ class Limiter:
                 headers=headers,
             )
         telemetry.record_limit(ctx, "admitted")
-        return Admission(self, checks, slot_id, estimate, headers, provider=provider)
+        return Admission(self, checks, slot_id, estimate, headers, provider=provider,
+                         reserved_cost=cost)  # fmt: skip
+
+    async def usage(self, caller: str, model: str | None, ctx: Context) -> list[dict[str, Any]]:
+        """Each rule that applies to ``caller`` (for ``model`` when one is given): its
+        counters now, what is used and what remains, charging nothing."""
+        rules = [
+            r for r in self.rules
+            if (r.caller == caller if caller in self.named else r.caller == "*")
+            and (r.model is None or (model is not None and r.model in ("*", model)))
+        ]  # fmt: skip
+        out: list[dict[str, Any]] = []
+        for rule in rules:
+            limiter = Limiter([rule], self.provider, clock=self._wall)
+            checks = limiter.checks(caller, model or "", 0, 0)
+            peek = getattr(self.provider, "peek", None)
+            seen = await peek(checks, ctx) if peek is not None else [(0, 0)] * len(checks)
+            entry: dict[str, Any] = {"rule": rule.model_dump(exclude_none=True)}
+            for check, (used, reset_ms) in zip(checks, seen, strict=True):
+                name = {"requests": "rpm", "tokens": "tpm", "quota": "token_quota",
+                        "cost": "cost_quota", "parallel": "max_parallel"}[check.metric]  # fmt: skip
+                if check.metric == "cost":
+                    entry[name] = {"limit": check.limit / MICRO, "spent": round(used / MICRO, 6),
+                                   "remaining": round(max(0, check.limit - used) / MICRO, 6),
+                                   "period": check.period,
+                                   "resets_in": format_duration(reset_ms)}  # fmt: skip
+                elif check.kind == "quota":
+                    entry[name] = {"limit": check.limit, "used": used,
+                                   "remaining": max(0, check.limit - used),
+                                   "period": check.period,
+                                   "resets_in": format_duration(reset_ms)}  # fmt: skip
+                elif check.kind == "parallel":
+                    entry[name] = {"limit": check.limit, "in_flight": used,
+                                   "remaining": max(0, check.limit - used)}  # fmt: skip
+                else:
+                    entry[name] = {"limit": check.limit, "remaining": max(0, check.limit - used),
+                                   "resets_in": format_duration(reset_ms)}  # fmt: skip
+            out.append(entry)
+        return out
 
     def local(self) -> Provider:
         """This instance's own counters: what limits hold while Redis does not answer."""

@@ -1,7 +1,8 @@
 """``INFER_LIMITS``: rate limits, concurrency and token quotas per caller, model, or both.
 
 A JSON list of rules ``{"caller": id | "*", "model"?: name | "*", "rpm"?, "tpm"?,
-"max_parallel"?, "token_quota"?, "quota_period"?: "hour" | "day" | "month", "window_s"?}``.
+"max_parallel"?, "token_quota"?, "cost_quota"?, "quota_period"?: "hour" | "day" | "month",
+"window_s"?}``.
 
 - ``caller``: a caller id (``shared.callers``) or ``"*"``: every caller gets its own counters.
   A caller named by any rule is governed by its own rules only; ``"*"`` rules are the default
@@ -10,7 +11,8 @@ A JSON list of rules ``{"caller": id | "*", "model"?: name | "*", "rpm"?, "tpm"?
   model its own counter.
 - ``rpm`` / ``tpm``: requests / tokens per ``window_s`` seconds (60 by default, so per
   minute), replenished continuously (a token bucket: GCRA). ``max_parallel``: requests in
-  flight. ``token_quota`` per ``quota_period`` (calendar hour/day/month, UTC).
+  flight. ``token_quota`` (tokens) and ``cost_quota`` (money, in the backends' ``price``
+currency) per ``quota_period`` (calendar hour/day/month, UTC).
 """
 
 from __future__ import annotations
@@ -37,15 +39,20 @@ class LimitRule(BaseModel):
     tpm: int | None = Field(default=None, ge=1)
     max_parallel: int | None = Field(default=None, ge=1)
     token_quota: int | None = Field(default=None, ge=1)
+    #: Money per ``quota_period`` (the backends' ``price`` currency): reserved at the worst
+    #: case at admission, settled to the real cost; over it: 429 ``insufficient_quota``.
+    cost_quota: float | None = Field(default=None, gt=0)
     quota_period: QuotaPeriod | None = None
     window_s: float = Field(default=60.0, gt=0, le=86400)
 
     @model_validator(mode="after")
     def _something(self) -> LimitRule:
-        if not any((self.rpm, self.tpm, self.max_parallel, self.token_quota)):
-            raise ValueError("a rule needs at least one of rpm, tpm, max_parallel, token_quota")
-        if self.quota_period is not None and self.token_quota is None:
-            raise ValueError("quota_period needs token_quota")
+        if not any((self.rpm, self.tpm, self.max_parallel, self.token_quota, self.cost_quota)):
+            raise ValueError(
+                "a rule needs at least one of rpm, tpm, max_parallel, token_quota, cost_quota"
+            )
+        if self.quota_period is not None and not (self.token_quota or self.cost_quota):
+            raise ValueError("quota_period needs token_quota or cost_quota")
         return self
 
     @property

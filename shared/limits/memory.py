@@ -98,6 +98,24 @@ class MemoryProvider:
                     self._inflight[c.key][request_id] = now + c.span_ms
         return Decision(refused, _ceil(retry), remaining, reset)
 
+    async def peek(self, checks: Sequence[Check], ctx: Context) -> list[tuple[int, int]]:
+        """(used, ms until it resets) of each counter, charging nothing."""
+        with self._lock:
+            now = self._now()
+            out: list[tuple[int, int]] = []
+            for c in checks:
+                if c.kind == "rate":
+                    per = c.span_ms / c.limit
+                    tat = max(self._tat.get(c.key, now), now)
+                    out.append((math.ceil((tat - now) / per), _ceil(tat - now)))
+                elif c.kind == "quota":
+                    used, expires = self._used.get(c.key, (0, 0.0))
+                    out.append((used if expires > now else 0, c.span_ms))
+                else:
+                    held = self._inflight.get(c.key, {})
+                    out.append((sum(1 for until in held.values() if until > now), 0))
+            return out
+
     async def settle(
         self, checks: Sequence[Check], deltas: Sequence[int], request_id: str, ctx: Context | None
     ) -> None:

@@ -195,6 +195,39 @@ return 1
 )
 
 
+PEEK = (
+    PERIODS
+    + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i = 1, #KEYS do
+  local b = 1 + (i - 1) * 5
+  local kind = ARGV[b + 1]
+  local limit = tonumber(ARGV[b + 2])
+  local span = tonumber(ARGV[b + 3])
+  local used, reset = 0, 0
+  if kind == 'rate' then
+    local per = span / limit
+    local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+    if tat < now then tat = now end
+    used = math.ceil((tat - now) / per)
+    reset = math.ceil(tat - now)
+  elseif kind == 'quota' then
+    local field, left = period(ARGV[b + 5], now)
+    used = tonumber(redis.call('HGET', KEYS[i], field) or 0)
+    reset = left
+  else
+    used = redis.call('ZCOUNT', KEYS[i], now, '+inf')
+  end
+  out[#out + 1] = used
+  out[#out + 1] = reset
+end
+return out
+"""
+)
+
+
 def _argv(request_id: str, checks: Sequence[Check], values: Sequence[int]) -> list[Any]:
     argv: list[Any] = [request_id]
     for c, v in zip(checks, values, strict=True):
@@ -207,6 +240,7 @@ class RedisProvider:
 
     def __init__(self) -> None:
         self._scripts: dict[int, tuple[Any, Any]] = {}
+        self._peek: dict[int, Any] = {}
         self._policy_checked = False
 
     async def _check_policy(self, redis: Any) -> None:
@@ -251,6 +285,22 @@ class RedisProvider:
         remaining = [int(v) for v in out[2::2]]
         reset = [int(v) for v in out[3::2]]
         return Decision(refused - 1 if refused else None, int(out[1]), remaining, reset)
+
+    async def peek(self, checks: Sequence[Check], ctx: Context) -> list[tuple[int, int]]:
+        """(used, ms until it resets) of each counter, charging nothing."""
+        from shared.state import run
+
+        keys = [c.key for c in checks]
+        argv = _argv("", checks, [0 for _ in checks])
+
+        async def call(redis: Any) -> list[int]:
+            script = self._peek.get(id(redis))
+            if script is None:
+                script = self._peek[id(redis)] = redis.register_script(PEEK)
+            return list(await script(keys=keys, args=argv))
+
+        out = await run("limits", ctx, call)
+        return [(int(out[i]), int(out[i + 1])) for i in range(0, len(out), 2)]
 
     async def settle(
         self, checks: Sequence[Check], deltas: Sequence[int], request_id: str, ctx: Context | None

@@ -621,6 +621,13 @@ def record_limit(ctx: Context | None, outcome: str) -> None:
         t.record(N.LIMIT_REFUSALS, 1, {**_attrs_of(ctx), "infer.limit": outcome})
 
 
+def record_cost(ctx: Context | None, backend: str, cost: float) -> None:
+    """What one answer cost (``infer.cost``, by caller, model and backend)."""
+    t = _get()
+    if t is not None:
+        t.record(N.COST, cost, {**_attrs_of(ctx), "infer.backend": backend})
+
+
 def record_backlog(backends: Iterable[str], waiting: Callable[[str], int]) -> None:
     """Requests of this instance waiting for a slot, per backend (``shared.capacity``)."""
     t = _get()

@@ -131,6 +131,13 @@ PROBE_TTFT = Metric(
     "Scheduled probe per backend: time to the first content chunk of a one-token chat",
     TTFT_BUCKETS,
 )
+COST = Metric(
+    "infer.cost",
+    "counter",
+    "{currency}",
+    "What answers cost: the serving backend's price x the usage it reported (by caller, "
+    "model and backend)",
+)
 BACKLOG = Metric(
     "infer.backend.backlog",
     "gauge",
@@ -168,4 +175,5 @@ ALL: tuple[Metric, ...] = (
     PROBE_TTFT,
     BACKLOG,
     QUOTA_HEADROOM,
+    COST,
 )

@@ -23,6 +23,7 @@ HTTP_ROUTES = {
     ("POST", "/v1/completions"): "CompletionsFunction",
     ("POST", "/v1/embeddings"): "EmbeddingsFunction",
     ("GET", "/v1/models"): "ModelsFunction",
+    ("GET", "/v1/usage"): "ModelsFunction",
     ("GET", "/healthz"): "HealthFunction",
     ("GET", "/readyz"): "HealthFunction",
     ("POST", "/v1/jobs"): "JobsFunction",

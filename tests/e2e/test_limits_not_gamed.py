@@ -137,3 +137,51 @@ def test_reasoning_streams_without_usage_are_charged_the_endpoints_usage(
         body = {"model": "local-model", "messages": PROMPT, "max_tokens": 300}
         again = client.post(f"{pair[0].url}/api/v1/chat/completions", json=body)
     assert again.status_code == 429
+
+
+def test_a_budget_in_money_holds_across_hosts_and_usage_reports_it(
+    gpusim_factory: Callable[..., Gpusim], redis_url: str
+) -> None:
+    """Output priced at 0.01 a token, cost_quota 5 a day: 20 concurrent requests of 100
+    tokens generate at most 600, and GET /v1/usage reports between 4 and 6 spent."""
+    sim = gpusim_factory(min_output_tokens=100, max_output_tokens=100, itl_ms=1)
+    backends = [{"name": "gpu", "kind": "openai", "base_url": sim.v1, "models": ["local-model"],
+                 "price": {"input_per_1m": 0, "output_per_1m": 10000}}]  # fmt: skip
+    env = {
+        "INFER_BACKENDS": json.dumps(backends),
+        "INFER_LIMITS": json.dumps([{"caller": "*", "cost_quota": 5, "quota_period": "day"}]),
+        "INFER_STATE_URL": redis_url,
+        "INFER_STATE_TIMEOUT_S": "5",
+        "INFER_MAX_RETRIES": "0",
+    }
+    pair: list[DevhostProcess] = []
+    try:
+        for i in range(2):
+            port = free_port()
+            argv = [PYTHON, "-m", "tools.devhost", "--port", str(port), "--app-dir", str(ROOT),
+                    "--no-queues", "--no-blobs", "--no-timers"]  # fmt: skip
+            pair.append(DevhostProcess(argv, port, ready_path="/api/healthz", env=env,
+                                       name=f"devhost-cost-{i}").start())  # fmt: skip
+        before = generated(sim)
+
+        def send(client: httpx.Client, url: str) -> int:
+            body = {"model": "local-model", "messages": PROMPT, "max_tokens": 100}
+            return client.post(f"{url}/api/v1/chat/completions", json=body).status_code
+
+        codes = _fan_out(pair, 20, send)
+        made = generated(sim) - before
+        assert made <= 600, (made, codes)
+        refused = [c for c in codes if c != 200]
+        assert refused and set(refused) == {429}
+        usage = httpx.get(f"{pair[1].url}/api/v1/usage", timeout=10).json()
+        (rule,) = usage["limits"]
+        spent = rule["cost_quota"]["spent"]
+        assert 4 <= spent <= 6, usage
+        assert rule["cost_quota"]["limit"] == 5 and rule["cost_quota"]["period"] == "day"
+        assert spent == codes.count(200) * 1.0  # 100 output tokens at 0.01 each, exactly
+        body = {"model": "local-model", "messages": PROMPT, "max_tokens": 100}
+        over = httpx.post(f"{pair[0].url}/api/v1/chat/completions", json=body, timeout=10)
+        assert over.status_code == 429 and over.json()["error"]["code"] == "insufficient_quota"
+    finally:
+        for h in pair:
+            h.stop()
