@@ -308,7 +308,9 @@ class ShardRunner:
                 tokens if isinstance(tokens, int) else 1,
             )
             self._observe_router()
-            self._results[line.start] = L.success(self.run.run_id, line, req, body, ctx.request_id)
+            self._results[line.start] = L.success(
+                self.run.run_id, line, req, body, ctx.request_id, ctx.cost
+            )
             return
 
     def _task_done(self, held: list[bool], task: asyncio.Task[None]) -> None:
@@ -375,6 +377,9 @@ class ShardRunner:
                     for k in USAGE_KEYS:
                         usage[k] = usage.get(k, 0) + o.usage.get(k, 0)
                 ckpt["usage"] = usage
+                cost = sum(o.usage.get("cost_micro", 0) for o in outcomes)
+                if cost:
+                    ckpt["cost_micro"] = int(ckpt.get("cost_micro", 0)) + cost
             if final:
                 ckpt["done"] = True
             try:

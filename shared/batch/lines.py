@@ -117,7 +117,12 @@ class Outcome:
 
 
 def success(
-    run_id: str, line: Line, req: Request, body: dict[str, Any], request_id: str
+    run_id: str,
+    line: Line,
+    req: Request,
+    body: dict[str, Any],
+    request_id: str,
+    cost: float | None = None,
 ) -> Outcome:
     out = {
         "id": line_id(run_id, line.start),
@@ -132,6 +137,10 @@ def success(
         for k in ("prompt_tokens", "completion_tokens", "total_tokens")
         if isinstance(usage.get(k), int)
     }
+    if cost:  # what the line cost, in micro-units (summed into the batch's status)
+        from shared.pricing import micro
+
+        counts["cost_micro"] = micro(cost)
     return Outcome(line.start, line.end, _dump(out), True, True, counts)
 
 

@@ -40,6 +40,7 @@ from shared.blocking import run_blocking
 from shared.context import Context
 from shared.errors import ConfigError, InvalidRequest
 from shared.lifecycle import Singleton
+from shared.pricing import MICRO
 from shared.service import Service, get_service
 from shared.storage import ObjectNotFound
 
@@ -236,6 +237,7 @@ class Batch:
             "status": "in_progress",
             "request_counts": {"total": 0, "completed": 0, "failed": 0},
             "usage": dict.fromkeys(USAGE_KEYS, 0),
+            "cost": 0.0,
             "progress": {"bytes_done": 0, "bytes_total": run.size},
             "created_at": t,
             "started_at": t,
@@ -251,10 +253,12 @@ class Batch:
         failed = sum(int(c["failed"]) for c in ckpts)
         usage = {k: sum(int(c["usage"].get(k, 0)) for c in ckpts) for k in USAGE_KEYS}
         done = sum(int(c["next"]) - int(c["start"]) for c in ckpts)
+        cost = sum(int(c.get("cost_micro", 0)) for c in ckpts)
         return {
             "request_counts": {"total": completed + failed, "completed": completed,
                                "failed": failed},
             "usage": usage,
+            "cost": round(cost / MICRO, 6),
             "done_bytes": done,
         }  # fmt: skip
 
@@ -265,6 +269,7 @@ class Batch:
             {
                 "request_counts": totals["request_counts"],
                 "usage": totals["usage"],
+                "cost": totals["cost"],
                 "progress": {"bytes_done": totals["done_bytes"], "bytes_total": run.size},
             },
         )
@@ -288,6 +293,7 @@ class Batch:
                 "status": "completed",
                 "request_counts": totals["request_counts"],
                 "usage": totals["usage"],
+                "cost": totals["cost"],
                 "progress": {"bytes_done": run.size, "bytes_total": run.size},
                 "completed_at": t,
             },

@@ -60,6 +60,8 @@ class JobRecord(BaseModel):
     attempts: int = 0
     created_at: int
     completed_at: int | None = None
+    #: What the answer cost (the serving backend's ``price`` x usage); None: unpriced.
+    cost: float | None = None
     # internal
     url: str | None = None
     request_hash: str | None = None
@@ -84,6 +86,7 @@ class JobRecord(BaseModel):
             "attempts": self.attempts,
             "created_at": self.created_at,
             "completed_at": self.completed_at,
+            **({"cost": self.cost} if self.cost is not None else {}),
         }
 
     def dumps(self) -> bytes:

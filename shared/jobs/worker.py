@@ -409,8 +409,9 @@ class Worker:
             raise
         claim = self._settle_tries(claim, ctx)
         response = {"status_code": 200, "request_id": job_id, "body": body}
+        cost = None if ctx.cost is None else round(ctx.cost, 6)
         record, wrote = await self._write_final(
-            claim, {"status": "succeeded", "response": response, "error": None}
+            claim, {"status": "succeeded", "response": response, "error": None, "cost": cost}
         )
         if wrote:
             await self._callback(line, record, ctx)

@@ -277,3 +277,25 @@ async def test_model_names_are_bounded_and_unknown_models_touch_no_counter(
         assert unknown.status_code == 404 and "x-ratelimit-limit-requests" not in unknown.headers
         ok = await c.post("/v1/chat/completions", json=MSG)
         assert ok.headers["x-ratelimit-remaining-requests"] == "4"
+
+
+async def test_a_batchs_status_carries_what_it_cost(
+    fake_endpoint: Callable[[Handler], None], clean_env: pytest.MonkeyPatch, memory_stores: Any
+) -> None:
+    from shared.batch.config import BatchSettings
+    from shared.batch.runner import Batch
+    from shared.service import get_service
+    from tests.fixtures.batch import make_input
+
+    backend = {"name": "local", "kind": "openai", "base_url": "http://127.0.0.1:8081/v1",
+               "price": {"input_per_1m": 0, "output_per_1m": 500_000}}  # fmt: skip
+    clean_env.setenv("INFER_BACKENDS", json.dumps([backend]))
+    reset_all()
+    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    data, good, _ = make_input(10)
+    memory_stores.inp.put("priced.jsonl", data, content_type="application/jsonl")
+    settings = BatchSettings(checkpoint_s=0.05, status_s=0.05, handoff_margin_s=0.2)
+    b = Batch(stores=memory_stores, service=get_service(), send=lambda m: None, settings=settings)
+    assert "completed" in await b.start("batch-in/priced.jsonl", Context.with_timeout(30))
+    status = json.loads(memory_stores.out.get("priced.status.json").data)
+    assert status["cost"] == len(good) * 0.5  # one completion token at 0.5 each line

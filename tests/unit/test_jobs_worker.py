@@ -308,3 +308,20 @@ async def test_the_try_that_spends_the_budget_fails_the_job_before_its_last_deli
     assert rec.status == "failed" and rec.tries == 25 and rec.lease is None
     assert rec.error is not None and rec.error["code"] == "backend_error"
     assert len(calls) == 1
+
+
+async def test_a_priced_backend_writes_the_jobs_cost(
+    job_env: Path, fake_endpoint: Callable[[Handler], None], clean_env: pytest.MonkeyPatch
+) -> None:
+    from shared.lifecycle import reset_all
+
+    backend = {"name": "local", "kind": "openai", "base_url": "http://127.0.0.1:8081/v1",
+               "price": {"input_per_1m": 1_000_000, "output_per_1m": 2_000_000}}  # fmt: skip
+    clean_env.setenv("INFER_BACKENDS", json.dumps([backend]))
+    reset_all()
+    fake_endpoint(Endpoint())
+    out = await process_message(message(), FIRST, ctx())
+    assert out.status == "succeeded"
+    # usage 3 prompt + 1 completion tokens at 1 and 2 a token
+    assert record("job-1").cost == 5.0
+    assert record("job-1").public()["cost"] == 5.0
