@@ -3,6 +3,7 @@
     infer batch submit FILE [--name NAME] [--watch]
     infer batch status NAME
     infer batch fetch NAME [-o DIR]
+    infer cost estimate --requests N [--prompt-tokens P --output-tokens O ...]
 
 Storage: Azure by default (``--connection-string``, else ``AzureWebJobsStorage`` from the
 environment, else from ./local.settings.json: Azurite under ``make run``), or
@@ -236,6 +237,9 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("-o", "--output", default=".", help="directory (default .)")
     storage(f)
     f.set_defaults(fn=cmd_fetch)
+    from tools.cli.cost import add_parser as cost_parser
+
+    cost_parser(sub)
     return p
 
 
