@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 import uuid
 from typing import Any
@@ -75,6 +76,20 @@ def _store_down(exc: Exception, request_id: str | None) -> Response:
     log.error("job store unavailable request_id=%s: %s", request_id, type(exc).__name__)
     err = StoreUnavailable("the job store is unavailable; try again", retry_after=1.0)
     return error_response(err, request_id)
+
+
+#: How long a submitted job holds one of its caller's ``max_queued_jobs`` if nothing frees
+#: it (a worker that died without writing the job's end).
+QUEUED_JOB_HOLD_S = 24 * 3600.0
+
+
+def _limiter() -> Any:
+    """The limiter when ``INFER_LIMITS`` is set (else None, importing nothing)."""
+    if not os.environ.get("INFER_LIMITS", "").strip():
+        return None
+    from shared.limits import get_limiter
+
+    return get_limiter()
 
 
 def _json(data: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
@@ -144,6 +159,9 @@ async def submit(
     headers = {"location": location, "x-request-id": ctx.request_id}
     jobs = get_job_store()
     record = JobRecord.new(line, job_id, caller=caller)
+    limiter = _limiter()
+    if limiter is not None:  # the caller's submission rate and its jobs queued (429)
+        await limiter.admit_job(caller, job_id, ctx, QUEUED_JOB_HOLD_S)
     try:
         stored = await jobs.acreate(record)
     except PreconditionFailed:
@@ -168,6 +186,8 @@ async def submit(
     except Exception as exc:
         log.error("job %s: enqueue failed: %s", job_id, exc)
         await run_blocking(jobs.delete, job_id)
+        if limiter is not None:
+            await limiter.job_done(caller, job_id)
         raise QueueUnavailable("the job could not be queued; try again") from exc
     return _json({"id": job_id, "status": "queued"}, 202, headers)
 

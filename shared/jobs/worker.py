@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import time
 import uuid
@@ -185,11 +186,13 @@ class Worker:
             )
             try:
                 await self.jobs.areplace(record, current.etag)
+                await _job_done(record)
                 return record, True
             except PreconditionFailed:
                 found = await self.jobs.aget(record.id)
                 if found is None:
                     created = await self.jobs.acreate(record)
+                    await _job_done(created.record)
                     return created.record, True
                 if found.record.terminal:
                     return found.record, False
@@ -212,6 +215,7 @@ class Worker:
 
         written = await self._write_over(line, job_id, build)
         if isinstance(written, Versioned):
+            await _job_done(written.record)
             return written.record, True
         if "found" in final:
             return final["found"], False
@@ -489,6 +493,20 @@ class Worker:
                 timeout_s=self.settings.callback_timeout_s,
                 allow=self.settings.callback_policy(),
             )
+
+
+async def _job_done(record: JobRecord) -> None:
+    """A job ended: its caller's ``max_queued_jobs`` slot is freed (limits configured)."""
+    if not record.caller or not os.environ.get("INFER_LIMITS", "").strip():
+        return
+    from shared.limits import get_limiter
+
+    limiter = get_limiter()
+    if limiter is not None:
+        try:
+            await limiter.job_done(record.caller, record.id)
+        except Exception:  # the slot expires on its own (QUEUED_JOB_HOLD_S)
+            log.exception("job %s: its queued slot was not freed", record.id)
 
 
 def _throttled(err: InferenceError) -> bool:

@@ -64,7 +64,7 @@ class Check:
     limit: int
     span_ms: int  # rate: window; quota: until the period ends; parallel: hold (deadline)
     cost: int
-    metric: str  # "requests" | "tokens" | "quota" | "cost" | "parallel"
+    metric: str  # "requests" | "tokens" | "quota" | "cost" | "parallel" | "jobs"
     #: quota: "hour" | "day" | "month": the Redis script reads the period from the server's
     #: clock (``span_ms`` and the key's period are this instance's view, for memory).
     period: str = ""
@@ -392,6 +392,64 @@ class Limiter:
         return Admission(self, checks, slot_id, estimate, headers, provider=provider,
                          reserved_cost=cost)  # fmt: skip
 
+    def _job_checks(self, caller: str, job_id_hold_ms: int) -> list[Check]:
+        from shared.state import key as state_key
+
+        out: list[Check] = []
+        for rule in self.applicable(caller, ""):
+            if rule.model not in (None, "*"):
+                continue
+            base = f"{{{caller}}}:{rule.rule_id}"
+            if rule.rpm:
+                k = state_key("lim", base, "jobs", "rpm")
+                out.append(Check("rate", k, rule.rpm, int(rule.window_s * 1000), 1, "requests"))
+            if rule.max_queued_jobs:
+                k = state_key("lim", base, "jobs", "queued")
+                out.append(Check("parallel", k, rule.max_queued_jobs, job_id_hold_ms, 1,
+                                 "jobs"))  # fmt: skip
+        return out
+
+    async def admit_job(self, caller: str, job_id: str, ctx: Context, hold_s: float) -> None:
+        """A job submission: the caller's request rate (its own counter: the job's model
+        call is charged again when it runs) and its jobs queued or running. Refused: 429."""
+        from shared.state import StateUnavailable
+
+        checks = self._job_checks(caller, int(hold_s * 1000))
+        if not checks:
+            return
+        try:
+            decision = await self.provider.acquire(checks, job_id, ctx)
+        except StateUnavailable:
+            if self.on_state_down == "open":
+                return
+            decision = await self.local().acquire(checks, job_id, ctx)
+        if decision.refused is None:
+            return
+        refused = checks[decision.refused]
+        retry_ms = max(1, decision.retry_ms)
+        what = "jobs queued" if refused.metric == "jobs" else "job submissions"
+        raise CallerRateLimited(
+            f"Rate limit reached ({what}: limit {refused.limit}). Please try again in "
+            f"{format_duration(retry_ms)}.",
+            retry_ms=retry_ms,
+            headers={},
+        )
+
+    async def job_done(self, caller: str, job_id: str) -> None:
+        """A job reached its end (or was never queued): its queued slot is freed."""
+        from shared.state import StateUnavailable
+
+        checks = [c for c in self._job_checks(caller, 0) if c.kind == "parallel"]
+        if not checks:
+            return
+        for provider in (self.provider, self._local):
+            if provider is None:
+                continue
+            try:
+                await provider.settle(checks, [0] * len(checks), job_id, None)
+            except StateUnavailable:
+                self._unsettled.append((checks, [0] * len(checks), job_id))
+
     async def usage(self, caller: str, model: str | None, ctx: Context) -> list[dict[str, Any]]:
         """Each rule that applies to ``caller`` (for ``model`` when one is given): its
         counters now, what is used and what remains, charging nothing."""
@@ -409,7 +467,8 @@ class Limiter:
             entry: dict[str, Any] = {"rule": rule.model_dump(exclude_none=True)}
             for check, (used, reset_ms) in zip(checks, seen, strict=True):
                 name = {"requests": "rpm", "tokens": "tpm", "quota": "token_quota",
-                        "cost": "cost_quota", "parallel": "max_parallel"}[check.metric]  # fmt: skip
+                        "cost": "cost_quota", "parallel": "max_parallel",
+                        "jobs": "max_queued_jobs"}[check.metric]  # fmt: skip
                 if check.metric == "cost":
                     entry[name] = {"limit": check.limit / MICRO, "spent": round(used / MICRO, 6),
                                    "remaining": round(max(0, check.limit - used) / MICRO, 6),

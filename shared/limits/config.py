@@ -11,8 +11,10 @@ A JSON list of rules ``{"caller": id | "*", "model"?: name | "*", "rpm"?, "tpm"?
   model its own counter.
 - ``rpm`` / ``tpm``: requests / tokens per ``window_s`` seconds (60 by default, so per
   minute), replenished continuously (a token bucket: GCRA). ``max_parallel``: requests in
-  flight. ``token_quota`` (tokens) and ``cost_quota`` (money, in the backends' ``price``
-currency) per ``quota_period`` (calendar hour/day/month, UTC).
+  flight. ``max_queued_jobs``: jobs (``POST /v1/jobs``) queued or running at once; a job
+  submission is also charged the rule's ``rpm`` (its own counter). ``token_quota``
+  (tokens) and ``cost_quota`` (money, in the backends' ``price`` currency) per
+  ``quota_period`` (calendar hour/day/month, UTC).
 """
 
 from __future__ import annotations
@@ -43,13 +45,17 @@ class LimitRule(BaseModel):
     #: case at admission, settled to the real cost; over it: 429 ``insufficient_quota``.
     cost_quota: float | None = Field(default=None, gt=0)
     quota_period: QuotaPeriod | None = None
+    #: Jobs (``POST /v1/jobs``) a caller may have queued or running at once.
+    max_queued_jobs: int | None = Field(default=None, ge=1)
     window_s: float = Field(default=60.0, gt=0, le=86400)
 
     @model_validator(mode="after")
     def _something(self) -> LimitRule:
-        if not any((self.rpm, self.tpm, self.max_parallel, self.token_quota, self.cost_quota)):
+        if not any((self.rpm, self.tpm, self.max_parallel, self.token_quota, self.cost_quota,
+                    self.max_queued_jobs)):  # fmt: skip
             raise ValueError(
-                "a rule needs at least one of rpm, tpm, max_parallel, token_quota, cost_quota"
+                "a rule needs at least one of rpm, tpm, max_parallel, token_quota, cost_quota, "
+                "max_queued_jobs"
             )
         if self.quota_period is not None and not (self.token_quota or self.cost_quota):
             raise ValueError("quota_period needs token_quota or cost_quota")

@@ -188,3 +188,28 @@ def test_blueprint_bindings_match_the_design() -> None:
     assert trigger["type"] == "queueTrigger" and trigger["queueName"] == "inference-requests"
     assert trigger["connection"] == "AzureWebJobsStorage"
     assert app is not None
+
+
+async def test_job_submissions_are_admitted_against_rate_and_jobs_queued(
+    api: httpx.AsyncClient, clean_env: pytest.MonkeyPatch
+) -> None:
+    from shared.lifecycle import reset_all
+
+    clean_env.setenv("INFER_LIMITS", json.dumps([{"caller": "*", "max_queued_jobs": 2}]))
+    reset_all()
+    first = await api.post("/v1/jobs", json=LINE)
+    second = await api.post("/v1/jobs", json=LINE)
+    assert (first.status_code, second.status_code) == (202, 202)
+    third = await api.post("/v1/jobs", json=LINE)
+    assert third.status_code == 429 and "jobs queued" in third.json()["error"]["message"]
+    assert await drain_and_run()  # the two run and end: their slots are freed
+    assert (await api.post("/v1/jobs", json=LINE)).status_code == 202
+    # a repeated Idempotency-Key is the same job: it takes no second slot
+    same = {"Idempotency-Key": "k-1"}
+    assert (await api.post("/v1/jobs", json=LINE, headers=same)).status_code == 202
+    assert (await api.post("/v1/jobs", json=LINE, headers=same)).status_code == 200
+
+    clean_env.setenv("INFER_LIMITS", json.dumps([{"caller": "*", "rpm": 2, "window_s": 3600}]))
+    reset_all()
+    codes = [(await api.post("/v1/jobs", json=LINE)).status_code for _ in range(3)]
+    assert codes == [202, 202, 429]
