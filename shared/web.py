@@ -23,6 +23,7 @@ from shared.context import Context
 from shared.errors import (
     AtCapacity,
     AuthenticationFailed,
+    ConfigError,
     InferenceError,
     InvalidRequest,
     PayloadTooLarge,
@@ -42,7 +43,20 @@ log = logging.getLogger("shared.web")
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-def error_response(err: InferenceError, request_id: str | None = None) -> Response:
+def error_response(
+    err: InferenceError, request_id: str | None = None, ctx: Context | None = None
+) -> Response:
+    """OpenAI's error envelope. A configuration error is logged with its detail (the setting
+    and field at fault) and told only to a caller the app authenticated: the others learn
+    that the service is misconfigured, not how."""
+    if isinstance(err, ConfigError):
+        log.error("configuration error request_id=%s: %s", request_id, err.message)
+        caller = ctx.caller if ctx is not None else None
+        if not caller or caller == "anonymous":
+            err = ConfigError(
+                "the service is misconfigured; its log names the setting "
+                f"(request_id {request_id or '-'})"
+            )
     headers = err.headers()
     if request_id:
         headers["x-request-id"] = request_id
@@ -146,7 +160,7 @@ async def openai_endpoint(request: Request, op: Operation) -> Response:
         return Response(result.content, media_type="application/json", headers=_rid(ctx))
     except InferenceError as err:
         await flush(ctx)
-        return error_response(err, ctx.request_id if ctx else None)
+        return error_response(err, ctx.request_id if ctx else None, ctx)
     except Exception as exc:
         await flush(ctx)
         return internal_error(exc, ctx.request_id if ctx else None)
@@ -182,7 +196,7 @@ async def usage_endpoint(request: Request) -> Response:
     ctx: Context | None = None
     try:
         ctx = request_context(request)
-        caller = await authenticate_caller(request, ctx)
+        caller = ctx.caller = await authenticate_caller(request, ctx)
         model = request.query_params.get("model")
         if model is not None and not (0 < len(model) <= 256 and model.isprintable()):
             raise InvalidRequest("model: 1-256 printable characters", param="model")
@@ -197,20 +211,21 @@ async def usage_endpoint(request: Request) -> Response:
         return Response(json.dumps(body).encode(), media_type="application/json",
                         headers=_rid(ctx))  # fmt: skip
     except InferenceError as err:
-        return error_response(err, ctx.request_id if ctx else None)
+        return error_response(err, ctx.request_id if ctx else None, ctx)
     except Exception as exc:
         return internal_error(exc, ctx.request_id if ctx else None)
 
 
 async def models_endpoint(request: Request) -> Response:
     """GET /v1/models: the models this deployment routes."""
+    ctx: Context | None = None
     try:
         ctx = request_context(request)
-        await authenticate_caller(request, ctx)
+        ctx.caller = await authenticate_caller(request, ctx)
         data = await get_service().models(ctx)
         return Response(json.dumps(data).encode(), media_type="application/json")
     except InferenceError as err:
-        return error_response(err)
+        return error_response(err, ctx.request_id if ctx else None, ctx)
     except Exception as exc:
         return internal_error(exc)
 

@@ -123,7 +123,7 @@ async def create_job_endpoint(request: Request) -> Response:
     ctx: Context | None = None
     try:
         ctx = request_context(request)
-        caller = await authenticate_caller(request, ctx)
+        caller = ctx.caller = await authenticate_caller(request, ctx)
         service = get_service()
         raw = await read_body(request, service.settings.max_body_bytes)
         try:
@@ -142,7 +142,7 @@ async def create_job_endpoint(request: Request) -> Response:
         base = request.url.path.rstrip("/")
         return await submit(line, caller, ctx, base, request.headers.get("idempotency-key"))
     except InferenceError as err:
-        return error_response(err, ctx.request_id if ctx else None)
+        return error_response(err, ctx.request_id if ctx else None, ctx)
     except Exception as exc:
         if _is_storage_failure(exc):
             return _store_down(exc, ctx.request_id if ctx else None)

@@ -271,13 +271,20 @@ async def test_semantic_mode_without_embeddings_falls_back_to_the_exact_key(
         assert sim_calls(gpusim) == 1
 
 
-async def test_invalid_cache_setting_names_the_field(
-    cached_app: Callable[..., httpx.AsyncClient],
+async def test_invalid_cache_setting_names_the_field_to_callers_the_app_knows_only(
+    cached_app: Callable[..., httpx.AsyncClient], caplog: pytest.LogCaptureFixture
 ) -> None:
     async with cached_app({"mode": "semantic"}) as client:
-        r = await chat(client)
+        with caplog.at_level("ERROR", logger="shared.web"):
+            r = await chat(client)  # with a configured key: an authenticated caller
         assert r.status_code == 500
         assert "INFER_CACHE" in r.json()["error"]["message"]
+        assert "INFER_CACHE" in caplog.text
+        stranger = await client.post(
+            "/v1/chat/completions", json={"model": "m", "messages": []},
+            headers={"authorization": "Bearer not-a-key"},
+        )  # fmt: skip
+        assert stranger.status_code == 401  # refused before any setting is read
 
 
 async def test_semantic_index_is_created_again_after_redis_lost_it(

@@ -161,3 +161,22 @@ async def test_azure_bad_input_and_health(fake_endpoint: Callable[[Handler], Non
     assert status == 200
     status, _, content = await call_azure("models", "GET", "/api/v1/models")
     assert json.loads(content)["data"][0]["id"] == "local-model"
+
+
+async def test_a_configuration_error_is_not_told_to_an_anonymous_caller(
+    clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from functions.chat.app import app
+    from shared.lifecycle import reset_all
+
+    clean_env.setenv("INFER_BACKENDS", '[{"name": "b", "kind": "openai"}]')  # no base_url
+    reset_all()
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://fn") as c:
+        with caplog.at_level("ERROR", logger="shared.web"):
+            body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+            r = await c.post("/v1/chat/completions", json=body)
+    assert r.status_code == 500 and r.json()["error"]["code"] == "configuration_error"
+    assert "INFER_BACKENDS" not in r.text and "base_url" not in r.text
+    assert "INFER_BACKENDS[0]" in caplog.text  # the operator's log names it
+    reset_all()
