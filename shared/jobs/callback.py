@@ -12,22 +12,24 @@ again right before sending, and the POST goes to the checked address
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
-from shared.blocking import run_blocking
 from shared.context import Context
 from shared.jobs.callback_guard import (
+    RESOLVE_TIMEOUT_S,
     CallbackAllow,
     CallbackRefused,
     Resolver,
     Target,
-    check,
+    checked,
     redact,
 )
 
@@ -35,6 +37,28 @@ log = logging.getLogger("shared.jobs.callback")
 
 TRIES = 3
 PAUSE_S = 0.5
+
+
+_clients: dict[int, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
+
+
+@contextlib.asynccontextmanager
+async def _client(
+    transport: httpx.AsyncBaseTransport | None,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """One client per process and event loop, built on the first callback and reused (its
+    connection pool too); a test's own transport gets a client of its own."""
+    if transport is not None:
+        async with httpx.AsyncClient(transport=transport) as own:
+            yield own
+        return
+    loop = asyncio.get_running_loop()
+    found = _clients.get(id(loop))
+    if found is None or found[0] is not loop:
+        for key in [k for k, (lp, _) in _clients.items() if lp.is_closed()]:
+            del _clients[key]
+        found = _clients[id(loop)] = (loop, httpx.AsyncClient())
+    yield found[1]
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -56,7 +80,8 @@ async def send_callback(
     target = Target(url)
     if allow is not None:
         try:
-            target = await run_blocking(check, url, allow, resolver)
+            resolve_s = min(RESOLVE_TIMEOUT_S, max(ctx.remaining(), 0.01))
+            target = await checked(url, allow, resolver, resolve_s)
         except CallbackRefused as exc:
             log.warning("callback to %s refused: %s", redact(url), exc)
             return False
@@ -67,7 +92,7 @@ async def send_callback(
     extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else None
     if secret:
         headers["x-signature-256"] = signature(secret, body)
-    async with httpx.AsyncClient(transport=transport) as client:
+    async with _client(transport) as client:
         for n in range(TRIES):
             left = ctx.remaining()
             if left <= 0.05:

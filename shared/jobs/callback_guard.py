@@ -88,10 +88,54 @@ def _resolve(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_COMPAT = ipaddress.IPv6Network("::/96")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries and reaches: IPv4-mapped, NAT64
+    (``64:ff9b::/96``, ``64:ff9b:1::/48``), 6to4 (``2002::/16``), IPv4-compatible
+    (``::a.b.c.d``) and Teredo (server and client)."""
+    out: list[ipaddress.IPv4Address] = []
+    if address.ipv4_mapped is not None:
+        out.append(address.ipv4_mapped)
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if any(address in net for net in _NAT64):
+        out.append(low32)
+    if address.sixtofour is not None:
+        out.append(address.sixtofour)
+    if address in _COMPAT and int(address) > 1:  # not :: nor ::1
+        out.append(low32)
+    if address.teredo is not None:
+        out.extend(address.teredo)
+    return out
+
+
 def _public(address: Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return _public(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = embedded_ipv4(address)
+        if inner:  # reachable through it: every embedded address must be public too
+            return all(_public(v4) for v4 in inner)
     return address.is_global and not address.is_multicast
+
+
+#: The longest a callback host may take to resolve (a slow resolver is a refusal).
+RESOLVE_TIMEOUT_S = 2.0
+
+
+async def checked(
+    url: str, allow: CallbackAllow, resolver: Resolver | None = None, timeout_s: float = 2.0
+) -> Target:
+    """:func:`check` off the event loop, its resolution bounded by ``timeout_s``."""
+    import asyncio
+
+    from shared.blocking import run_blocking
+
+    try:
+        async with asyncio.timeout(max(timeout_s, 0.01)):
+            return await run_blocking(check, url, allow, resolver)
+    except TimeoutError:
+        raise CallbackRefused(f"callback_url host did not resolve within {timeout_s:g}s") from None
 
 
 def check(url: str, allow: CallbackAllow, resolver: Resolver | None = None) -> Target:

@@ -109,11 +109,11 @@ def _send(message: dict[str, Any]) -> None:
 
 async def _check_callback(url: str) -> None:
     """Refuse a callback URL that resolves to a non-public address (400, names the field)."""
-    from shared.jobs.callback_guard import CallbackRefused, check
+    from shared.jobs.callback_guard import RESOLVE_TIMEOUT_S, CallbackRefused, checked
     from shared.jobs.config import get_job_settings
 
     try:
-        await run_blocking(check, url, get_job_settings().callback_policy())
+        await checked(url, get_job_settings().callback_policy(), None, RESOLVE_TIMEOUT_S)
     except CallbackRefused as exc:
         raise InvalidRequest(str(exc), param="callback_url") from None
 

@@ -16,7 +16,7 @@ import pytest
 
 from shared.context import Context
 from shared.jobs.callback import send_callback
-from shared.jobs.callback_guard import CallbackAllow, CallbackRefused, check, redact
+from shared.jobs.callback_guard import CallbackAllow, CallbackRefused, check, checked, redact
 from shared.storage.queues import get_queue
 from tests.fixtures.core import Handler, chat_answer
 from tests.fixtures.procs import free_port
@@ -177,3 +177,38 @@ async def test_loopback_callback_allowed_by_setting_is_delivered(
         assert json.loads(text)["callback_url"] == hook
         await process_message(text, Attempt(1, 5), Context.with_timeout(10))
     assert receiver.hosts == [f"127.0.0.1:{receiver.port}"]
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254 (instance metadata)
+        "64:ff9b:1::a00:1",  # local-use NAT64 of 10.0.0.1
+        "2002:a00:1::1",  # 6to4 of 10.0.0.1
+        "::7f00:1",  # IPv4-compatible 127.0.0.1
+        "::ffff:192.168.0.1",  # IPv4-mapped
+    ],
+)
+def test_ipv4_embedded_in_ipv6_is_judged_by_the_ipv4(address: str) -> None:
+    with pytest.raises(CallbackRefused):
+        check(f"http://[{address}]/hook", CallbackAllow.parse(""))
+    with pytest.raises(CallbackRefused):  # also when a name resolves to it
+        check("http://hook.example/x", CallbackAllow.parse(""), lambda h, p: [address])
+
+
+def test_a_public_ipv4_behind_nat64_is_allowed() -> None:
+    check("http://[64:ff9b::808:808]/hook", CallbackAllow.parse(""))  # 8.8.8.8
+
+
+async def test_resolution_is_bounded_in_time() -> None:
+    import time
+
+    def slow(host: str, port: int) -> list[str]:
+        time.sleep(1.0)
+        return ["93.184.216.34"]
+
+    started = time.monotonic()
+    with pytest.raises(CallbackRefused, match="did not resolve within"):
+        await checked("http://slow.example/x", CallbackAllow.parse(""), slow, 0.2)
+    assert time.monotonic() - started < 0.6
