@@ -248,8 +248,14 @@ def _content_of(payload: dict[str, Any]) -> Any:
     return None
 
 
-def _redacted_json(value: Any, redactor: Redactor) -> str:
-    return redactor(json.dumps(value, ensure_ascii=False))
+#: Captured content kept per span event (characters, after redaction).
+CAPTURE_LIMIT = 16384
+
+
+def _redacted_json(value: Any, redactor: Redactor, limit: int = CAPTURE_LIMIT) -> str:
+    """``value`` as JSON, truncated to ``limit`` and redacted (truncated first: redaction
+    never scans a megabyte prompt)."""
+    return redactor(json.dumps(value, ensure_ascii=False), limit)
 
 
 # -- one request -------------------------------------------------------------------------
@@ -769,5 +775,5 @@ def log_request(
     }
     redactor = capture()
     if redactor is not None and payload is not None:
-        record["prompt"] = _redacted_json(_content_of(payload), redactor)[:2000]
+        record["prompt"] = _redacted_json(_content_of(payload), redactor, 2000)
     logger.log(level, json.dumps(_clean(record), ensure_ascii=False, default=str))

@@ -166,3 +166,23 @@ def test_a_caller_chosen_model_never_becomes_an_emf_dimension(
     models = {json.loads(line)["model"] for line in out.getvalue().splitlines()}
     assert models == {"llama", "other", "served-one"}
     reset_all()
+
+
+def test_redaction_is_linear_and_runs_after_truncating() -> None:
+    import time
+
+    from shared.telemetry.redact import Redactor
+
+    redact = Redactor()
+    # text that makes unbounded patterns quadratic: long runs with no match
+    hostile = "a" * 200_000 + "@" + "b" * 200_000 + " token:" + "c" * 200_000
+    started = time.monotonic()
+    redact(hostile, 16384)
+    assert time.monotonic() - started < 0.5
+    # a secret straddling the cut is still masked, not half shown
+    text = "x" * 1990 + " sk-" + "k" * 40
+    out = redact(text, 2000)
+    assert len(out) <= 2000 and "sk-kkk" not in out
+    assert redact("mail me at a.b@example.com, key sk-" + "z" * 20) == (
+        "mail me at [EMAIL], key [REDACTED]"
+    )
