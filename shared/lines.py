@@ -68,6 +68,14 @@ class LineSplitter:
             at = nl
         return out
 
+    def pending_size(self) -> int:
+        """Bytes of the line under way (not yet ended by a newline)."""
+        return sum(len(p) for p in self._pending)
+
+    def drop_pending(self) -> None:
+        """Forget the line under way (a line too long to keep)."""
+        self._pending.clear()
+
     def rest(self, *, keep_ends: bool = False) -> bytes:
         """What came after the last newline (``b""`` when nothing did), and forget it;
         without ``keep_ends`` a trailing ``\\r`` is dropped, as ``lines`` does."""

@@ -16,6 +16,11 @@ class BatchSettings(BaseSettings):
 
     #: Files larger than this are split into shards of about this size (run as queue messages).
     shard_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    #: A longer line is an error line (``line_too_long``), never held whole in memory.
+    max_line_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    #: Results held behind a slow line (finished, waiting for the lines before them to
+    #: commit): dispatch pauses above this many bytes of them, as above the line window.
+    max_held_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     #: How long one invocation may work before it hands the rest off (Azure's functionTimeout
     #: is 10 min on Consumption; Lambda's deadline comes from its context and wins if sooner).
     time_budget_s: float = Field(default=540.0, gt=0)

@@ -79,6 +79,27 @@ def make_limiter(service: Service, settings: BatchSettings) -> AdaptiveLimiter:
     )
 
 
+class _Held(dict[int, L.Outcome]):
+    """Finished lines waiting for the lines before them, and how many bytes they hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __setitem__(self, key: int, value: L.Outcome) -> None:
+        old = self.get(key)
+        if old is not None:
+            self.bytes -= len(old.text)
+        self.bytes += len(value.text)
+        super().__setitem__(key, value)
+
+    def pop(self, key: int, *default: Any) -> Any:
+        value = super().pop(key, *default)
+        if isinstance(value, L.Outcome):
+            self.bytes -= len(value.text)
+        return value
+
+
 def _take(it: Iterator[L.Line], n: int) -> list[L.Line]:
     out = []
     for line in it:
@@ -132,7 +153,7 @@ class ShardRunner:
         self.lost = False
         self.calls = 0
         self._order: list[L.Line] = []
-        self._results: dict[int, L.Outcome] = {}
+        self._results = _Held()
         self._tasks: set[asyncio.Task[None]] = set()
         self._commit_lock = asyncio.Lock()
         self._window = max(2000, 16 * limiter.ceiling)
@@ -147,7 +168,7 @@ class ShardRunner:
         nxt = int(self.ckpt["next"])
         end = self.ckpt.get("end")
         chunks = self.stores.inp.stream(self.run.input_key, max(nxt - 1, 0), self.run.size)
-        return L.split_lines(chunks, nxt, end)
+        return L.split_lines(chunks, nxt, end, self.settings.max_line_bytes)
 
     async def run_unit(self) -> UnitResult:
         committer = asyncio.create_task(self._committer())
@@ -180,7 +201,10 @@ class ShardRunner:
     async def _dispatch(self, batch: list[L.Line]) -> bool:
         """Start every line of ``batch``; ``False`` when time ran out (or the shard was lost)."""
         for line in batch:
-            while len(self._order) >= self._window and not self.lost:
+            while (
+                len(self._order) >= self._window
+                or self._results.bytes >= self.settings.max_held_bytes
+            ) and not self.lost:
                 if time.monotonic() >= self.stop_at:
                     return False
                 await asyncio.sleep(0.02)

@@ -28,6 +28,8 @@ class Line:
     start: int
     end: int
     data: bytes
+    #: Longer than the batch's ``max_line_bytes``: its bytes were not kept (an error line).
+    too_long: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,17 +45,36 @@ class Request:
 LineError = BadLine
 
 
-def split_lines(chunks: Iterable[bytes], start: int, end: int | None) -> Iterator[Line]:
+def split_lines(
+    chunks: Iterable[bytes], start: int, end: int | None, max_line: int | None = None
+) -> Iterator[Line]:
     """Lines that *start* in ``[start, end)`` from ``chunks`` of the file read from ``start``.
 
     When ``start > 0`` the caller reads from ``start - 1``: a line starts at ``start`` only
     when the byte before it is a newline; otherwise the partial line belongs to the previous
     shard and is skipped. The last line may run past ``end`` (it is read to its newline).
+    A line longer than ``max_line`` bytes is not kept in memory: it comes out as
+    ``too_long`` with no data, its offsets exact.
     """
     pos = start - 1 if start > 0 else 0  # file offset of the next line
     skipping = start > 0
     splitter = LineSplitter()
+    long_from: int | None = None  # start of a line too long to keep, being skipped
     for chunk in chunks:
+        if long_from is not None:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                pos += len(chunk)
+                continue
+            pos += nl + 1
+            chunk = chunk[nl + 1 :]
+            if skipping:
+                skipping = False
+            elif end is not None and long_from >= end:
+                return
+            else:
+                yield Line(long_from, pos, b"", too_long=True)
+            long_from = None
         for data in splitter.lines(chunk, keep_ends=True):
             line_start, pos = pos, pos + len(data)
             if skipping:
@@ -61,7 +82,18 @@ def split_lines(chunks: Iterable[bytes], start: int, end: int | None) -> Iterato
                 continue
             if end is not None and line_start >= end:
                 return
+            if max_line is not None and len(data) > max_line:
+                yield Line(line_start, pos, b"", too_long=True)
+                continue
             yield Line(line_start, pos, data)
+        if max_line is not None and splitter.pending_size() > max_line:
+            long_from = pos
+            pos += splitter.pending_size()
+            splitter.drop_pending()
+    if long_from is not None:  # the file ended inside the long line
+        if not skipping and (end is None or long_from < end):
+            yield Line(long_from, pos, b"", too_long=True)
+        return
     data = splitter.rest(keep_ends=True)
     if data and not skipping and (end is None or pos < end):
         yield Line(pos, pos + len(data), data)
@@ -74,6 +106,8 @@ def parse(line: Line, validate: Any) -> Request | None:
     ``custom_id``. ``validate(op, body)`` is the service's body validation (raises
     ``InvalidRequest``).
     """
+    if line.too_long:
+        raise LineError("line_too_long", "the line is longer than INFER_BATCH_MAX_LINE_BYTES")
     text = line.data.strip()
     if not text:
         return None

@@ -262,3 +262,43 @@ async def test_paths_outside_batch_in_are_ignored(
     b = batch(memory_stores, [])
     assert "ignored" in await b.start("batch-in/notes.txt", Context.with_timeout(5))
     assert "ignored" in await b.start("batch-in/missing.jsonl", Context.with_timeout(5))
+
+
+async def test_results_held_behind_a_slow_line_are_bounded_in_bytes(
+    fake_endpoint: Callable[[Any], None], memory_stores: Stores
+) -> None:
+    """The first line is slow; every later one answers at once with a big body. Dispatch
+    pauses once the finished lines waiting behind the slow one hold max_held_bytes."""
+    from shared.batch import engine
+
+    peak: list[int] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        text = json.loads(request.content)["messages"][0]["content"]
+        if text == "slow":
+            await asyncio.sleep(0.5)
+        return httpx.Response(200, json=chat_answer("local-model", "z" * 20_000))
+
+    fake_endpoint(answer)
+    lines = [{"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "local-model",
+                       "messages": [{"role": "user", "content": "slow" if i == 0 else f"q{i}"}]}}
+             for i in range(200)]  # fmt: skip
+    upload(memory_stores, "held", b"".join(json.dumps(x).encode() + b"\n" for x in lines))
+    original = engine._Held.__setitem__
+
+    def watch(self: Any, key: int, value: Any) -> None:
+        original(self, key, value)
+        peak.append(self.bytes)
+
+    engine._Held.__setitem__ = watch  # type: ignore[method-assign]
+    try:
+        b = batch(memory_stores, [], max_held_bytes=200_000, start_concurrency=64,
+                  max_concurrency=64)  # fmt: skip
+        assert "completed" in await b.start("batch-in/held.jsonl", Context.with_timeout(30))
+    finally:
+        engine._Held.__setitem__ = original  # type: ignore[method-assign]
+    out, err = results(memory_stores, "held")
+    assert len(out) == 200 and not err
+    # at most the bound plus what the lines already running when it was reached add
+    assert max(peak) <= 200_000 + 64 * 25_000, max(peak)

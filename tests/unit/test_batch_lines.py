@@ -121,3 +121,36 @@ def test_output_and_error_lines_have_the_openai_batch_shape() -> None:
 def test_validation_errors_come_from_the_service_schema() -> None:
     with pytest.raises(InvalidRequest):
         _validate(Operation.CHAT, {"model": "m"})
+
+
+@pytest.mark.parametrize("trailing_newline", [True, False])
+def test_lines_too_long_are_not_kept_and_shards_still_partition_exactly(
+    trailing_newline: bool,
+) -> None:
+    rng = random.Random(11)
+    rows = [b"y" * rng.choice([0, 5, 30, 200, 700]) for _ in range(120)]
+    data = b"\n".join(rows) + (b"\n" if trailing_newline else b"")
+    limit = 100
+
+    def spans(start: int, end: int | None, chunk: int) -> list[tuple[int, int, bool, bytes]]:
+        base = max(start - 1, 0)
+        found = split_lines(chunked(data[base:], chunk), start, end, limit)
+        return [(ln.start, ln.end, ln.too_long, ln.data) for ln in found]
+
+    whole = spans(0, None, 9)
+    assert len(whole) == len(rows)
+    for (start, end, too_long, kept), row in zip(whole, rows, strict=True):
+        assert too_long == (len(row) > limit)
+        assert kept == (b"" if too_long else data[start:end])
+        assert end - start in (len(row), len(row) + 1)
+    assert all(len(k) <= limit for *_, k in whole)
+    for shard_bytes in (50, 333, 1000):
+        got = [x for s, e in plan_shards(len(data), shard_bytes)
+               for x in spans(s, e, rng.randint(1, 64))]  # fmt: skip
+        assert got == whole, shard_bytes
+
+
+def test_a_line_too_long_is_an_error_line() -> None:
+    with pytest.raises(LineError) as err:
+        parse(Line(0, 10**7, b"", too_long=True), _validate)
+    assert err.value.code == "line_too_long"
