@@ -1,18 +1,21 @@
 """Who is calling: a stable caller id for every request (limits, cache scope, jobs, telemetry).
 
-- ``INFER_API_KEYS``: a comma list or JSON list of keys. An entry is a bare key (its id is
-  ``key-`` + the first 12 hex digits of its SHA-256, so reordering or adding keys never moves
-  an id), ``{"id", "key"}``, ``{"id", "key_setting"}`` (the key lives in another setting,
-  e.g. a Key Vault reference) or ``{"id", "sha256"}`` (only the key's digest is deployed).
-  Keys are held as ``SecretStr``; a presented key is hashed once and compared with every
-  entry's digest in constant time.
+- ``INFER_API_KEYS``: a comma list or JSON list of keys. The caller id is ``key:`` + the
+  key's id. An entry is a bare key (its id is ``key-`` + the first 12 hex digits of its
+  SHA-256, so reordering or adding keys never moves an id), ``{"id", "key"}``,
+  ``{"id", "key_setting"}`` (the key lives in another setting, e.g. a Key Vault
+  reference) or ``{"id", "sha256"}`` (only the key's digest is deployed). Keys are held
+  as ``SecretStr``; a presented key is hashed once and compared with every entry's digest
+  in constant time.
 - ``INFER_JWT``: Entra ID / OIDC bearer tokens (an app calling with its own managed
   identity): ``{"issuer", "audience", "jwks_url"?, "caller_claim"?, "algorithms"?}`` or a list
   of them. The signature is checked against the issuer's JWKS (discovered from
   ``{issuer}/.well-known/openid-configuration`` when ``jwks_url`` is absent), fetched once and
   cached; an unknown ``kid`` refetches it, at most once per ``JWKS_REFETCH_S``. Issuer,
-  audience and expiry are checked. The caller id is the ``caller_claim`` (default ``oid``,
-  then ``sub``, ``azp``, ``appid``). PyJWT is imported only when ``INFER_JWT`` is set.
+  audience and expiry are checked, then ``required_claims`` (e.g. ``tid``, ``roles``) and
+  ``allowed_callers``. The caller id is ``jwt:<issuer>:`` + the ``caller_claim`` (default
+  ``oid``, then ``sub``, ``azp``, ``appid``). PyJWT is imported only when ``INFER_JWT`` is
+  set.
 - An AWS Function URL with ``AuthType: AWS_IAM``: Lambda has verified the SigV4 signature;
   the caller id is the IAM principal from ``requestContext.authorizer.iam`` (an assumed
   role's session name is dropped, so every session of a role is one caller).
@@ -46,6 +49,25 @@ log = logging.getLogger("shared.callers")
 
 #: The caller id of every request when no inbound auth is configured.
 ANONYMOUS = "anonymous"
+#: Caller ids are namespaced by where they come from, so no source can claim another's id:
+#: ``key:<id>`` (INFER_API_KEYS), ``jwt:<issuer>:<claim>`` (INFER_JWT), ``iam:<principal>``.
+KEY_PREFIX = "key:"
+
+
+def aliases(caller: str) -> set[str]:
+    """The names a rule or a stored record may use for ``caller``: its id, and for a key
+    caller the key's bare id too (the unprefixed names configured before ids were
+    namespaced). A token's or an IAM principal's id has no unprefixed alias."""
+    if caller.startswith(KEY_PREFIX):
+        return {caller, caller[len(KEY_PREFIX) :]}
+    return {caller}
+
+
+def _claim_matches(value: Any, wanted: str | list[str]) -> bool:
+    allowed = [wanted] if isinstance(wanted, str) else wanted
+    if isinstance(value, list):
+        return any(v in allowed for v in value if isinstance(v, str))
+    return isinstance(value, str) and value in allowed
 #: An unknown ``kid`` refetches the JWKS at most this often (key rotation, not a DoS lever).
 JWKS_REFETCH_S = 60.0
 DEFAULT_CLAIMS = ("oid", "sub", "azp", "appid")
@@ -135,6 +157,13 @@ class JwtIssuer(BaseModel):
     caller_claim: str | None = None
     algorithms: list[str] = Field(default_factory=lambda: ["RS256"], min_length=1)
     leeway_s: float = Field(default=60.0, ge=0, le=600)
+    #: Claims a token must carry: a value it must equal, or a list of which it must equal
+    #: one (a list-valued claim such as ``roles`` must contain one), e.g.
+    #: ``{"tid": "<tenant id>", "roles": ["Inference.Call"]}``. A shared issuer (Entra ID)
+    #: signs tokens for every app of every tenant: without this, any of them is a caller.
+    required_claims: dict[str, str | list[str]] = Field(default_factory=dict)
+    #: The caller claim's values allowed (an app's object ids); None: any.
+    allowed_callers: list[str] | None = None
 
     @field_validator("algorithms")
     @classmethod
@@ -269,7 +298,7 @@ class Authenticator:
             if self.keys is not None:
                 ident = self.keys.match(given)
                 if ident is not None:
-                    return ident
+                    return KEY_PREFIX + ident
             if self.issuers and given.count(".") == 2:
                 return await self._verify_jwt(given, wait_s)
             raise AuthenticationFailed(_HOW)
@@ -312,11 +341,16 @@ class Authenticator:
             raise AuthenticationFailed("bearer token is for another audience") from None
         except jwt.PyJWTError as exc:
             raise AuthenticationFailed(f"invalid bearer token ({type(exc).__name__})") from None
+        for claim, wanted in conf.required_claims.items():
+            if not _claim_matches(claims.get(claim), wanted):
+                raise AuthenticationFailed(f"bearer token lacks the required claim {claim!r}")
         names = (conf.caller_claim,) if conf.caller_claim else DEFAULT_CLAIMS
         for name in names:
             value = claims.get(name)
             if isinstance(value, str) and value:
-                return value
+                if conf.allowed_callers is not None and value not in conf.allowed_callers:
+                    raise AuthenticationFailed("bearer token's subject is not an allowed caller")
+                return f"jwt:{conf.issuer}:{value}"
         raise AuthenticationFailed(f"bearer token has no caller claim ({', '.join(names)})")
 
 

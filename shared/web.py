@@ -50,12 +50,13 @@ def error_response(
     and field at fault) and told only to a caller the app authenticated: the others learn
     that the service is misconfigured, not how."""
     if isinstance(err, ConfigError):
+        request_id = request_id or uuid.uuid4().hex  # the caller and the log share it
         log.error("configuration error request_id=%s: %s", request_id, err.message)
         caller = ctx.caller if ctx is not None else None
         if not caller or caller == "anonymous":
             err = ConfigError(
                 "the service is misconfigured; its log names the setting "
-                f"(request_id {request_id or '-'})"
+                f"(request_id {request_id})"
             )
     headers = err.headers()
     if request_id:

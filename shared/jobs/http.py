@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.blocking import run_blocking
-from shared.callers import ANONYMOUS
+from shared.callers import ANONYMOUS, aliases
 from shared.context import Context
 from shared.errors import InferenceError, InvalidRequest, NotFound
 from shared.jobs.model import (
@@ -223,7 +223,7 @@ async def get_job_endpoint(request: Request, job_id: str | None = None) -> Respo
         caller = await authenticate_caller(request)
         job_id = job_id or path_job_id(request)
         found = await get_job_store().aget(job_id) if JOB_ID.match(job_id) else None
-        if found is None or (found.record.caller or ANONYMOUS) != caller:
+        if found is None or (found.record.caller or ANONYMOUS) not in aliases(caller):
             raise NotFound(f"No job with id '{job_id}'", code="job_not_found", param="id")
         return _json(found.record.public(), 200)
     except InferenceError as err:

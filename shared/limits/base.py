@@ -281,11 +281,16 @@ class Limiter:
         self.prices = any(r.cost_quota for r in self.rules)
 
     def applicable(self, caller: str, model: str) -> list[LimitRule]:
-        own = caller in self.named
+        """The rules for ``caller``: those naming it (``key:team-a``, or ``team-a`` for the
+        key ``team-a``: see ``shared.callers.aliases``), else the ``"*"`` rules."""
+        from shared.callers import aliases
+
+        names = aliases(caller)
+        own = bool(names & self.named)
         return [
             r
             for r in self.rules
-            if (r.caller == caller if own else r.caller == "*")
+            if (r.caller in names if own else r.caller == "*")
             and (r.model in (None, "*") or r.model == model)
         ]
 
@@ -454,9 +459,8 @@ class Limiter:
         """Each rule that applies to ``caller`` (for ``model`` when one is given): its
         counters now, what is used and what remains, charging nothing."""
         rules = [
-            r for r in self.rules
-            if (r.caller == caller if caller in self.named else r.caller == "*")
-            and (r.model is None or (model is not None and r.model in ("*", model)))
+            r for r in self.applicable(caller, model or "")
+            if r.model is None or (model is not None and r.model in ("*", model))
         ]  # fmt: skip
         out: list[dict[str, Any]] = []
         for rule in rules:

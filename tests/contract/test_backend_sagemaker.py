@@ -97,9 +97,12 @@ async def test_429_fails_over_and_primary_is_probed_after_retry_after(
 
 
 async def test_bad_backend_entry_fails_at_first_use_naming_the_field(
-    monkeypatch: pytest.MonkeyPatch, chat_client: Any
+    monkeypatch: pytest.MonkeyPatch, chat_client: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     set_backends(monkeypatch, {"name": "sm", "kind": "sagemaker", "region": "us-east-1"})
-    with pytest.raises(openai.InternalServerError) as info:
+    with caplog.at_level("ERROR", logger="shared.web"), pytest.raises(
+        openai.InternalServerError
+    ) as info:
         await chat_client.chat.completions.create(model="llama", messages=MESSAGES)
-    assert "INFER_BACKENDS[0] (kind sagemaker): field 'endpoint_name'" in str(info.value)
+    assert "misconfigured" in str(info.value)  # the caller is told no detail
+    assert "INFER_BACKENDS[0] (kind sagemaker): field 'endpoint_name'" in caplog.text

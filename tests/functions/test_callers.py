@@ -99,7 +99,7 @@ async def test_entra_style_jwt_caller_is_authenticated(
     r = await post({"authorization": f"Bearer {token}"})
     assert r.status_code == 200, r.text
     caller = await get_authenticator().caller(_request(token))
-    assert caller == object_id("app-one")  # the oid claim
+    assert caller == f"jwt:{jwt_env}:{object_id('app-one')}"  # the issuer's oid claim
     # the JWKS was fetched once (discovery + keys) and is reused
     source = get_authenticator().issuers[0]
     for _ in range(3):
@@ -164,3 +164,38 @@ async def test_aws_iam_principal_is_the_caller(clean_env: pytest.MonkeyPatch) ->
     user = {"requestContext": {"authorizer": {"iam": {"userArn": "arn:aws:iam::1:user/bob"}}}}
     scope["aws.event"] = user
     assert await get_authenticator().caller(Request(scope)) == "arn:aws:iam::1:user/bob"
+
+
+async def test_required_claims_and_allowed_callers_narrow_a_shared_issuer(
+    backend: pytest.MonkeyPatch, identity_server: Server
+) -> None:
+    issuer = f"{identity_server.url}/tenant-1/v2.0"
+    one = fetch_token(identity_server.url, "tenant-1", "app-one", AUD)
+    two = fetch_token(identity_server.url, "tenant-1", "app-two", AUD)
+    rules = {"issuer": issuer, "audience": AUD, "required_claims": {"tid": "tenant-1"},
+             "allowed_callers": [object_id("app-one")]}  # fmt: skip
+    backend.setenv("INFER_JWT", json.dumps(rules))
+    reset_all()
+    assert (await post({"authorization": f"Bearer {one}"})).status_code == 200
+    refused = await post({"authorization": f"Bearer {two}"})  # same issuer, another app
+    assert refused.status_code == 401 and "allowed caller" in refused.text
+    backend.setenv("INFER_JWT", json.dumps({**rules, "required_claims": {"tid": ["other"]}}))
+    reset_all()
+    lacking = await post({"authorization": f"Bearer {one}"})
+    assert lacking.status_code == 401 and "'tid'" in lacking.text
+    backend.setenv("INFER_JWT", json.dumps({**rules, "required_claims": {"roles": "X.Call"}}))
+    reset_all()
+    assert (await post({"authorization": f"Bearer {one}"})).status_code == 401  # no roles
+
+
+async def test_caller_ids_are_namespaced_by_source(backend: pytest.MonkeyPatch) -> None:
+    """A key's caller is ``key:<id>``; a limits rule may still name it ``<id>`` (before
+    namespacing), but only a key can be that caller: a token's id is ``jwt:<issuer>:...``."""
+    from shared.callers import aliases
+
+    backend.setenv("INFER_API_KEYS", json.dumps([{"id": "team-a", "key": "a-secret"}]))
+    reset_all()
+    assert await get_authenticator().caller(_request("a-secret")) == "key:team-a"
+    assert aliases("key:team-a") == {"key:team-a", "team-a"}
+    assert aliases("jwt:https://login.example/t/v2.0:team-a") == {
+        "jwt:https://login.example/t/v2.0:team-a"}  # fmt: skip

@@ -107,11 +107,17 @@ async def test_wrong_method_and_path_use_the_envelope(
     assert_envelope(await post(chat_app, "/v1/nothing", json=MSG), 404)
 
 
-async def test_bad_backend_config_is_a_clear_500_not_a_crash(clean_env: pytest.MonkeyPatch) -> None:
+async def test_bad_backend_config_is_a_clear_500_not_a_crash(
+    clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     clean_env.setenv("INFER_BACKENDS", '[{"name": "x", "kind": "openai"}]')
-    r = await post(chat_app, "/v1/chat/completions", json=MSG)
+    with caplog.at_level("ERROR", logger="shared.web"):
+        r = await post(chat_app, "/v1/chat/completions", json=MSG)
     err = assert_envelope(r, 500)
-    assert "INFER_BACKENDS[0] (kind openai): field 'base_url'" in str(err["message"])
+    assert err["code"] == "configuration_error"
+    # named in the operator's log; an anonymous caller only learns it is misconfigured
+    assert "INFER_BACKENDS[0] (kind openai): field 'base_url'" in caplog.text
+    assert "base_url" not in str(err["message"])
 
 
 async def test_endpoint_errors_map_to_gateway_statuses(

@@ -295,3 +295,17 @@ def test_one_caller_request_id_gets_one_slot_per_request(provider: Any) -> None:
             await lim.admit("c", "m", _payload(), _ctx("same"))
 
     asyncio.run(main())
+
+
+def test_a_rule_naming_a_key_id_governs_only_that_key() -> None:
+    lim = _limiter(MemoryProvider(), {"caller": "team-a", "rpm": 1}, {"caller": "*", "rpm": 5})
+
+    async def main() -> None:
+        await lim.admit("key:team-a", "m", _payload(), _ctx("a"))
+        with pytest.raises(CallerRateLimited):  # the unprefixed rule names the key caller
+            await lim.admit("key:team-a", "m", _payload(), _ctx("b"))
+        # a token whose subject is "team-a" is another caller, under the "*" rule
+        for i in range(3):
+            await lim.admit("jwt:https://issuer.example:team-a", "m", _payload(), _ctx(f"j{i}"))
+
+    asyncio.run(main())
