@@ -68,6 +68,8 @@ def _claim_matches(value: Any, wanted: str | list[str]) -> bool:
     if isinstance(value, list):
         return any(v in allowed for v in value if isinstance(v, str))
     return isinstance(value, str) and value in allowed
+
+
 #: An unknown ``kid`` refetches the JWKS at most this often (key rotation, not a DoS lever).
 JWKS_REFETCH_S = 60.0
 DEFAULT_CLAIMS = ("oid", "sub", "azp", "appid")

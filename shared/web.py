@@ -55,8 +55,7 @@ def error_response(
         caller = ctx.caller if ctx is not None else None
         if not caller or caller == "anonymous":
             err = ConfigError(
-                "the service is misconfigured; its log names the setting "
-                f"(request_id {request_id})"
+                f"the service is misconfigured; its log names the setting (request_id {request_id})"
             )
     headers = err.headers()
     if request_id:
