@@ -194,13 +194,23 @@ class ResponseCache:
             self.stats.misses += 1
 
     async def _tee(self, opened: ForwardStream, req: Lookup) -> AsyncGenerator[bytes, None]:
+        """The stream, stored once complete: before its ``[DONE]`` reaches the caller, so
+        the caller's next request (on any instance) finds it."""
         assembler = StreamAssembler(req.op)
+        stored = False
         try:
             async for chunk in opened:
                 assembler.feed(chunk)
+                if not stored and chunk.endswith(b"data: [DONE]\n\n"):
+                    stored = True
+                    await self._store(req, assembler)
                 yield chunk
         finally:
             await opened.aclose()
+        if not stored:
+            await self._store(req, assembler)
+
+    async def _store(self, req: Lookup, assembler: StreamAssembler) -> None:
         body = assembler.result()
         if body is not None:
             await self._put(
