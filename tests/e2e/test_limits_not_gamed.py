@@ -89,6 +89,7 @@ def test_one_request_id_sent_ten_times_holds_max_parallel(
         return r.status_code
 
     codes = _fan_out(pair, 10, send)
+    print(f"max_parallel 2, one x-request-id x10: peak {sim.stats()['peak_running']}")
     assert sim.stats()["peak_running"] <= 2
     assert codes.count(200) >= 2 and set(codes) <= {200, 429}
 
@@ -106,6 +107,7 @@ def test_max_tokens_is_reserved_so_a_burst_cannot_overrun_tpm(
 
     codes = _fan_out(pair, 20, send)
     made = generated(sim) - before
+    print(f"tpm 1000, 20 x max_tokens 200: {made} generated, {codes.count(200)} admitted")
     assert codes.count(200) >= 1 and set(codes) <= {200, 429}
     assert made <= 1200, (made, codes)
 
@@ -125,6 +127,7 @@ def test_reasoning_streams_without_usage_are_charged_the_endpoints_usage(
 
     answers = _fan_out(pair, 5, send)
     made = generated(sim) - before
+    print(f"tpm 1000, 5 reasoning streams: {made} generated")
     assert made <= 1300, (made, [a[0] for a in answers])
     streamed = [body for code, body in answers if code == 200]
     assert streamed
@@ -176,6 +179,7 @@ def test_a_budget_in_money_holds_across_hosts_and_usage_reports_it(
         usage = httpx.get(f"{pair[1].url}/api/v1/usage", timeout=10).json()
         (rule,) = usage["limits"]
         spent = rule["cost_quota"]["spent"]
+        print(f"cost_quota 5: {made} generated, usage reports {spent} spent")
         assert 4 <= spent <= 6, usage
         assert rule["cost_quota"]["limit"] == 5 and rule["cost_quota"]["period"] == "day"
         assert spent == codes.count(200) * 1.0  # 100 output tokens at 0.01 each, exactly
