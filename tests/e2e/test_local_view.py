@@ -69,6 +69,10 @@ def test_local_view_charts_ttft_tokens_and_errors(
             "INFER_BACKENDS": json.dumps(backends),
             "INFER_MAX_RETRIES": "0",
             "INFER_PROBE_SCHEDULE": "*/2 * * * * *",
+            # a probe that meets the injected 500s opens the circuits; for a second only, so
+            # the traffic after the faults is answered (on a loaded machine the probe's
+            # default cool-down outlasted the whole traffic: every request was a 503)
+            "INFER_PROBE_OPEN_S": "1",
             "INFER_METRICS_PROMETHEUS": "1",
         },
         args=["--no-queues", "--no-blobs"],
