@@ -365,15 +365,7 @@ class Worker:
                 self.clock() - claim.record.created_at < self.settings.job_max_wait_s
             ):  # no capacity yet (warming, or every backend full): wait, costing nothing
                 tries = max(0, claim.record.tries - reserved)
-                released = claim.record.model_copy(update={"tries": tries})
-                await self._release(Versioned(released, claim.etag))
-                return Outcome(
-                    "defer",
-                    job_id,
-                    delay_s=self.retry_delay(err, attempt),
-                    reason=err.message,
-                    status="queued",
-                )
+                return await self._defer(claim, {"tries": tries}, err, attempt)
             claim = self._settle_tries(claim, ctx)
             if not (err.retryable or isinstance(err, DeadlineExceeded)):
                 record, _ = await self._write_final(claim, _failure(err))
@@ -386,15 +378,8 @@ class Worker:
                 reason = f"failed after {claim.record.tries} tries: {err.message}"
                 return Outcome("poison", job_id, reason=reason, status="failed")
             if _throttled(err) and claim.record.deferrals < self.settings.job_max_defers:
-                released = claim.record.model_copy(update={"deferrals": claim.record.deferrals + 1})
-                await self._release(Versioned(released, claim.etag))
-                return Outcome(
-                    "defer",
-                    job_id,
-                    delay_s=self.retry_delay(err, attempt),
-                    reason=err.message,
-                    status="queued",
-                )
+                deferrals = claim.record.deferrals + 1
+                return await self._defer(claim, {"deferrals": deferrals}, err, attempt)
             if attempt.last:
                 record, _ = await self._write_final(claim, _failure(err))
                 await self._callback(line, record, ctx)
@@ -420,6 +405,21 @@ class Worker:
         if wrote:
             await self._callback(line, record, ctx)
         return Outcome("ack", job_id, status=record.status)
+
+    async def _defer(
+        self, claim: Versioned, update: dict[str, Any], err: InferenceError, attempt: Attempt
+    ) -> Outcome:
+        """Release the job with ``update`` and have its message sent again after the
+        endpoint's Retry-After (a fresh message: no delivery attempt used)."""
+        released = claim.record.model_copy(update=update)
+        await self._release(Versioned(released, claim.etag))
+        return Outcome(
+            "defer",
+            claim.record.id,
+            delay_s=self.retry_delay(err, attempt),
+            reason=err.message,
+            status="queued",
+        )
 
     @property
     def _max_retries(self) -> int:
