@@ -43,7 +43,7 @@ import typing
 
 import httpcore
 import httpx
-from httpcore._async.interfaces import AsyncConnectionInterface
+from httpcore import AsyncConnectionInterface
 
 _POLLIN = getattr(select, "POLLIN", 1)
 
