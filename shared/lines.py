@@ -108,3 +108,16 @@ def usage_from_tail(tail: bytes) -> dict[str, Any] | None:
         if isinstance(usage, dict):
             return usage
     return None
+
+
+def total_tokens(usage: dict[str, Any] | None) -> int | None:
+    """``total_tokens`` of an OpenAI usage object (or prompt + completion), else None."""
+    if not usage:
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int):
+        return total
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int):
+        return prompt + completion
+    return None

@@ -191,14 +191,3 @@ class BackendQuota:
 
         with contextlib.suppress(StateUnavailable):  # logged and counted by shared.state
             await self.provider().settle(checks, deltas, "quota", None)
-
-
-def usage_tokens(usage: Mapping[str, Any] | None) -> int | None:
-    """``total_tokens`` of an OpenAI usage object (or prompt + completion)."""
-    if not usage:
-        return None
-    total = usage.get("total_tokens")
-    if isinstance(total, int):
-        return total
-    parts = [usage.get("prompt_tokens"), usage.get("completion_tokens") or 0]
-    return int(sum(parts)) if all(isinstance(p, int) for p in parts) else None  # type: ignore[arg-type]

@@ -48,6 +48,7 @@ from shared.errors import (
     InferenceError,
     ModelNotFound,
 )
+from shared.lines import total_tokens, usage_from_tail
 from shared.quota import headroom as quota_headroom
 from shared.schemas import Operation
 from shared.telemetry import record_retry
@@ -290,7 +291,9 @@ class _SlotStream:
             dog.close()
             try:
                 if self._lease.reservation is not None:  # the usage event, else as reserved
-                    await self._lease.reservation.settle(_stream_usage(previous + last))
+                    await self._lease.reservation.settle(
+                        total_tokens(usage_from_tail(previous + last))
+                    )
             finally:
                 await self._lease.release()
 
@@ -322,34 +325,12 @@ async def _settle_quota(lease: Lease, result: Result | None, err: BaseException 
     reservation = lease.reservation
     if reservation is None:
         return
-    from shared.quota import usage_tokens
-
     if result is not None:
-        await reservation.settle(usage_tokens(result.usage()))
+        await reservation.settle(total_tokens(result.usage()))
     elif isinstance(err, _NO_WORK) or (isinstance(err, BackendError) and not err.retryable):
         await reservation.settle(0)
     else:
         await reservation.settle(None)
-
-
-def _stream_usage(tail: bytes) -> int | None:
-    """``total_tokens`` of the usage event among a stream's last chunks, if there is one."""
-    at = tail.rfind(b'"usage":{')
-    if at < 0:
-        return None
-    start = tail.rfind(b"data:", 0, at)
-    end = tail.find(b"\n", at)
-    if start < 0:
-        return None
-    import json
-
-    from shared.quota import usage_tokens
-
-    try:
-        event = json.loads(tail[start + 5 : end if end >= 0 else len(tail)])
-    except ValueError:
-        return None
-    return usage_tokens(event.get("usage")) if isinstance(event, dict) else None
 
 
 class _Place:

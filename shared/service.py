@@ -22,7 +22,7 @@ from shared.cache import build_cache
 from shared.context import Context
 from shared.errors import BackendError, DeadlineExceeded, InferenceError
 from shared.lifecycle import Singleton
-from shared.lines import usage_from_tail
+from shared.lines import total_tokens, usage_from_tail
 from shared.recovery import Continued, Sent, continuation, read_partial
 from shared.retry import call_with_retry
 from shared.router import Router
@@ -64,19 +64,6 @@ def _micro_cost(ctx: Context, tokens: int | None) -> int | None:
     from shared.pricing import micro
 
     return micro(ctx.cost)
-
-
-def total_tokens(usage: dict[str, Any] | None) -> int | None:
-    """``total_tokens`` of an OpenAI usage object (or prompt + completion), else None."""
-    if not usage:
-        return None
-    total = usage.get("total_tokens")
-    if isinstance(total, int):
-        return total
-    parts = (usage.get("prompt_tokens"), usage.get("completion_tokens"))
-    if all(isinstance(p, int) for p in parts):
-        return int(parts[0]) + int(parts[1])  # type: ignore[arg-type]
-    return None
 
 
 _NO_CHOICES = re.compile(rb'"choices":\s*\[\]')

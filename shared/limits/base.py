@@ -174,19 +174,6 @@ def reservation_tokens(payload: dict[str, Any], cap: int) -> int:
     return prompt + int(out) * max(int(n), int(best_of))
 
 
-def count_stream_tokens(tail_usage: dict[str, Any] | None, content_events: int, prompt: int) -> int:
-    """Real usage of a stream: the usage chunk's total, else prompt estimate + one token per
-    content event (what vLLM and TGI send)."""
-    if tail_usage:
-        total = tail_usage.get("total_tokens")
-        if isinstance(total, int):
-            return total
-        parts = [tail_usage.get("prompt_tokens"), tail_usage.get("completion_tokens")]
-        if all(isinstance(p, int) for p in parts):
-            return int(sum(parts))  # type: ignore[arg-type]
-    return prompt + content_events
-
-
 class CallerRateLimited(BackendRateLimited):
     """Over the caller's rpm/tpm/max_parallel: a 429 the caller retries after Retry-After
     (queue jobs wait, batches slow down; never a failed line)."""
