@@ -15,5 +15,7 @@ export PYTHONPATH="$TASK_ROOT:/opt/python${LAMBDA_RUNTIME_DIR:+:$LAMBDA_RUNTIME_
 exec python3 -m uvicorn functions.chat.app:app \
     --host 127.0.0.1 \
     --port "${PORT:-8080}" \
+    --loop uvloop \
+    --http httptools \
     --log-level "${UVICORN_LOG_LEVEL:-warning}" \
     --no-access-log

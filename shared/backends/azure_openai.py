@@ -20,7 +20,7 @@ import re
 from typing import Any, Literal
 from urllib.parse import quote
 
-import httpx
+import httpx2
 from pydantic import Field
 
 from shared.backends.azure_auth import COGNITIVE_SERVICES_SCOPE
@@ -128,7 +128,7 @@ class AzureOpenAIBackend(HttpBackend[AzureOpenAIBackendConfig]):
         return await super().list_models(ctx)
 
     def stream(
-        self, op: Operation, payload: dict[str, Any], response: httpx.Response, ctx: Context
+        self, op: Operation, payload: dict[str, Any], response: httpx2.Response, ctx: Context
     ) -> ByteStream:
         return LineBlockStream(
             super().stream(op, payload, response, ctx), drop_prompt_filter_events

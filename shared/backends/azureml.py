@@ -21,7 +21,7 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal
 
-import httpx
+import httpx2
 from pydantic import Field
 
 from shared.backends import tgi
@@ -66,7 +66,7 @@ def score_error(
 class _TgiStream(SSEPassThrough):
     """A TGI SSE answer translated into OpenAI chunks as it arrives."""
 
-    def __init__(self, response: httpx.Response, translator: tgi.StreamTranslator,
+    def __init__(self, response: httpx2.Response, translator: tgi.StreamTranslator,
                  backend: str, ctx: Context) -> None:  # fmt: skip
         super().__init__(response, backend, ctx)
         self._translator = translator
@@ -118,7 +118,7 @@ class AzureMLBackend(HttpBackend[AzureMLBackendConfig]):
         return Result(content=content, backend=self.name)
 
     def stream(
-        self, op: Operation, payload: dict[str, Any], response: httpx.Response, ctx: Context
+        self, op: Operation, payload: dict[str, Any], response: httpx2.Response, ctx: Context
     ) -> ByteStream:
         if self.config.payload == "tgi":
             return _TgiStream(response, tgi.stream_translator(op, payload), self.name, ctx)

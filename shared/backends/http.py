@@ -1,21 +1,22 @@
 """HTTP plumbing shared by the HTTP backends: one pooled client per process, one send path
-(``send_json``, plain and streamed), bearer tokens as an ``httpx.Auth`` flow, error mapping,
+(``send_json``, plain and streamed), bearer tokens as an ``httpx2.Auth`` flow, error mapping,
 and ``HttpBackend``, the HTTP transport of ``BaseBackend``.
 
-httpx is imported here, not by ``shared`` at large; the client is built on first use and
-reused by every warm invocation. An ``httpx.AsyncClient`` belongs to the event loop that
-first used it, so the pool keeps one per running loop (Azure's worker and uvicorn have one;
-a Lambda runtime may give each invocation its own).
+httpx2 (httpx's maintained successor) is imported here, not by ``shared`` at large; the
+client is built on first use and reused by every warm invocation. An ``httpx2.AsyncClient``
+belongs to the event loop that first used it, so the pool keeps one per running loop (Azure's
+worker and uvicorn have one; a Lambda runtime may give each invocation its own).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from abc import abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Mapping
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import httpx2
 
 from shared.backends.base import BaseBackend, ByteStream, ConfigT
 from shared.context import Context
@@ -37,43 +38,41 @@ from shared.retry import server_delay, should_retry
 from shared.schemas import Operation
 from shared.telemetry import traceparent
 
-# httpx's __init__ tries to import its command-line tool (click, pygments, rich) and keeps
-# whatever it got before failing. uvicorn brings click into both deployment artifacts, so
-# that attempt costs ~40 ms of every cold start for a CLI no function uses. A None entry
-# makes that one optional import fail at once; nothing else changes.
-sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+if TYPE_CHECKING:
+    import ssl
 
-import httpx  # noqa: E402
-
-_transport: httpx.AsyncBaseTransport | None = None
+_transport: httpx2.AsyncBaseTransport | None = None
 
 CONNECT_TIMEOUT_S = 5.0
 
 
-class _SchemeTransport(httpx.AsyncBaseTransport):
+class _SchemeTransport(httpx2.AsyncBaseTransport):
     """One connection pool per scheme, the TLS one built when an https URL is first used.
 
-    Building a TLS transport loads the CA bundle into an SSL context (~35 ms of a cold
-    start); a deployment whose endpoints are plain http (a vLLM server inside the VNet or
-    VPC) never needs it, and one with https pays it once, on its first call, as before.
-    Each pool is ``shared.backends.pool``'s (httpcore's, its bookkeeping linear).
+    Building a TLS transport loads the system's CA certificates into an SSL context (tens of
+    ms of a cold start); a deployment whose endpoints are plain http (a vLLM server inside
+    the VNet or VPC) never needs it, and one with https pays it once, on its first call.
+    Each pool is httpx2's own (httpcore2's, whose request-to-connection bookkeeping is
+    linear in the connections open); no proxy is read from the environment, because the
+    client is given its transport.
     """
 
-    def __init__(self, limits: httpx.Limits) -> None:
+    def __init__(self, limits: httpx2.Limits) -> None:
         self._limits = limits
-        self._pools: dict[str, httpx.AsyncHTTPTransport] = {}
+        self._pools: dict[str, httpx2.AsyncHTTPTransport] = {}
 
-    def _pool(self, scheme: str) -> httpx.AsyncHTTPTransport:
+    def _pool(self, scheme: str) -> httpx2.AsyncHTTPTransport:
         pool = self._pools.get(scheme)
         if pool is None:
-            from shared.backends.pool import Transport
-
             # no TLS on the http pool: skip loading certificates
-            tls = httpx.create_ssl_context() if scheme == "https" else None
-            pool = self._pools[scheme] = Transport(self._limits, tls)
+            verify: ssl.SSLContext | bool = False
+            if scheme == "https":
+                verify = httpx2.create_ssl_context()
+            pool = httpx2.AsyncHTTPTransport(verify=verify, limits=self._limits)
+            self._pools[scheme] = pool
         return pool
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         return await self._pool(request.url.scheme).handle_async_request(request)
 
     async def aclose(self) -> None:
@@ -81,82 +80,95 @@ class _SchemeTransport(httpx.AsyncBaseTransport):
             await pool.aclose()
 
 
-class _NoCookies(httpx.Cookies):
+class _NoCookies(httpx2.Cookies):
     """A jar that keeps nothing a response sets."""
 
-    def extract_cookies(self, response: httpx.Response) -> None:
+    def extract_cookies(self, response: httpx2.Response) -> None:
         return None
 
 
-class _Client(httpx.AsyncClient):
-    """httpx's client without a cookie jar.
+class _Client(httpx2.AsyncClient):
+    """httpx2's client without a cookie jar.
 
     One client serves every caller of the process, so a ``Set-Cookie`` on one caller's
     answer must not ride on the next caller's request (an endpoint's load balancer, or
-    anything behind it, may set one). httpx has no switch for that; this jar ignores what
-    responses set, which also skips the ~0.3 ms of CPU per response that reading
-    ``Set-Cookie`` through the standard library's cookie machinery costs.
+    anything behind it, may set one). httpx2 has no switch for that; the client's public
+    ``cookies`` is a jar that ignores what responses set, which also skips the ~0.3 ms of
+    CPU per response that reading ``Set-Cookie`` through the standard library's cookie
+    machinery costs.
     """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._jar = _NoCookies()
+        self._no_cookies = _NoCookies()
 
     @property
-    def cookies(self) -> httpx.Cookies:
-        return self._jar
+    def cookies(self) -> httpx2.Cookies:
+        return self._no_cookies
 
     @cookies.setter
     def cookies(self, cookies: Any) -> None:
         raise AttributeError("the backends' client keeps no cookies")
 
 
-def _build_client(loop: asyncio.AbstractEventLoop) -> httpx.AsyncClient:
-    # Drop clients of loops that have closed (their connections are unusable).
-    _clients.drop(lambda lp: lp.is_closed())
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+def new_client(
+    max_connections: int = 1000,
+    max_keepalive_connections: int = 200,
+    transport: httpx2.AsyncBaseTransport | None = None,
+) -> httpx2.AsyncClient:
+    """A client as the backends use it: no cookies, no redirects, no proxy from the
+    environment, one pool per scheme (``_SchemeTransport``) unless given ``transport``."""
+    limits = httpx2.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_keepalive_connections
+    )
     return _Client(
-        transport=_transport or _SchemeTransport(limits),
+        transport=transport or _SchemeTransport(limits),
         limits=limits,
-        timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT_S),
+        timeout=httpx2.Timeout(60.0, connect=CONNECT_TIMEOUT_S),
         follow_redirects=False,
     )
 
 
+def _build_client(loop: asyncio.AbstractEventLoop) -> httpx2.AsyncClient:
+    # Drop clients of loops that have closed (their connections are unusable).
+    _clients.drop(lambda lp: lp.is_closed())
+    return new_client(transport=_transport)
+
+
 #: One client per event loop: a client's connections belong to the loop that opened them.
-_clients: Keyed[asyncio.AbstractEventLoop, httpx.AsyncClient] = Keyed(_build_client)
+_clients: Keyed[asyncio.AbstractEventLoop, httpx2.AsyncClient] = Keyed(_build_client)
 
 
-def set_transport(transport: httpx.AsyncBaseTransport | None) -> None:
-    """Route every backend request through ``transport`` (tests: ``httpx.MockTransport``)."""
+def set_transport(transport: httpx2.AsyncBaseTransport | None) -> None:
+    """Route every backend request through ``transport`` (tests: ``httpx2.MockTransport``)."""
     global _transport
     _transport = transport
     _clients.reset()
 
 
-def get_client() -> httpx.AsyncClient:
+def get_client() -> httpx2.AsyncClient:
     """The process's client for the running event loop, built on first use."""
     return _clients.get(asyncio.get_running_loop())
 
 
-def timeout_for(ctx: Context, backend_timeout_s: float) -> httpx.Timeout:
+def timeout_for(ctx: Context, backend_timeout_s: float) -> httpx2.Timeout:
     """Per-attempt timeout: the backend's own limit, never past the invocation deadline."""
     left = ctx.check()
     total = min(backend_timeout_s, left)
-    return httpx.Timeout(total, connect=min(CONNECT_TIMEOUT_S, total))
+    return httpx2.Timeout(total, connect=min(CONNECT_TIMEOUT_S, total))
 
 
 def transport_error(exc: Exception, backend: str) -> InferenceError:
     """Translate an httpx exception into the shared error tree."""
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, httpx2.TimeoutException):
         return BackendTimeout(f"backend {backend!r} did not answer in time ({type(exc).__name__})")
     err = BackendConnectionError(f"backend {backend!r} connection failed: {type(exc).__name__}")
     # a request that never reached the endpoint cost it nothing; one cut later may have
-    err.no_work = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+    err.no_work = isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout)
     return err
 
 
-def stream_error(exc: httpx.TransportError, ctx: Context, backend: str) -> InferenceError:
+def stream_error(exc: httpx2.TransportError, ctx: Context, backend: str) -> InferenceError:
     """What a transport failure after the stream opened means: the deadline, or the endpoint."""
     if ctx.remaining() <= 0:
         return DeadlineExceeded("the invocation deadline passed mid-stream")
@@ -239,7 +251,7 @@ class SSEPassThrough:
     A stream that translates instead overrides ``chunks``; the transport-error mapping and
     the release of the connection stay here."""
 
-    def __init__(self, response: httpx.Response, backend: str, ctx: Context) -> None:
+    def __init__(self, response: httpx2.Response, backend: str, ctx: Context) -> None:
         self._response = response
         self._backend = backend
         self._ctx = ctx
@@ -252,7 +264,7 @@ class SSEPassThrough:
         try:
             async for chunk in self.chunks():
                 yield chunk
-        except httpx.TransportError as exc:
+        except httpx2.TransportError as exc:
             raise stream_error(exc, self._ctx, self._backend) from exc
         finally:
             await self._response.aclose()
@@ -294,7 +306,7 @@ class Tokens(Protocol):
     async def refresh(self, refused: str) -> str: ...
 
 
-class BearerTokenAuth(httpx.Auth):
+class BearerTokenAuth(httpx2.Auth):
     """httpx's auth seam for bearer tokens (managed identity: ``azure_auth.TokenSource``).
 
     Every request carries ``Authorization: Bearer <token>`` from ``tokens``; a 401 answered
@@ -314,13 +326,13 @@ class BearerTokenAuth(httpx.Auth):
         self.tokens = tokens
 
     def sync_auth_flow(
-        self, request: httpx.Request
-    ) -> Generator[httpx.Request, httpx.Response, None]:
+        self, request: httpx2.Request
+    ) -> Generator[httpx2.Request, httpx2.Response, None]:
         raise RuntimeError("BearerTokenAuth fetches tokens asynchronously: use an AsyncClient")
 
     async def async_auth_flow(
-        self, request: httpx.Request
-    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        self, request: httpx2.Request
+    ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
         token = await self.tokens.token()
         request.headers["authorization"] = f"Bearer {token}"
         response = yield request
@@ -335,7 +347,7 @@ ErrorMapper = Callable[[int, Mapping[str, str], bytes, str], InferenceError]
 
 async def send_json(
     method: str,
-    url: str | httpx.URL,
+    url: str | httpx2.URL,
     *,
     backend: str,
     ctx: Context,
@@ -343,13 +355,13 @@ async def send_json(
     headers: dict[str, str],
     body: bytes | None = None,
     stream: bool = False,
-    auth: httpx.Auth | None = None,
+    auth: httpx2.Auth | None = None,
     map_error: ErrorMapper = error_from_response,
-) -> httpx.Response:
+) -> httpx2.Response:
     """Send a request; return the response when 2xx, raise ``map_error(status, headers,
     body, backend)`` otherwise (3xx included: redirects are not followed, and are not
     answers). A complete (non-streamed) 2xx whose body is not a JSON object is a
-    ``BackendError`` too. ``auth`` is an ``httpx.Auth`` flow (managed identity:
+    ``BackendError`` too. ``auth`` is an ``httpx2.Auth`` flow (managed identity:
     ``BearerTokenAuth``, which also retries once on a 401); with ``stream`` the
     accepted response comes back unread."""
     client = get_client()
@@ -360,12 +372,12 @@ async def send_json(
     )
     try:
         response = await client.send(request, stream=stream, auth=auth)
-    except httpx.HTTPError as exc:
+    except httpx2.HTTPError as exc:
         raise transport_error(exc, backend) from exc
     if response.status_code >= 300:
         try:
             content = await response.aread() if stream else response.content
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             raise transport_error(exc, backend) from exc
         finally:
             if stream:
@@ -398,7 +410,7 @@ def check_json_object(content: bytes, backend: str) -> None:
         )
 
 
-def model_ids(response: httpx.Response) -> list[str]:
+def model_ids(response: httpx2.Response) -> list[str]:
     """The ids of an OpenAI ``GET /models`` answer."""
     data = response.json().get("data", [])
     return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
@@ -423,7 +435,7 @@ class HttpBackend(BaseBackend[ConfigT]):
     def __init__(self, config: ConfigT) -> None:
         super().__init__(config)
         self.tokens: Tokens | None = None
-        self.auth: httpx.Auth | None = None
+        self.auth: httpx2.Auth | None = None
         if config.auth == "managed_identity" and self.token_scope is not None:
             from shared.backends.azure_auth import token_source
 
@@ -432,10 +444,10 @@ class HttpBackend(BaseBackend[ConfigT]):
 
     # -- hooks ------------------------------------------------------------------------------
     @abstractmethod
-    def url(self, op: Operation, payload: dict[str, Any]) -> str | httpx.URL:
+    def url(self, op: Operation, payload: dict[str, Any]) -> str | httpx2.URL:
         """Where the request for ``op`` goes (every HTTP kind says)."""
 
-    def models_url(self) -> str | httpx.URL | None:
+    def models_url(self) -> str | httpx2.URL | None:
         return None
 
     def key_header(self, key: str) -> tuple[str, str]:
@@ -459,14 +471,14 @@ class HttpBackend(BaseBackend[ConfigT]):
         return error_from_response(status, headers, body, backend)
 
     def stream(
-        self, op: Operation, payload: dict[str, Any], response: httpx.Response, ctx: Context
+        self, op: Operation, payload: dict[str, Any], response: httpx2.Response, ctx: Context
     ) -> ByteStream:
         return SSEPassThrough(response, self.name, ctx)
 
     # -- transport --------------------------------------------------------------------------
-    async def _send(self, method: str, url: str | httpx.URL, ctx: Context, *,
+    async def _send(self, method: str, url: str | httpx2.URL, ctx: Context, *,
                     body: bytes | None = None, stream: bool = False,
-                    timeout_s: float | None = None) -> httpx.Response:  # fmt: skip
+                    timeout_s: float | None = None) -> httpx2.Response:  # fmt: skip
         return await send_json(
             method, url, backend=self.name, ctx=ctx,
             timeout_s=timeout_s if timeout_s is not None else self.config.timeout_s,
@@ -486,7 +498,7 @@ class HttpBackend(BaseBackend[ConfigT]):
         response = await self._send("POST", self.url(op, payload), ctx, body=body, stream=True)
         return self.stream(op, payload, response, ctx)
 
-    async def _get_models(self, url: str | httpx.URL, ctx: Context) -> httpx.Response:
+    async def _get_models(self, url: str | httpx2.URL, ctx: Context) -> httpx2.Response:
         return await self._send("GET", url, ctx, timeout_s=min(self.config.timeout_s, 10.0))
 
     async def list_models(self, ctx: Context) -> list[str]:

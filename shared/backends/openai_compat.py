@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-import httpx
+import httpx2
 from pydantic import Field
 
 from shared.backends.http import HttpBackend
@@ -40,13 +40,13 @@ class OpenAIBackend(HttpBackend[OpenAIBackendConfig]):
         super().__init__(config)
         self._base = config.base_url.rstrip("/")
         # Parsed once: httpx would otherwise parse the URL string on every request.
-        self._urls = {op: httpx.URL(f"{self._base}/{op.value}") for op in Operation}
-        self._models_url = httpx.URL(f"{self._base}/models")
+        self._urls = {op: httpx2.URL(f"{self._base}/{op.value}") for op in Operation}
+        self._models_url = httpx2.URL(f"{self._base}/models")
 
-    def url(self, op: Operation, payload: dict[str, Any]) -> httpx.URL:
+    def url(self, op: Operation, payload: dict[str, Any]) -> httpx2.URL:
         return self._urls[op]
 
-    def models_url(self) -> httpx.URL:
+    def models_url(self) -> httpx2.URL:
         return self._models_url
 
     def encode(self, op: Operation, payload: dict[str, Any], *, stream: bool) -> bytes:

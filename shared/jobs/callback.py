@@ -20,7 +20,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import httpx2
 
 from shared.context import Context
 from shared.jobs.callback_guard import (
@@ -39,17 +39,17 @@ TRIES = 3
 PAUSE_S = 0.5
 
 
-_clients: dict[int, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
+_clients: dict[int, tuple[asyncio.AbstractEventLoop, httpx2.AsyncClient]] = {}
 
 
 @contextlib.asynccontextmanager
 async def _client(
-    transport: httpx.AsyncBaseTransport | None,
-) -> AsyncIterator[httpx.AsyncClient]:
+    transport: httpx2.AsyncBaseTransport | None,
+) -> AsyncIterator[httpx2.AsyncClient]:
     """One client per process and event loop, built on the first callback and reused (its
     connection pool too); a test's own transport gets a client of its own."""
     if transport is not None:
-        async with httpx.AsyncClient(transport=transport) as own:
+        async with httpx2.AsyncClient(transport=transport) as own:
             yield own
         return
     loop = asyncio.get_running_loop()
@@ -57,7 +57,7 @@ async def _client(
     if found is None or found[0] is not loop:
         for key in [k for k, (lp, _) in _clients.items() if lp.is_closed()]:
             del _clients[key]
-        found = _clients[id(loop)] = (loop, httpx.AsyncClient())
+        found = _clients[id(loop)] = (loop, httpx2.AsyncClient())
     yield found[1]
 
 
@@ -72,7 +72,7 @@ async def send_callback(
     *,
     secret: str | None,
     timeout_s: float,
-    transport: httpx.AsyncBaseTransport | None = None,
+    transport: httpx2.AsyncBaseTransport | None = None,
     allow: CallbackAllow | None = None,
     resolver: Resolver | None = None,
 ) -> bool:
@@ -108,7 +108,7 @@ async def send_callback(
                 if r.is_success:
                     return True
                 problem = f"status {r.status_code}"
-            except httpx.HTTPError as exc:  # its text may hold the URL: the type only
+            except httpx2.HTTPError as exc:  # its text may hold the URL: the type only
                 problem = type(exc).__name__
             log.warning("callback to %s failed (try %d/%d): %s", redact(url), n + 1, TRIES, problem)
             if n + 1 < TRIES and ctx.remaining() > PAUSE_S:

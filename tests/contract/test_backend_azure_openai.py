@@ -96,7 +96,7 @@ async def test_refused_token_is_refreshed_not_a_failure(
 async def test_refused_token_on_a_stream_is_refreshed_before_the_first_byte(
     monkeypatch: pytest.MonkeyPatch, cloudsim: Server, identity_server: Server, chat_client: Any
 ) -> None:
-    """The 401 retry lives in the httpx.Auth flow, so it covers streamed requests too."""
+    """The 401 retry lives in the httpx2.Auth flow, so it covers streamed requests too."""
     set_backends(monkeypatch, aoai(cloudsim.url), INFER_MAX_RETRIES="0")
     identity_server.faults({"type": "expired", "count": 1})
     before = identity_server.stats()["tokens_issued"]

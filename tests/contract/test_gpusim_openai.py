@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
+import httpx2
 import openai
 import pytest
 
@@ -180,7 +180,7 @@ def test_completions_plain_and_stream_agree(gpusim: Gpusim) -> None:
 
 
 def test_completions_default_max_tokens_is_16(gpusim: Gpusim) -> None:
-    resp = httpx.post(
+    resp = httpx2.post(
         gpusim.v1 + "/completions",
         json={"model": MODEL, "prompt": "x", "min_tokens": 0},
     ).json()
@@ -243,7 +243,7 @@ def test_unknown_model_is_not_found_with_openai_envelope(gpusim: Gpusim) -> None
     ],
 )
 def test_invalid_requests_get_400_envelope(gpusim: Gpusim, body: bytes) -> None:
-    r = httpx.post(gpusim.v1 + "/chat/completions", content=body)
+    r = httpx2.post(gpusim.v1 + "/chat/completions", content=body)
     assert r.status_code == 400
     error = r.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -370,7 +370,7 @@ def test_fail_rate_one_fails_every_model_call_but_not_health(gpusim: Gpusim) -> 
     for _ in range(3):
         with pytest.raises(openai.InternalServerError):
             c.completions.create(model=MODEL, prompt="x")
-    assert httpx.get(gpusim.url + "/health").status_code == 200
+    assert httpx2.get(gpusim.url + "/health").status_code == 200
     assert [m.id for m in c.models.list()] == [MODEL]
     gpusim.clear_faults()
     c.completions.create(model=MODEL, prompt="x")

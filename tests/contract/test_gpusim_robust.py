@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import httpx
+import httpx2
 
 from tests.fixtures.devhost import wait_for
 from tests.fixtures.gpusim import Gpusim
@@ -21,7 +21,7 @@ CHAT = {"model": "local-model", "messages": [{"role": "user", "content": "hi"}],
 
 
 def test_limits_answer_400_or_413_not_a_stall(gpusim: Gpusim) -> None:
-    with httpx.Client(base_url=gpusim.v1, timeout=30) as client:
+    with httpx2.Client(base_url=gpusim.v1, timeout=30) as client:
         r = client.post("/embeddings", json={"model": "local-model", "input": ["x"] * 100_000})
         assert r.status_code == 400 and r.json()["error"]["param"] == "input"
         r = client.post("/embeddings", json={"model": "local-model", "input": ["a", ""]})
@@ -47,7 +47,7 @@ def test_a_normal_request_is_served_while_a_big_one_is_in_flight(
     outcome: dict[str, Any] = {}
 
     def hostile() -> None:
-        with httpx.Client(timeout=300) as client:
+        with httpx2.Client(timeout=300) as client:
             r = client.post(sim.v1 + "/embeddings", json=big)
             outcome["status"] = r.status_code
             outcome["n"] = len(r.json()["data"])
@@ -57,7 +57,7 @@ def test_a_normal_request_is_served_while_a_big_one_is_in_flight(
     try:
         wait_for(lambda: sim.stats()["running"] >= 1, timeout=60)
         served_during = 0
-        with httpx.Client(base_url=sim.v1, timeout=30) as client:
+        with httpx2.Client(base_url=sim.v1, timeout=30) as client:
             while worker.is_alive() and served_during < 3:
                 r = client.post("/chat/completions", json=CHAT)
                 assert r.status_code == 200
@@ -81,13 +81,13 @@ def test_sigterm_stops_it_promptly_with_requests_open(
 
     def stream() -> None:
         try:
-            with httpx.stream(
+            with httpx2.stream(
                 "POST", sim.v1 + "/chat/completions", json={**CHAT, "max_tokens": 100,
                                                             "stream": True}, timeout=150
             ) as r:  # fmt: skip
                 for _ in r.iter_bytes():
                     pass
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             pass
 
     threads = [threading.Thread(target=stream, daemon=True) for _ in range(3)]

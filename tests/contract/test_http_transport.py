@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-import httpx
+import httpx2
 import pytest
 
 from shared.backends import http as backend_http
@@ -27,7 +27,7 @@ async def test_http_and_https_are_routed_to_their_own_pools() -> None:
         assert plain.status_code == 200 and plain.text == "ok"
         # The same plain server spoken to over https must fail the TLS handshake: the
         # https pool really does TLS (with certificate verification), it is not the http one.
-        with pytest.raises(httpx.ConnectError) as info:
+        with pytest.raises(httpx2.ConnectError) as info:
             await client.get(f"https://127.0.0.1:{port}/")
         assert isinstance(info.value.__context__, ssl.SSLError) or "SSL" in str(info.value)
     finally:

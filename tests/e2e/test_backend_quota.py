@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from tests.fixtures.devhost import DevhostProcess
@@ -81,7 +81,7 @@ def hosts(sims: tuple[Gpusim, Gpusim], redis_url: str) -> Iterator[list[DevhostP
             h.stop()
 
 
-def _chat(client: httpx.Client, host: DevhostProcess) -> httpx.Response:
+def _chat(client: httpx2.Client, host: DevhostProcess) -> httpx2.Response:
     return client.post(f"{host.url}/api/v1/chat/completions", json=BODY, timeout=30)
 
 
@@ -89,7 +89,7 @@ def test_a_declared_tpm_is_kept_across_hosts_and_spills_to_the_next_priority(
     sims: tuple[Gpusim, Gpusim], hosts: list[DevhostProcess]
 ) -> None:
     primary, secondary = sims
-    with httpx.Client() as client, ThreadPoolExecutor(30) as pool:
+    with httpx2.Client() as client, ThreadPoolExecutor(30) as pool:
         answers = list(pool.map(lambda i: _chat(client, hosts[i % 2]), range(30)))
     assert [a.status_code for a in answers] == [200] * 30, answers[0].text
     served = {a.headers["x-infer-backend"] for a in answers}
@@ -107,7 +107,7 @@ def test_the_providers_remaining_tokens_are_learned_and_respected(
     primary, _ = sims
     host = _host(_backends(sims, None), redis_url, "devhost-quota-learn")
     try:
-        with httpx.Client() as client:
+        with httpx2.Client() as client:
             answers = [_chat(client, host) for _ in range(20)]
     finally:
         host.stop()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-import httpx
+import httpx2
 import openai
 import pytest
 
@@ -49,12 +49,12 @@ def hosts(
         proc.stop()
 
 
-def post(host: DevhostProcess, key: str = KEYS[0], cache_control: str = "") -> httpx.Response:
+def post(host: DevhostProcess, key: str = KEYS[0], cache_control: str = "") -> httpx2.Response:
     body = {"model": "local-model", "messages": MSGS, "max_tokens": 16}
     headers = {"authorization": f"Bearer {key}"}
     if cache_control:
         headers["cache-control"] = cache_control
-    r = httpx.post(f"{host.url}/api/v1/chat/completions", json=body, headers=headers, timeout=30)
+    r = httpx2.post(f"{host.url}/api/v1/chat/completions", json=body, headers=headers, timeout=30)
     assert r.status_code == 200, r.text
     return r
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
+import httpx2
 import pytest
 import redis
 
@@ -80,14 +80,14 @@ def two(sim: Gpusim, redis_url: str) -> Iterator[list[DevhostProcess]]:
     yield from _hosts(sim, redis_url, 2)
 
 
-def _chat(client: httpx.Client, host: DevhostProcess) -> httpx.Response:
+def _chat(client: httpx2.Client, host: DevhostProcess) -> httpx2.Response:
     return client.post(f"{host.url}/api/v1/chat/completions", json=BODY, timeout=60)
 
 
 def test_max_concurrency_holds_across_three_hosts_and_is_used(
     sim: Gpusim, three: list[DevhostProcess]
 ) -> None:
-    with httpx.Client() as client:
+    with httpx2.Client() as client:
         for host in three:  # warm each host (first request imports and connects)
             assert _chat(client, host).status_code == 200
         started = time.monotonic()
@@ -95,8 +95,8 @@ def test_max_concurrency_holds_across_three_hosts_and_is_used(
         one = time.monotonic() - started
         assert direct.status_code == 200
     sim.reset()
-    limits = httpx.Limits(max_connections=CALLERS, max_keepalive_connections=CALLERS)
-    with httpx.Client(limits=limits) as client, ThreadPoolExecutor(CALLERS) as pool:
+    limits = httpx2.Limits(max_connections=CALLERS, max_keepalive_connections=CALLERS)
+    with httpx2.Client(limits=limits) as client, ThreadPoolExecutor(CALLERS) as pool:
         started = time.monotonic()
         answers = list(pool.map(lambda i: _chat(client, three[i % 3]), range(CALLERS)))
         took = time.monotonic() - started
@@ -117,8 +117,8 @@ def test_a_killed_hosts_slots_come_back_within_its_lease(
     key = "infer:cap:{gpu}"
     # CAP streams on the doomed host that stay open: their first token takes 60 s
     sim.set_fault("slow_first_token", CAP, delay_s=60)
-    opened: list[httpx.Response] = []
-    client = httpx.Client(timeout=90)
+    opened: list[httpx2.Response] = []
+    client = httpx2.Client(timeout=90)
     streams = [
         client.stream("POST", f"{doomed.url}/api/v1/chat/completions",
                       json={**BODY, "stream": True})
@@ -137,7 +137,7 @@ def test_a_killed_hosts_slots_come_back_within_its_lease(
 
     doomed.kill()
     killed = time.monotonic()
-    answer = _chat(httpx.Client(), survivor)
+    answer = _chat(httpx2.Client(), survivor)
     waited = time.monotonic() - killed
     assert answer.status_code == 200, answer.text
     # held until the leases expired (at most LEASE_S after the last renewal), not longer

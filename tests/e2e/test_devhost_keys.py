@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 
-import httpx
+import httpx2
 import pytest
 
 from tests.fixtures.devhost import DevhostFactory
@@ -34,7 +34,7 @@ def test_model_routes_need_a_function_key_by_default(
     env = {"INFER_BACKENDS": backends(gpusim), "DEVHOST_FUNCTION_KEYS": "key-one,key-two",
            "DEVHOST_MASTER_KEY": "the-master"}  # fmt: skip
     host = devhost_factory(app_module="function_app", app_dir=ROOT, env=env, args=NO_SETTINGS)
-    with httpx.Client(base_url=host.url + "/api", timeout=30) as c:
+    with httpx2.Client(base_url=host.url + "/api", timeout=30) as c:
         r = c.get("/v1/models")
         assert r.status_code == 401 and r.content == b""
         assert c.get("/v1/models", headers={"x-functions-key": "nope"}).status_code == 401
@@ -60,7 +60,7 @@ def test_a_generated_key_is_printed_and_works(
     )  # fmt: skip
     found = re.search(r"Function key \(generated[^)]*\): (\S+)", host.log())
     assert found, host.log()
-    with httpx.Client(base_url=host.url + "/api", timeout=30) as c:
+    with httpx2.Client(base_url=host.url + "/api", timeout=30) as c:
         assert c.get("/v1/models").status_code == 401
         assert c.get("/v1/models", params={"code": found[1]}).status_code == 200
 
@@ -70,7 +70,7 @@ def test_inbound_api_keys_make_the_host_check_anonymous(
 ) -> None:
     env = {"INFER_BACKENDS": backends(gpusim), "INFER_API_KEYS": "app-key"}
     host = devhost_factory(app_module="function_app", app_dir=ROOT, env=env, args=NO_SETTINGS)
-    with httpx.Client(base_url=host.url + "/api", timeout=30) as c:
+    with httpx2.Client(base_url=host.url + "/api", timeout=30) as c:
         assert c.get("/v1/models").status_code == 401  # the app's own check, with a body
         r = c.get("/v1/models", headers={"authorization": "Bearer app-key"})
         assert r.status_code == 200
@@ -84,7 +84,7 @@ def test_a_timer_whose_schedule_setting_is_missing_is_disabled_not_fatal(
     env = {"INFER_BACKENDS": backends(gpusim), "INFER_AUTH_LEVEL": "ANONYMOUS"}
     args = ["--no-queues", "--no-blobs", "--settings", "no-local-settings.json"]
     host = devhost_factory(app_module="function_app", app_dir=ROOT, env=env, args=args)
-    with httpx.Client(base_url=host.url + "/api", timeout=30) as c:
+    with httpx2.Client(base_url=host.url + "/api", timeout=30) as c:
         assert c.get("/v1/models").status_code == 200
     assert "function 'probe' failed indexing and will be disabled" in host.log()
     assert "INFER_PROBE_SCHEDULE" in host.log()

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
@@ -215,7 +215,7 @@ def test_two_worker_processes_share_the_queue_and_http(
     env: Env, devhost_factory: DevhostFactory
 ) -> None:
     host = devhost_factory(env=env.vars, args=["--no-blobs", "--workers", "2"])
-    assert httpx.get(f"{host.url}/api/echo/w", timeout=10).status_code == 200
+    assert httpx2.get(f"{host.url}/api/echo/w", timeout=10).status_code == 200
     keys = [f"w{i}" for i in range(16)]
     for key in keys:
         env.send({"key": key, "sleep": 0.5})

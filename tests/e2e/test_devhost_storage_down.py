@@ -11,7 +11,7 @@ import json
 import uuid
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
@@ -47,7 +47,7 @@ def test_http_serves_while_storage_is_down_and_listeners_start_when_it_answers(
     }
     host = devhost_factory(env=env, args=["--listener-retry-max", "2"])  # waits for HTTP
 
-    r = httpx.get(f"{host.url}/api/echo/up", timeout=10)
+    r = httpx2.get(f"{host.url}/api/echo/up", timeout=10)
     assert r.status_code == 200 and r.json()["id"] == "up"
     wait_for(lambda: all(f"{name} " in host.log() for name in LISTENERS), timeout=30)
     log = host.log()

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from tests.fixtures.azurite import Azurite
@@ -164,7 +164,7 @@ def test_probe_runs_on_schedule_and_records_availability(
     )
 
     def runs() -> Any:
-        body = httpx.get(proc.url + "/api/probe-report", timeout=5).json()
+        body = httpx2.get(proc.url + "/api/probe-report", timeout=5).json()
         return body if body["report"] else None
 
     body = wait_for(runs, timeout=30)
@@ -185,7 +185,7 @@ def test_probe_runs_on_schedule_and_records_availability(
     wait_for(lambda: gpusim.stats()["completed"] >= 3, timeout=30)
     assert proc.log().count("trigger=timer") >= 3
     # and the telemetry devhost serves at /metrics (the local view reads it)
-    metrics = httpx.get(proc.url + "/metrics", timeout=5).text
+    metrics = httpx2.get(proc.url + "/metrics", timeout=5).text
     availability = prom_values(metrics, "infer_probe_availability")
     assert availability["up"] == 1.0 and availability["down"] == 0.0, metrics[:3000]
     ttft_count = prom_values(metrics, "infer_probe_time_to_first_token_seconds_count")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
@@ -65,7 +65,7 @@ class JobsStack:
     proxy: CountingProxy
     queue: QueueClient
     poison: QueueClient
-    http: httpx.Client
+    http: httpx2.Client
 
     def submit(self, line: dict[str, Any]) -> str:
         r = self.http.post("/api/v1/jobs", json=line)
@@ -113,7 +113,7 @@ def jobs_stack(
     devhost_factory: Callable[..., DevhostProcess],
     tmp_path: Path,
 ) -> Iterator[Callable[[Gpusim], JobsStack]]:
-    clients: list[httpx.Client] = []
+    clients: list[httpx2.Client] = []
 
     def make(sim: Gpusim) -> JobsStack:
         proxy = counting_proxy(sim.url)
@@ -146,7 +146,7 @@ def jobs_stack(
             env=env,
             args=["--queue-lease", "3", "--poll-interval", "0.05"],
         )
-        http = httpx.Client(base_url=host.url, timeout=30)
+        http = httpx2.Client(base_url=host.url, timeout=30)
         clients.append(http)
         return JobsStack(host, proxy, queue, poison, http)
 

@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Iterator
 
-import httpx
+import httpx2
 import pytest
 
 from tests.fixtures.devhost import DevhostProcess
@@ -61,8 +61,8 @@ def hosts(gpusim_server: Gpusim, redis_url: str) -> Iterator[tuple[DevhostProces
     second.stop()
 
 
-def _send(host: DevhostProcess, key: str) -> httpx.Response:
-    return httpx.post(
+def _send(host: DevhostProcess, key: str) -> httpx2.Response:
+    return httpx2.post(
         f"{host.url}/api/v1/chat/completions",
         json=BODY,
         headers={"authorization": f"Bearer {key}"},
@@ -74,7 +74,7 @@ def test_a_tpm_limit_holds_across_two_hosts_sharing_redis(
     hosts: tuple[DevhostProcess, DevhostProcess],
 ) -> None:
     admitted_tokens: list[int] = []
-    refusals: list[httpx.Response] = []
+    refusals: list[httpx2.Response] = []
     first_at = last_at = 0.0
     for i in range(40):
         host = hosts[i % 2]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from tests.fixtures.devhost import DevhostProcess
@@ -68,9 +68,9 @@ def hosts(redis_url: str) -> Iterator[Hosts]:
 
 
 def _fan_out(
-    hosts: list[DevhostProcess], n: int, send: Callable[[httpx.Client, str], Any]
+    hosts: list[DevhostProcess], n: int, send: Callable[[httpx2.Client, str], Any]
 ) -> list[Any]:
-    with httpx.Client(timeout=60) as client, ThreadPoolExecutor(n) as pool:
+    with httpx2.Client(timeout=60) as client, ThreadPoolExecutor(n) as pool:
         return list(pool.map(lambda i: send(client, hosts[i % 2].url), range(n)))
 
 
@@ -81,7 +81,7 @@ def test_one_request_id_sent_ten_times_holds_max_parallel(
     pair = hosts(sim, [{"caller": "*", "max_parallel": 2}])
     sim.reset()
 
-    def send(client: httpx.Client, url: str) -> int:
+    def send(client: httpx2.Client, url: str) -> int:
         body = {"model": "local-model", "messages": PROMPT, "max_tokens": 16}
         r = client.post(f"{url}/api/v1/chat/completions", json=body,
                         headers={"x-request-id": "the-same-id"})  # fmt: skip
@@ -101,7 +101,7 @@ def test_max_tokens_is_reserved_so_a_burst_cannot_overrun_tpm(
     pair = hosts(sim, [{"caller": "*", "tpm": 1000}])
     before = generated(sim)
 
-    def send(client: httpx.Client, url: str) -> int:
+    def send(client: httpx2.Client, url: str) -> int:
         body = {"model": "local-model", "messages": PROMPT, "max_tokens": 200}
         return client.post(f"{url}/api/v1/chat/completions", json=body).status_code
 
@@ -120,7 +120,7 @@ def test_reasoning_streams_without_usage_are_charged_the_endpoints_usage(
     pair = hosts(sim, [{"caller": "*", "tpm": 1000}])
     before = generated(sim)
 
-    def send(client: httpx.Client, url: str) -> tuple[int, bytes]:
+    def send(client: httpx2.Client, url: str) -> tuple[int, bytes]:
         body = {"model": "local-model", "messages": PROMPT, "max_tokens": 300, "stream": True}
         r = client.post(f"{url}/api/v1/chat/completions", json=body)
         return r.status_code, r.content
@@ -136,7 +136,7 @@ def test_reasoning_streams_without_usage_are_charged_the_endpoints_usage(
         assert b'"usage":{' not in body  # not asked for: not sent
     # the limit was charged the real usage (300 + prompt each), not the reservation only:
     # one more such request is refused now
-    with httpx.Client(timeout=30) as client:
+    with httpx2.Client(timeout=30) as client:
         body = {"model": "local-model", "messages": PROMPT, "max_tokens": 300}
         again = client.post(f"{pair[0].url}/api/v1/chat/completions", json=body)
     assert again.status_code == 429
@@ -167,7 +167,7 @@ def test_a_budget_in_money_holds_across_hosts_and_usage_reports_it(
                                        name=f"devhost-cost-{i}").start())  # fmt: skip
         before = generated(sim)
 
-        def send(client: httpx.Client, url: str) -> int:
+        def send(client: httpx2.Client, url: str) -> int:
             body = {"model": "local-model", "messages": PROMPT, "max_tokens": 100}
             return client.post(f"{url}/api/v1/chat/completions", json=body).status_code
 
@@ -176,7 +176,7 @@ def test_a_budget_in_money_holds_across_hosts_and_usage_reports_it(
         assert made <= 600, (made, codes)
         refused = [c for c in codes if c != 200]
         assert refused and set(refused) == {429}
-        usage = httpx.get(f"{pair[1].url}/api/v1/usage", timeout=10).json()
+        usage = httpx2.get(f"{pair[1].url}/api/v1/usage", timeout=10).json()
         (rule,) = usage["limits"]
         spent = rule["cost_quota"]["spent"]
         print(f"cost_quota 5: {made} generated, usage reports {spent} spent")
@@ -184,7 +184,7 @@ def test_a_budget_in_money_holds_across_hosts_and_usage_reports_it(
         assert rule["cost_quota"]["limit"] == 5 and rule["cost_quota"]["period"] == "day"
         assert spent == codes.count(200) * 1.0  # 100 output tokens at 0.01 each, exactly
         body = {"model": "local-model", "messages": PROMPT, "max_tokens": 100}
-        over = httpx.post(f"{pair[0].url}/api/v1/chat/completions", json=body, timeout=10)
+        over = httpx2.post(f"{pair[0].url}/api/v1/chat/completions", json=body, timeout=10)
         assert over.status_code == 429 and over.json()["error"]["code"] == "insufficient_quota"
     finally:
         for h in pair:

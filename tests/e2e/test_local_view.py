@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from tests.fixtures.azurite import Azurite
@@ -85,7 +85,7 @@ def test_local_view_charts_ttft_tokens_and_errors(
 
     def traffic() -> None:
         nonlocal sent, failed
-        with httpx.Client(base_url=host.url, timeout=30) as client:
+        with httpx2.Client(base_url=host.url, timeout=30) as client:
             n = 0
             while not stop.is_set() and n < 400:
                 n += 1

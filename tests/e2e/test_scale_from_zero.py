@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from tests.e2e.test_batch_e2e import done, outputs, upload, wait_status
@@ -77,7 +77,7 @@ def test_jobs_and_a_batch_sent_while_scaled_to_zero_all_succeed_once_it_wakes(
         args=["--queue-lease", "3", "--poll-interval", "0.05", "--blob-poll-interval", "0.2",
               "--no-timers"],
     )  # fmt: skip
-    http = httpx.Client(base_url=host.url, timeout=30)
+    http = httpx2.Client(base_url=host.url, timeout=30)
     started = time.monotonic()
     chat = http.post("/api/v1/chat/completions", json=chat_line(0)["body"])
     assert chat.status_code == 503, chat.text
@@ -131,7 +131,7 @@ def test_prefer_respond_async_at_capacity_gets_202_and_a_job_that_succeeds(
         app_module="tests.e2e.capacity_app", app_dir=app_dir, env=env,
         args=["--poll-interval", "0.05", "--no-blobs", "--no-timers"],
     )  # fmt: skip
-    http = httpx.Client(base_url=host.url, timeout=30)
+    http = httpx2.Client(base_url=host.url, timeout=30)
     sim.set_fault("slow_first_token", 1, delay_s=3)  # holds the only slot for 3 s
     body = chat_line(0)["body"]
     with http.stream("POST", "/api/v1/chat/completions", json={**body, "stream": True}) as held:

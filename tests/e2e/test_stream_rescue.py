@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from tests.fixtures.devhost import DevhostProcess
@@ -104,7 +104,7 @@ def stream(host: DevhostProcess, **extra: Any) -> Streamed:
     ttft = 0.0
     raw = b""
     url = host.url + "/api/v1/chat/completions"
-    with httpx.Client(timeout=30) as client, client.stream("POST", url, json=body) as r:
+    with httpx2.Client(timeout=30) as client, client.stream("POST", url, json=body) as r:
         status, backend = r.status_code, r.headers.get("x-infer-backend", "")
         for chunk in r.iter_bytes():
             if not ttft and b'"content":"' in chunk.replace(b'"content":""', b""):
@@ -225,9 +225,9 @@ def reference_text(env: Sims) -> str:
 
 def test_an_answer_cut_mid_body_is_retried_not_returned(env: Sims) -> None:
     url, body = env.host.url + "/api/v1/chat/completions", {"model": "local-model", "messages": MSG}
-    clean = httpx.post(url, json=body, timeout=30).json()
+    clean = httpx2.post(url, json=body, timeout=30).json()
     for kind in ("midstream", "malformed"):
         env.primary.set_fault(kind, count=1)
-        r = httpx.post(url, json=body, timeout=30)
+        r = httpx2.post(url, json=body, timeout=30)
         assert r.status_code == 200
         assert r.json()["choices"] == clean["choices"] and r.json()["usage"] == clean["usage"]

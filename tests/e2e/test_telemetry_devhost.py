@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from tests.fixtures.devhost import DevhostProcess, wait_for
@@ -56,7 +56,7 @@ class Stack:
     host: DevhostProcess
     proxy: CountingProxy
     receiver: Receiver
-    http: httpx.Client
+    http: httpx2.Client
 
     def chat(self, content: str, *, stream: bool, traceparent: str) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -99,7 +99,7 @@ def telemetry_stack(
     otlp_receiver: Receiver,
     tmp_path: Path,
 ) -> Iterator[Callable[..., Stack]]:
-    clients: list[httpx.Client] = []
+    clients: list[httpx2.Client] = []
 
     def make(**env: str) -> Stack:
         sim = gpusim_factory(
@@ -140,7 +140,7 @@ def telemetry_stack(
             env=full_env,
             args=["--poll-interval", "0.05"],
         )
-        http = httpx.Client(base_url=host.url, timeout=30)
+        http = httpx2.Client(base_url=host.url, timeout=30)
         clients.append(http)
         return Stack(host, proxy, otlp_receiver, http)
 

@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from tests.fixtures.gpusim import Gpusim
@@ -26,13 +26,13 @@ def sim_calls(sim: Gpusim, path: str = CHAT_PATH) -> int:
 
 
 @pytest.fixture
-def cached_app(clean_env: pytest.MonkeyPatch, gpusim: Gpusim) -> Callable[..., httpx.AsyncClient]:
+def cached_app(clean_env: pytest.MonkeyPatch, gpusim: Gpusim) -> Callable[..., httpx2.AsyncClient]:
     def make(
         cache: dict[str, Any] | str,
         state_url: str | None = None,
         backends: list[dict[str, Any]] | None = None,
         **env: str,
-    ) -> httpx.AsyncClient:
+    ) -> httpx2.AsyncClient:
         backends = backends or [{"name": "sim", "kind": "openai", "base_url": gpusim.v1}]
         clean_env.setenv("INFER_BACKENDS", json.dumps(backends))
         clean_env.setenv("INFER_CACHE", cache if isinstance(cache, str) else json.dumps(cache))
@@ -43,24 +43,24 @@ def cached_app(clean_env: pytest.MonkeyPatch, gpusim: Gpusim) -> Callable[..., h
             clean_env.setenv(k, v)
         from functions.chat.app import app
 
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+        return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://t")
 
     return make
 
 
 async def chat(
-    client: httpx.AsyncClient,
+    client: httpx2.AsyncClient,
     key: str = KEYS[0],
     headers: dict[str, str] | None = None,
     **body: Any,
-) -> httpx.Response:
+) -> httpx2.Response:
     payload = {"model": "local-model", "messages": MSGS, "max_tokens": 16, **body}
     return await client.post(
         CHAT_PATH, json=payload, headers={"authorization": f"Bearer {key}", **(headers or {})}
     )
 
 
-def events(response: httpx.Response) -> list[Any]:
+def events(response: httpx2.Response) -> list[Any]:
     out: list[Any] = []
     for line in response.text.split("\n"):
         if line.startswith("data: "):
@@ -84,7 +84,7 @@ def store(request: pytest.FixtureRequest) -> str | None:
 
 
 async def test_exact_repeat_is_a_hit_identical_and_never_reaches_the_endpoint(
-    cached_app: Callable[..., httpx.AsyncClient], gpusim: Gpusim, store: str | None
+    cached_app: Callable[..., httpx2.AsyncClient], gpusim: Gpusim, store: str | None
 ) -> None:
     async with cached_app({"mode": "exact"}, store) as client:
         first = await chat(client)
@@ -100,7 +100,7 @@ async def test_exact_repeat_is_a_hit_identical_and_never_reaches_the_endpoint(
 
 
 async def test_another_caller_gets_no_hit_unless_the_scope_is_shared(
-    cached_app: Callable[..., httpx.AsyncClient], gpusim: Gpusim, store: str | None
+    cached_app: Callable[..., httpx2.AsyncClient], gpusim: Gpusim, store: str | None
 ) -> None:
     async with cached_app({"mode": "exact"}, store) as client:
         await chat(client, KEYS[0])
@@ -110,7 +110,7 @@ async def test_another_caller_gets_no_hit_unless_the_scope_is_shared(
 
 
 async def test_shared_scope_serves_every_caller(
-    cached_app: Callable[..., httpx.AsyncClient], gpusim: Gpusim
+    cached_app: Callable[..., httpx2.AsyncClient], gpusim: Gpusim
 ) -> None:
     async with cached_app({"mode": "exact", "scope": "shared"}) as client:
         await chat(client, KEYS[0])
@@ -119,7 +119,7 @@ async def test_shared_scope_serves_every_caller(
 
 
 async def test_no_cache_asks_the_endpoint_and_no_store_neither_reads_nor_writes(
-    cached_app: Callable[..., httpx.AsyncClient], gpusim: Gpusim, store: str | None
+    cached_app: Callable[..., httpx2.AsyncClient], gpusim: Gpusim, store: str | None
 ) -> None:
     async with cached_app({"mode": "exact"}, store) as client:
         stored = await chat(client)
@@ -137,7 +137,7 @@ async def test_no_cache_asks_the_endpoint_and_no_store_neither_reads_nor_writes(
 
 
 async def test_streamed_miss_is_stored_and_a_streamed_hit_is_a_real_stream(
-    cached_app: Callable[..., httpx.AsyncClient], gpusim: Gpusim, store: str | None
+    cached_app: Callable[..., httpx2.AsyncClient], gpusim: Gpusim, store: str | None
 ) -> None:
     async with cached_app({"mode": "exact"}, store) as client:
         opts = {"stream": True, "stream_options": {"include_usage": True}}
@@ -162,7 +162,7 @@ async def test_streamed_miss_is_stored_and_a_streamed_hit_is_a_real_stream(
 
 
 async def test_stream_without_usage_is_not_replayed_to_a_request_that_wants_usage(
-    cached_app: Callable[..., httpx.AsyncClient], gpusim: Gpusim
+    cached_app: Callable[..., httpx2.AsyncClient], gpusim: Gpusim
 ) -> None:
     async with cached_app({"mode": "exact"}) as client:
         await chat(client, stream=True)
@@ -175,7 +175,7 @@ async def test_stream_without_usage_is_not_replayed_to_a_request_that_wants_usag
 
 
 async def test_failed_answers_are_not_stored(
-    cached_app: Callable[..., httpx.AsyncClient], gpusim: Gpusim
+    cached_app: Callable[..., httpx2.AsyncClient], gpusim: Gpusim
 ) -> None:
     async with cached_app({"mode": "exact"}, INFER_MAX_RETRIES="0") as client:
         gpusim.set_fault("500", count=2)  # the call and its quick retry
@@ -189,7 +189,7 @@ async def test_failed_answers_are_not_stored(
 
 
 async def test_redis_down_skips_the_cache_and_never_fails_the_request(
-    cached_app: Callable[..., httpx.AsyncClient], gpusim: Gpusim
+    cached_app: Callable[..., httpx2.AsyncClient], gpusim: Gpusim
 ) -> None:
     from shared import state
     from shared.lifecycle import reset_all
@@ -207,7 +207,7 @@ async def test_redis_down_skips_the_cache_and_never_fails_the_request(
 
 
 async def test_a_hit_is_marked_so_limits_charge_no_tokens(
-    cached_app: Callable[..., httpx.AsyncClient],
+    cached_app: Callable[..., httpx2.AsyncClient],
 ) -> None:
     from shared.context import Context
     from shared.schemas import Operation
@@ -228,7 +228,7 @@ async def test_a_hit_is_marked_so_limits_charge_no_tokens(
 
 
 async def test_semantic_mode_filters_on_caller_model_and_earlier_turns(
-    cached_app: Callable[..., httpx.AsyncClient], gpusim: Gpusim, redis_stack_url: str
+    cached_app: Callable[..., httpx2.AsyncClient], gpusim: Gpusim, redis_stack_url: str
 ) -> None:
     # gpusim's embeddings are deterministic, not semantic: the same words give distance 0,
     # so every miss below comes from the tags (scope, context), never from the distance.
@@ -262,7 +262,7 @@ async def test_semantic_mode_filters_on_caller_model_and_earlier_turns(
 
 
 async def test_semantic_mode_without_embeddings_falls_back_to_the_exact_key(
-    cached_app: Callable[..., httpx.AsyncClient], gpusim: Gpusim, redis_stack_url: str
+    cached_app: Callable[..., httpx2.AsyncClient], gpusim: Gpusim, redis_stack_url: str
 ) -> None:
     cache = {"mode": "semantic", "semantic": {"embeddings_model": "no-such-model"}}
     async with cached_app(cache, redis_stack_url) as client:
@@ -272,7 +272,7 @@ async def test_semantic_mode_without_embeddings_falls_back_to_the_exact_key(
 
 
 async def test_invalid_cache_setting_names_the_field_to_callers_the_app_knows_only(
-    cached_app: Callable[..., httpx.AsyncClient], caplog: pytest.LogCaptureFixture
+    cached_app: Callable[..., httpx2.AsyncClient], caplog: pytest.LogCaptureFixture
 ) -> None:
     async with cached_app({"mode": "semantic"}) as client:
         with caplog.at_level("ERROR", logger="shared.web"):
@@ -288,7 +288,7 @@ async def test_invalid_cache_setting_names_the_field_to_callers_the_app_knows_on
 
 
 async def test_semantic_index_is_created_again_after_redis_lost_it(
-    cached_app: Callable[..., httpx.AsyncClient], gpusim: Gpusim, redis_stack: Any
+    cached_app: Callable[..., httpx2.AsyncClient], gpusim: Gpusim, redis_stack: Any
 ) -> None:
     from tests.fixtures.redis_stack import RedisStackServer
 
@@ -309,7 +309,7 @@ async def test_semantic_index_is_created_again_after_redis_lost_it(
 
 
 async def test_semantic_embeddings_go_through_the_router_with_failover(
-    cached_app: Callable[..., httpx.AsyncClient], gpusim: Gpusim, redis_stack_url: str
+    cached_app: Callable[..., httpx2.AsyncClient], gpusim: Gpusim, redis_stack_url: str
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}/v1"  # refuses connections
     backends = [

@@ -12,7 +12,7 @@ import base64
 import json
 from collections.abc import Callable
 
-import httpx
+import httpx2
 import pytest
 
 from tests.fixtures.core import Handler, chat_answer, sse
@@ -26,10 +26,10 @@ from tests.fixtures.events import (
 )
 
 
-def echo_endpoint(req: httpx.Request) -> httpx.Response:
+def echo_endpoint(req: httpx2.Request) -> httpx2.Response:
     body = json.loads(req.content)
     if body.get("stream"):
-        return httpx.Response(
+        return httpx2.Response(
             200,
             content=sse(
                 {"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}}]}, "[DONE]"
@@ -37,8 +37,8 @@ def echo_endpoint(req: httpx.Request) -> httpx.Response:
             headers={"content-type": "text/event-stream"},
         )
     if req.url.path.endswith("/models"):
-        return httpx.Response(200, json={"data": [{"id": "local-model"}]})
-    return httpx.Response(200, json=chat_answer(body["model"], "hi from the GPU"))
+        return httpx2.Response(200, json={"data": [{"id": "local-model"}]})
+    return httpx2.Response(200, json=chat_answer(body["model"], "hi from the GPU"))
 
 
 @pytest.mark.parametrize("event_name", ["apigw_v2_chat", "apigw_v1_chat", "function_url_chat"])
@@ -86,9 +86,9 @@ def test_lambda_deadline_bounds_the_backend_call(fake_endpoint: Callable[[Handle
     """With 0.6 s left in the invocation, a slow endpoint yields 504, not a platform timeout."""
     from functions.chat.aws import handler
 
-    async def slow(req: httpx.Request) -> httpx.Response:
+    async def slow(req: httpx2.Request) -> httpx2.Response:
         await asyncio.sleep(5)
-        return httpx.Response(200, json=chat_answer("local-model"))
+        return httpx2.Response(200, json=chat_answer("local-model"))
 
     fake_endpoint(slow)  # type: ignore[arg-type]
     import time
@@ -171,8 +171,8 @@ async def test_a_configuration_error_is_not_told_to_an_anonymous_caller(
 
     clean_env.setenv("INFER_BACKENDS", '[{"name": "b", "kind": "openai"}]')  # no base_url
     reset_all()
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-    async with httpx.AsyncClient(transport=transport, base_url="http://fn") as c:
+    transport = httpx2.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx2.AsyncClient(transport=transport, base_url="http://fn") as c:
         with caplog.at_level("ERROR", logger="shared.web"):
             body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
             r = await c.post("/v1/chat/completions", json=body)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -172,12 +172,12 @@ NORMAL: dict[str, dict[str, Any]] = {
 
 def send(
     loop: asyncio.AbstractEventLoop, route: str, content: bytes, method: str | None = None
-) -> httpx.Response:
+) -> httpx2.Response:
     app_name, default_method, path = ROUTES[route]
 
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=apps()[app_name])
-        async with httpx.AsyncClient(transport=transport, base_url="http://fn") as client:
+    async def go() -> httpx2.Response:
+        transport = httpx2.ASGITransport(app=apps()[app_name])
+        async with httpx2.AsyncClient(transport=transport, base_url="http://fn") as client:
             return await asyncio.wait_for(
                 client.request(method or default_method, path, content=content,
                                headers={"content-type": "application/json"}),
@@ -187,7 +187,7 @@ def send(
     return loop.run_until_complete(go())
 
 
-def check(response: httpx.Response, body: bytes) -> None:
+def check(response: httpx2.Response, body: bytes) -> None:
     assert response.status_code < 500, (response.status_code, response.text[:500], body[:300])
     if response.status_code >= 400:
         assert "error" in response.json() or response.status_code == 405

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from shared.jobs.worker import Attempt, process_message
@@ -38,11 +38,11 @@ def azure_fn(name: str) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def api(job_env: Path, fake_endpoint: Callable[[Handler], None]) -> httpx.AsyncClient:
+def api(job_env: Path, fake_endpoint: Callable[[Handler], None]) -> httpx2.AsyncClient:
     from functions.jobs.app import app
 
-    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model", "async hi")))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+    fake_endpoint(lambda req: httpx2.Response(200, json=chat_answer("local-model", "async hi")))
+    return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://test")
 
 
 async def drain_and_run() -> list[str]:
@@ -59,7 +59,7 @@ def _ctx() -> Any:
     return Context.with_timeout(10)
 
 
-async def test_post_queues_a_job_and_get_reads_its_result(api: httpx.AsyncClient) -> None:
+async def test_post_queues_a_job_and_get_reads_its_result(api: httpx2.AsyncClient) -> None:
     r = await api.post("/v1/jobs", json=LINE)
     assert r.status_code == 202
     job = r.json()
@@ -75,7 +75,7 @@ async def test_post_queues_a_job_and_get_reads_its_result(api: httpx.AsyncClient
     assert done["response"]["body"]["choices"][0]["message"]["content"] == "async hi"
 
 
-async def test_unknown_job_is_404_envelope(api: httpx.AsyncClient) -> None:
+async def test_unknown_job_is_404_envelope(api: httpx2.AsyncClient) -> None:
     for path in ("/v1/jobs/job_nope", "/v1/jobs/-not-an-id"):
         r = await api.get(path)
         assert r.status_code == 404
@@ -94,14 +94,14 @@ async def test_unknown_job_is_404_envelope(api: httpx.AsyncClient) -> None:
     ],
 )
 async def test_invalid_lines_are_400_and_queue_nothing(
-    api: httpx.AsyncClient, line: dict[str, Any], param: str | None
+    api: httpx2.AsyncClient, line: dict[str, Any], param: str | None
 ) -> None:
     r = await api.post("/v1/jobs", json=line)
     assert r.status_code == 400 and r.json()["error"]["param"] == param
     assert get_queue().drain() == []
 
 
-async def test_idempotency_key_same_body_same_job_other_body_409(api: httpx.AsyncClient) -> None:
+async def test_idempotency_key_same_body_same_job_other_body_409(api: httpx2.AsyncClient) -> None:
     headers = {"idempotency-key": "order-42"}
     first = await api.post("/v1/jobs", json=LINE, headers=headers)
     again = await api.post("/v1/jobs", json=LINE, headers=headers)
@@ -116,7 +116,7 @@ async def test_idempotency_key_same_body_same_job_other_body_409(api: httpx.Asyn
 
 
 async def test_jobs_are_private_to_their_caller_when_keys_are_set(
-    api: httpx.AsyncClient, job_env: Path, clean_env: pytest.MonkeyPatch
+    api: httpx2.AsyncClient, job_env: Path, clean_env: pytest.MonkeyPatch
 ) -> None:
     from shared.lifecycle import reset_all
 
@@ -161,7 +161,7 @@ async def _read(response: Any) -> tuple[int, dict[str, str], bytes]:
 async def test_azure_functions_create_and_get_with_api_prefix(
     job_env: Path, fake_endpoint: Callable[[Handler], None]
 ) -> None:
-    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    fake_endpoint(lambda req: httpx2.Response(200, json=chat_answer("local-model")))
     req = azure_request("POST", "/api/v1/jobs", json.dumps(LINE).encode())
     status, headers, body = await _read(await azure_fn("jobs_create")(req))
     assert status == 202
@@ -191,7 +191,7 @@ def test_blueprint_bindings_match_the_design() -> None:
 
 
 async def test_job_submissions_are_admitted_against_rate_and_jobs_queued(
-    api: httpx.AsyncClient, clean_env: pytest.MonkeyPatch
+    api: httpx2.AsyncClient, clean_env: pytest.MonkeyPatch
 ) -> None:
     from shared.lifecycle import reset_all
 

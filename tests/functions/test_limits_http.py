@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import openai
 import pytest
 
@@ -23,10 +23,12 @@ from tests.fixtures.core import Handler, chat_answer, sse
 MSG = {"model": "local-model", "messages": [{"role": "user", "content": "x" * 36}],
        "max_tokens": 20}  # fmt: skip
 
+EVENT_STREAM = {"content-type": "text/event-stream"}
 
-def client() -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=chat_app)  # type: ignore[arg-type]
-    return httpx.AsyncClient(transport=transport, base_url="http://fn")
+
+def client() -> httpx2.AsyncClient:
+    transport = httpx2.ASGITransport(app=chat_app)  # type: ignore[arg-type]
+    return httpx2.AsyncClient(transport=transport, base_url="http://fn")
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -48,7 +50,7 @@ async def test_admitted_answers_carry_openai_rate_headers(
 ) -> None:
     # a day-long window: the bucket refills too slowly to blur the exact counts below
     _limits(limits_env, {"caller": "*", "rpm": 5, "tpm": 1000, "window_s": 86400})
-    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    fake_endpoint(lambda req: httpx2.Response(200, json=chat_answer("local-model")))
     async with client() as c:
         r = await c.post("/v1/chat/completions", json=MSG)
         assert r.status_code == 200
@@ -68,9 +70,9 @@ async def test_refusal_is_a_429_the_openai_sdk_retries_after(
     _limits(limits_env, {"caller": "*", "rpm": 1, "window_s": 1})
     calls: list[float] = []
 
-    def answer(req: httpx.Request) -> httpx.Response:
+    def answer(req: httpx2.Request) -> httpx2.Response:
         calls.append(time.monotonic())
-        return httpx.Response(200, json=chat_answer("local-model"))
+        return httpx2.Response(200, json=chat_answer("local-model"))
 
     fake_endpoint(answer)
     async with client() as c:
@@ -101,7 +103,9 @@ async def test_a_stream_is_charged_its_usage_chunk_and_frees_its_slot(
         "[DONE]",
     )
     fake_endpoint(
-        lambda req: httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+        lambda req: httpx2.Response(
+            200, content=body, headers={"content-type": "text/event-stream"}
+        )
     )
     stream = {**MSG, "stream": True, "stream_options": {"include_usage": True}}
     async with client() as c:
@@ -121,9 +125,9 @@ async def test_a_stream_without_usage_is_charged_its_reservation(
     events = [{"id": "c", "choices": [{"index": 0, "delta": {"content": "t"}}]}] * 20
     body = sse(*events, "[DONE]")
 
-    def answer(req: httpx.Request) -> httpx.Response:
+    def answer(req: httpx2.Request) -> httpx2.Response:
         asked.append(json.loads(req.content).get("stream_options"))
-        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+        return httpx2.Response(200, content=body, headers={"content-type": "text/event-stream"})
 
     fake_endpoint(answer)
     async with client() as c:
@@ -147,7 +151,9 @@ async def test_usage_the_caller_did_not_ask_for_is_charged_but_not_sent(
         "[DONE]",
     )
     fake_endpoint(
-        lambda req: httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+        lambda req: httpx2.Response(
+            200, content=body, headers={"content-type": "text/event-stream"}
+        )
     )
     async with client() as c:
         first = await c.post("/v1/chat/completions", json={**MSG, "stream": True})
@@ -165,7 +171,7 @@ async def test_a_throttled_job_is_deferred_by_the_retry_after_not_failed(
 
     clean_env.setenv("INFER_LIMITS", json.dumps([{"caller": "team-a", "rpm": 1}]))
     reset_all()
-    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    fake_endpoint(lambda req: httpx2.Response(200, json=chat_answer("local-model")))
     for job_id in ("job-1", "job-2"):
         line = parse_line({"id": job_id, "url": "/v1/chat/completions", "body": MSG})
         get_job_store().create(JobRecord.new(line, job_id, caller="team-a"))
@@ -192,7 +198,7 @@ async def test_a_batch_slows_to_the_callers_limit_instead_of_failing_lines(
         "INFER_LIMITS", json.dumps([{"caller": "batch-team", "rpm": 20, "window_s": 1}])
     )
     reset_all()
-    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    fake_endpoint(lambda req: httpx2.Response(200, json=chat_answer("local-model")))
     data, good, bad = make_input(40)
     memory_stores.inp.put("lim.jsonl", data, content_type="application/jsonl")
     settings = BatchSettings(
@@ -217,9 +223,9 @@ async def test_a_cache_hit_costs_no_tokens_but_counts_as_a_request(
     _limits(limits_env, {"caller": "*", "rpm": 10, "tpm": 1000, "window_s": 86400})
     calls: list[int] = []
 
-    def answer(req: httpx.Request) -> httpx.Response:
+    def answer(req: httpx2.Request) -> httpx2.Response:
         calls.append(1)
-        return httpx.Response(200, json=chat_answer("local-model"))
+        return httpx2.Response(200, json=chat_answer("local-model"))
 
     fake_endpoint(answer)
     async with client() as c:
@@ -243,7 +249,9 @@ async def test_a_stream_closed_before_its_first_chunk_frees_its_slot(
     _limits(limits_env, {"caller": "*", "max_parallel": 1, "tpm": 1000, "window_s": 86400})
     body = sse({"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}}]}, "[DONE]")
     fake_endpoint(
-        lambda req: httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+        lambda req: httpx2.Response(
+            200, content=body, headers={"content-type": "text/event-stream"}
+        )
     )
     service = get_service()
     payload = service.validate(Operation.CHAT, {**MSG, "stream": True})
@@ -267,7 +275,7 @@ async def test_model_names_are_bounded_and_unknown_models_touch_no_counter(
         [{"name": "b", "kind": "openai", "base_url": "http://127.0.0.1:8081/v1",
           "models": ["local-model"]}]))  # fmt: skip
     _limits(limits_env, {"caller": "*", "model": "*", "rpm": 5})
-    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    fake_endpoint(lambda req: httpx2.Response(200, json=chat_answer("local-model")))
     async with client() as c:
         long = await c.post("/v1/chat/completions", json={**MSG, "model": "m" * 257})
         assert long.status_code == 400 and long.json()["error"]["param"] == "model"
@@ -291,7 +299,7 @@ async def test_a_batchs_status_carries_what_it_cost(
                "price": {"input_per_1m": 0, "output_per_1m": 500_000}}  # fmt: skip
     clean_env.setenv("INFER_BACKENDS", json.dumps([backend]))
     reset_all()
-    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    fake_endpoint(lambda req: httpx2.Response(200, json=chat_answer("local-model")))
     data, good, _ = make_input(10)
     memory_stores.inp.put("priced.jsonl", data, content_type="application/jsonl")
     settings = BatchSettings(checkpoint_s=0.05, status_s=0.05, handoff_margin_s=0.2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-import httpx
+import httpx2
 import openai
 import pytest
 
@@ -33,7 +33,7 @@ async def test_wildcard_backends_list_what_the_endpoint_serves(
     ]  # fmt: skip
     clean_env.setenv("INFER_BACKENDS", json.dumps(backends))
 
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=models_app), base_url="http://m")
+    http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=models_app), base_url="http://m")
     client = openai.AsyncOpenAI(
         base_url="http://m/v1", api_key="unused", http_client=http, max_retries=0
     )

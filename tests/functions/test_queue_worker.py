@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from azure.functions.queue import QueueMessage
 
@@ -36,18 +36,18 @@ def line(job_id: str, **extra: Any) -> str:
     )
 
 
-def by_job(req: httpx.Request) -> httpx.Response:
+def by_job(req: httpx2.Request) -> httpx2.Response:
     """The fake endpoint answers per job (the worker sends the job id as x-request-id)."""
     rid = req.headers["x-request-id"]
     if rid.startswith("busy"):
-        return httpx.Response(
+        return httpx2.Response(
             429, headers={"retry-after": "3"}, json={"error": {"message": "full"}}
         )
     if rid.startswith("flaky"):
-        return httpx.Response(500, json={"error": {"message": "boom"}})
+        return httpx2.Response(500, json={"error": {"message": "boom"}})
     if rid.startswith("rejected"):
-        return httpx.Response(400, json={"error": {"message": "content_filter"}})
-    return httpx.Response(200, json=chat_answer("local-model", f"answer for {rid}"))
+        return httpx2.Response(400, json={"error": {"message": "content_filter"}})
+    return httpx2.Response(200, json=chat_answer("local-model", f"answer for {rid}"))
 
 
 @pytest.fixture

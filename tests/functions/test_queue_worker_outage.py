@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from azure.functions.queue import QueueMessage
 
@@ -56,9 +56,9 @@ def line(job_id: str | None, **extra: Any) -> str:
 def model_calls(fake_endpoint: Callable[[Handler], None]) -> list[str]:
     calls: list[str] = []
 
-    def answer(req: httpx.Request) -> httpx.Response:
+    def answer(req: httpx2.Request) -> httpx2.Response:
         calls.append(req.headers.get("x-request-id", ""))
-        return httpx.Response(200, json=chat_answer("local-model"))
+        return httpx2.Response(200, json=chat_answer("local-model"))
 
     fake_endpoint(answer)
     return calls
@@ -153,7 +153,7 @@ def test_sqs_throttled_message_without_id_is_re_sent_unchanged(
     from shared.jobs.model import derived_id
     from shared.jobs.store import get_job_store
 
-    fake_endpoint(lambda req: httpx.Response(429, headers={"retry-after": "1"}, json={}))
+    fake_endpoint(lambda req: httpx2.Response(429, headers={"retry-after": "1"}, json={}))
     body = line(None, custom_id="row-9")
     event, _ = sqs_event(sqs["client"], sqs["url"], [body])
     out = handler(event, LambdaContext(name="queue_worker"))
@@ -191,8 +191,8 @@ async def test_jobs_api_with_storage_stopped_is_503_with_retry_after(
     unavailable (503 + Retry-After, which the openai SDK retries), not an internal error."""
     from functions.jobs.app import app
 
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://fn") as client:
+    transport = httpx2.ASGITransport(app=app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://fn") as client:
         posted = await client.post("/v1/jobs", content=line(None))
         got = await client.get("/v1/jobs/job_0123456789abcdef0123456789abcdef")
     for r in (posted, got):

@@ -5,23 +5,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import httpx
+import httpx2
 import pytest
 
 from functions.health.app import app as health_app
 from tests.fixtures.core import Handler
 
 
-async def readyz(headers: dict[str, str] | None = None) -> httpx.Response:
-    transport = httpx.ASGITransport(app=health_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://fn") as client:
+async def readyz(headers: dict[str, str] | None = None) -> httpx2.Response:
+    transport = httpx2.ASGITransport(app=health_app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://fn") as client:
         return await client.get("/readyz", headers=headers or {})
 
 
 def refusing(calls: list[str]) -> Handler:
-    def handler(req: httpx.Request) -> httpx.Response:
+    def handler(req: httpx2.Request) -> httpx2.Response:
         calls.append(str(req.url))
-        raise httpx.ConnectError("refused: secret-internal-host:8000")
+        raise httpx2.ConnectError("refused: secret-internal-host:8000")
 
     return handler
 
@@ -47,8 +47,8 @@ async def test_details_only_for_a_caller_with_a_configured_key(
 async def test_no_inbound_keys_means_no_details_for_anyone(
     fake_endpoint: Callable[[Handler], None],
 ) -> None:
-    def ok(req: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"object": "list", "data": [{"id": "local-model"}]})
+    def ok(req: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, json={"object": "list", "data": [{"id": "local-model"}]})
 
     fake_endpoint(ok)
     r = await readyz({"authorization": "Bearer anything"})

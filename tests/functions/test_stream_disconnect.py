@@ -20,7 +20,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 
-import httpx
+import httpx2
 import pytest
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -135,7 +135,7 @@ def test_200_early_hang_ups_leak_no_slot_and_no_connection(
     wait_for(lambda: busy_upstream_connections() == 0, timeout=20)
     wait_for(lambda: sim.stats()["running"] == 0, timeout=20)  # gpusim saw each one go
 
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx2.Client(base_url=url, timeout=30) as client:
         r = client.post(
             "/v1/chat/completions", content=BODY.replace(b'"stream": true', b'"stream": false')
         )

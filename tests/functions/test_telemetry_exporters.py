@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from shared.lifecycle import reset_all
@@ -39,11 +39,11 @@ def sim_env(clean_env: pytest.MonkeyPatch, gpusim: Gpusim) -> pytest.MonkeyPatch
     return clean_env
 
 
-async def _post(body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
+async def _post(body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx2.Response:
     from functions.chat.app import app
 
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://fn") as client:
+    transport = httpx2.ASGITransport(app=app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://fn") as client:
         return await client.post("/v1/chat/completions", json=body, headers=headers or {})
 
 
@@ -116,11 +116,11 @@ def test_off_imports_nothing_and_passes_the_callers_traceparent_on(
 ) -> None:
     proxy = counting_proxy(gpusim.url)
     code = f"""
-import asyncio, json, sys, httpx
+import asyncio, json, sys, httpx2
 from functions.chat.app import app
 async def main():
-    t = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=t, base_url="http://fn") as c:
+    t = httpx2.ASGITransport(app=app)
+    async with httpx2.AsyncClient(transport=t, base_url="http://fn") as c:
         r = await c.post("/v1/chat/completions", json={CHAT!r},
                          headers={{"traceparent": "{TRACEPARENT}"}})
         assert r.status_code == 200, r.text

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from tests.fixtures.gpusim import FAST_FLAGS, Gpusim, gpusim_argv
@@ -46,7 +46,7 @@ def embedder() -> Iterator[Gpusim]:
 @pytest.fixture
 def client(
     clean_env: pytest.MonkeyPatch, gpusim: Gpusim, embedder: Gpusim, redis_stack_url: str
-) -> httpx.AsyncClient:
+) -> httpx2.AsyncClient:
     embedder.reset()
     backends = [
         {"name": "chat", "kind": "openai", "base_url": gpusim.v1, "models": ["local-model"]},
@@ -59,12 +59,12 @@ def client(
     clean_env.setenv("INFER_API_KEYS", ",".join(KEYS))
     from functions.chat.app import app
 
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://t")
 
 
 async def ask(
-    client: httpx.AsyncClient, text: str, key: str = KEYS[0], earlier: list[Any] | None = None
-) -> httpx.Response:
+    client: httpx2.AsyncClient, text: str, key: str = KEYS[0], earlier: list[Any] | None = None
+) -> httpx2.Response:
     messages = [*(earlier or []), {"role": "user", "content": text}]
     body = {"model": "local-model", "messages": messages, "max_tokens": 16}
     r = await client.post(
@@ -79,7 +79,7 @@ def calls(sim: Gpusim, path: str) -> int:
 
 
 async def test_a_paraphrase_is_a_hit(
-    client: httpx.AsyncClient, gpusim: Gpusim, embedder: Gpusim
+    client: httpx2.AsyncClient, gpusim: Gpusim, embedder: Gpusim
 ) -> None:
     async with client:
         first = await ask(client, QUESTION)
@@ -93,7 +93,7 @@ async def test_a_paraphrase_is_a_hit(
         assert calls(embedder, "/v1/embeddings") == 2  # through the router, to the embed backend
 
 
-async def test_a_different_question_is_a_miss(client: httpx.AsyncClient, gpusim: Gpusim) -> None:
+async def test_a_different_question_is_a_miss(client: httpx2.AsyncClient, gpusim: Gpusim) -> None:
     async with client:
         await ask(client, QUESTION)
         other = await ask(client, OTHER)
@@ -102,7 +102,7 @@ async def test_a_different_question_is_a_miss(client: httpx.AsyncClient, gpusim:
 
 
 async def test_the_same_last_message_after_other_earlier_turns_is_a_miss(
-    client: httpx.AsyncClient, gpusim: Gpusim
+    client: httpx2.AsyncClient, gpusim: Gpusim
 ) -> None:
     earlier = [
         {"role": "user", "content": "Let's talk about Germany."},
@@ -115,7 +115,7 @@ async def test_the_same_last_message_after_other_earlier_turns_is_a_miss(
         assert calls(gpusim, "/v1/chat/completions") == 2
 
 
-async def test_another_caller_gets_no_hit(client: httpx.AsyncClient, gpusim: Gpusim) -> None:
+async def test_another_caller_gets_no_hit(client: httpx2.AsyncClient, gpusim: Gpusim) -> None:
     async with client:
         await ask(client, QUESTION, KEYS[0])
         assert (await ask(client, QUESTION, KEYS[1])).headers["x-cache"] == "miss"

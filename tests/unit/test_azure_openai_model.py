@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-import httpx
+import httpx2
 import pytest
 
 from functions.chat.app import app as chat_app
@@ -15,24 +15,24 @@ AOAI = {"name": "aoai", "kind": "azure_openai", "endpoint": "https://res.openai.
         "auth": "key", "api_key_setting": "AOAI_KEY", "models": ["*"]}  # fmt: skip
 
 
-async def chat(model: object) -> httpx.Response:
+async def chat(model: object) -> httpx2.Response:
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
-    transport = httpx.ASGITransport(app=chat_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://fn") as client:
+    transport = httpx2.ASGITransport(app=chat_app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://fn") as client:
         return await client.post("/v1/chat/completions", json=body)
 
 
 @pytest.fixture
 def seen(
     fake_endpoint: Callable[[Handler], None], clean_env: pytest.MonkeyPatch
-) -> list[httpx.URL]:
+) -> list[httpx2.URL]:
     clean_env.setenv("INFER_BACKENDS", json.dumps([AOAI]))
     clean_env.setenv("AOAI_KEY", "k")
-    urls: list[httpx.URL] = []
+    urls: list[httpx2.URL] = []
 
-    def handler(req: httpx.Request) -> httpx.Response:
+    def handler(req: httpx2.Request) -> httpx2.Response:
         urls.append(req.url)
-        return httpx.Response(200, json=chat_answer("gpt-4o"))
+        return httpx2.Response(200, json=chat_answer("gpt-4o"))
 
     fake_endpoint(handler)
     return urls
@@ -44,7 +44,7 @@ def seen(
      "x" * 65, "with space"],
 )  # fmt: skip
 async def test_a_model_that_is_not_a_deployment_name_is_400(
-    seen: list[httpx.URL], model: str
+    seen: list[httpx2.URL], model: str
 ) -> None:
     r = await chat(model)
     assert r.status_code == 400, r.text
@@ -53,7 +53,7 @@ async def test_a_model_that_is_not_a_deployment_name_is_400(
 
 
 @pytest.mark.parametrize("model", ["gpt-4o", "gpt-4o.mini_v2", "GPT4", "a"])
-async def test_a_valid_name_is_the_path_segment(seen: list[httpx.URL], model: str) -> None:
+async def test_a_valid_name_is_the_path_segment(seen: list[httpx2.URL], model: str) -> None:
     r = await chat(model)
     assert r.status_code == 200, r.text
     assert seen[0].path == f"/openai/deployments/{model}/chat/completions"

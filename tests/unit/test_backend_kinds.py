@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from functions.chat.app import app as chat_app
@@ -40,9 +40,9 @@ def toy_entry(url: str, **extra: object) -> dict[str, object]:
             "models": ["toy-model"], **extra}  # fmt: skip
 
 
-async def post(body: dict[str, object]) -> httpx.Response:
-    transport = httpx.ASGITransport(app=chat_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://fn", timeout=30) as c:
+async def post(body: dict[str, object]) -> httpx2.Response:
+    transport = httpx2.ASGITransport(app=chat_app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://fn", timeout=30) as c:
         return await c.post("/v1/chat/completions", json=body)
 
 

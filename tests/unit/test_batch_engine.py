@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from shared.batch.config import BatchSettings
@@ -34,7 +34,7 @@ class Endpoint:
         self.delay = delay
         self.calls: Counter[str] = Counter()
 
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
+    async def __call__(self, request: httpx2.Request) -> httpx2.Response:
         body = json.loads(request.content)
         text = body["messages"][0]["content"]
         self.calls[text] += 1
@@ -43,12 +43,12 @@ class Endpoint:
         if "reject" in text:
             err = {"error": {"message": "blocked", "type": "invalid_request_error",
                              "param": "prompt", "code": "content_filter"}}  # fmt: skip
-            return httpx.Response(400, json=err)
+            return httpx2.Response(400, json=err)
         if "flaky" in text and self.calls[text] <= 3:
-            return httpx.Response(429, headers={"retry-after": "0.01"}, json={"error": {}})
+            return httpx2.Response(429, headers={"retry-after": "0.01"}, json={"error": {}})
         if "down" in text:
-            return httpx.Response(500, json={"error": {"message": "gpu on fire"}})
-        return httpx.Response(200, json=chat_answer(body["model"], text.upper()))
+            return httpx2.Response(500, json={"error": {"message": "gpu on fire"}})
+        return httpx2.Response(200, json=chat_answer(body["model"], text.upper()))
 
 
 @pytest.fixture
@@ -273,11 +273,11 @@ async def test_results_held_behind_a_slow_line_are_bounded_in_bytes(
 
     peak: list[int] = []
 
-    async def answer(request: httpx.Request) -> httpx.Response:
+    async def answer(request: httpx2.Request) -> httpx2.Response:
         text = json.loads(request.content)["messages"][0]["content"]
         if text == "slow":
             await asyncio.sleep(0.5)
-        return httpx.Response(200, json=chat_answer("local-model", "z" * 20_000))
+        return httpx2.Response(200, json=chat_answer("local-model", "z" * 20_000))
 
     fake_endpoint(answer)
     lines = [{"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import azure.functions as func
-import httpx
+import httpx2
 import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -62,8 +62,8 @@ def _app() -> HttpApp:
 
 
 async def test_dispatch_prefers_literal_routes_and_converts_results() -> None:
-    transport = httpx.ASGITransport(app=_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    transport = httpx2.ASGITransport(app=_app())
+    async with httpx2.AsyncClient(transport=transport, base_url="http://t") as client:
         assert (await client.get("/api/jobs/7")).json() == {"job": "7"}
         assert (await client.get("/api/jobs/latest")).text == "latest"
         created = await client.post("/api/jobs", json={"a": 1})

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import httpx
+import httpx2
 
 from tools.devhost.http import HttpApp
 from tools.devhost.invoke import Invoker
 from tools.devhost.storage import Storage
 
 
-async def get(path: str) -> httpx.Response:
+async def get(path: str) -> httpx2.Response:
     app = HttpApp([], "api", Invoker(Storage(), message_encoding="base64"))
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://devhost") as client:
+    transport = httpx2.ASGITransport(app=app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://devhost") as client:
         return await client.get(path)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-import httpx
+import httpx2
 import pytest
 
 from tools.gpusim import Config, build_app
@@ -14,10 +14,10 @@ from tools.gpusim.wire import ConnectionAborted
 CHAT = {"model": "local-model", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def client(**knobs: object) -> httpx.AsyncClient:
+def client(**knobs: object) -> httpx2.AsyncClient:
     knobs = {"min_output_tokens": 3, "max_output_tokens": 3, **knobs}
     config = Config(ttft_base_ms=0, itl_ms=0, **knobs)  # type: ignore[arg-type]
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(config)),
+    return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=build_app(config)),
                              base_url="http://gpusim")  # fmt: skip
 
 

@@ -10,7 +10,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from functions.chat.app import app as chat_app
@@ -23,19 +23,19 @@ from tests.fixtures.core import Handler, chat_answer, sse
 MSG = {"model": "local-model", "messages": [{"role": "user", "content": "hi"}]}
 
 
-async def post(app: object, path: str, **kw: object) -> httpx.Response:
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-    async with httpx.AsyncClient(transport=transport, base_url="http://fn") as client:
+async def post(app: object, path: str, **kw: object) -> httpx2.Response:
+    transport = httpx2.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx2.AsyncClient(transport=transport, base_url="http://fn") as client:
         return await client.post(path, **kw)  # type: ignore[arg-type]
 
 
-async def get(app: object, path: str, **kw: object) -> httpx.Response:
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-    async with httpx.AsyncClient(transport=transport, base_url="http://fn") as client:
+async def get(app: object, path: str, **kw: object) -> httpx2.Response:
+    transport = httpx2.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx2.AsyncClient(transport=transport, base_url="http://fn") as client:
         return await client.get(path, **kw)  # type: ignore[arg-type]
 
 
-def assert_envelope(r: httpx.Response, status: int, param: str | None = None) -> dict[str, object]:
+def assert_envelope(r: httpx2.Response, status: int, param: str | None = None) -> dict[str, object]:
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json")
     err = r.json()["error"]
@@ -50,9 +50,9 @@ async def test_plain_chat_passes_the_body_through_unchanged(
 ) -> None:
     seen: list[dict[str, object]] = []
 
-    def handler(req: httpx.Request) -> httpx.Response:
+    def handler(req: httpx2.Request) -> httpx2.Response:
         seen.append(json.loads(req.content))
-        return httpx.Response(200, json={**chat_answer("local-model"), "system_fingerprint": "fp"})
+        return httpx2.Response(200, json={**chat_answer("local-model"), "system_fingerprint": "fp"})
 
     fake_endpoint(handler)
     r = await post(chat_app, "/v1/chat/completions", json={**MSG, "logprobs": True})
@@ -82,7 +82,7 @@ async def test_bad_input_gets_status_and_envelope_never_500(
     status: int,
     param: str | None,
 ) -> None:
-    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    fake_endpoint(lambda req: httpx2.Response(200, json=chat_answer("local-model")))
     r = await post(chat_app, "/v1/chat/completions", **kwargs)
     assert_envelope(r, status, param)
 
@@ -94,7 +94,7 @@ async def test_unknown_model_is_404(
         "INFER_BACKENDS",
         '[{"name": "v", "kind": "openai", "base_url": "http://x/v1", "models": ["only"]}]',
     )
-    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("only")))
+    fake_endpoint(lambda req: httpx2.Response(200, json=chat_answer("only")))
     r = await post(chat_app, "/v1/chat/completions", json=MSG)
     err = assert_envelope(r, 404, "model")
     assert err["code"] == "model_not_found"
@@ -126,10 +126,10 @@ async def test_endpoint_errors_map_to_gateway_statuses(
     clean_env.setenv("INFER_MAX_RETRIES", "0")
     answers = iter(
         [
-            httpx.Response(429, headers={"retry-after": "7"}, json={"error": {"message": "slow"}}),
-            httpx.Response(503, json={"error": {"message": "down"}}),
-            httpx.Response(503, json={"error": {"message": "down"}}),  # its one quick retry
-            httpx.Response(
+            httpx2.Response(429, headers={"retry-after": "7"}, json={"error": {"message": "slow"}}),
+            httpx2.Response(503, json={"error": {"message": "down"}}),
+            httpx2.Response(503, json={"error": {"message": "down"}}),  # its one quick retry
+            httpx2.Response(
                 400,
                 json={
                     "error": {
@@ -141,16 +141,16 @@ async def test_endpoint_errors_map_to_gateway_statuses(
                     }
                 },
             ),
-            httpx.Response(401, json={"error": {"message": "bad key sk-123"}}),
+            httpx2.Response(401, json={"error": {"message": "bad key sk-123"}}),
         ]
     )
 
-    def handler(req: httpx.Request) -> httpx.Response:
+    def handler(req: httpx2.Request) -> httpx2.Response:
         return next(answers)
 
     fake_endpoint(handler)
 
-    async def fresh_call() -> httpx.Response:
+    async def fresh_call() -> httpx2.Response:
         reset_all()  # a fresh router: no circuit left open by the previous answer
         return await post(chat_app, "/v1/chat/completions", json=MSG)
 
@@ -172,12 +172,12 @@ async def test_connection_errors_are_retried_then_502(
     clean_env.setenv("INFER_MAX_RETRIES", "1")
     calls = 0
 
-    def handler(req: httpx.Request) -> httpx.Response:
+    def handler(req: httpx2.Request) -> httpx2.Response:
         nonlocal calls
         calls += 1
         if calls == 1:
-            raise httpx.ConnectError("reset")
-        return httpx.Response(200, json=chat_answer("local-model"))
+            raise httpx2.ConnectError("reset")
+        return httpx2.Response(200, json=chat_answer("local-model"))
 
     fake_endpoint(handler)
     r = await post(chat_app, "/v1/chat/completions", json=MSG)
@@ -189,14 +189,14 @@ async def test_stream_retried_before_first_byte(fake_endpoint: Callable[[Handler
     calls = 0
     body = sse({"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}}]}, "[DONE]")
 
-    def handler(req: httpx.Request) -> httpx.Response:
+    def handler(req: httpx2.Request) -> httpx2.Response:
         nonlocal calls
         calls += 1
         if calls == 1:
-            return httpx.Response(
+            return httpx2.Response(
                 503, headers={"retry-after-ms": "10"}, json={"error": {"message": "warming"}}
             )
-        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+        return httpx2.Response(200, content=body, headers={"content-type": "text/event-stream"})
 
     fake_endpoint(handler)
     r = await post(chat_app, "/v1/chat/completions", json={**MSG, "stream": True})
@@ -206,10 +206,10 @@ async def test_stream_retried_before_first_byte(fake_endpoint: Callable[[Handler
     assert calls == 2
 
 
-class _Broken(httpx.AsyncByteStream):
+class _Broken(httpx2.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         yield sse({"id": "c", "choices": [{"index": 0, "delta": {"content": "par"}}]})
-        raise httpx.ReadError("connection reset mid-stream")
+        raise httpx2.ReadError("connection reset mid-stream")
 
     async def aclose(self) -> None:
         return None
@@ -222,9 +222,9 @@ async def test_a_stream_that_keeps_breaking_ends_with_an_error_event_not_done(
     event ends the stream and no [DONE] presents the partial answer as whole."""
     bodies: list[dict[str, Any]] = []
 
-    def handler(req: httpx.Request) -> httpx.Response:
+    def handler(req: httpx2.Request) -> httpx2.Response:
         bodies.append(json.loads(req.content))
-        return httpx.Response(200, stream=_Broken(), headers={"content-type": "text/event-stream"})
+        return httpx2.Response(200, stream=_Broken(), headers={"content-type": "text/event-stream"})
 
     fake_endpoint(handler)
     r = await post(chat_app, "/v1/chat/completions", json={**MSG, "stream": True})
@@ -246,7 +246,7 @@ async def test_inbound_api_keys(
     fake_endpoint: Callable[[Handler], None], clean_env: pytest.MonkeyPatch
 ) -> None:
     clean_env.setenv("INFER_API_KEYS", "alpha,beta")
-    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    fake_endpoint(lambda req: httpx2.Response(200, json=chat_answer("local-model")))
     assert_envelope(await post(chat_app, "/v1/chat/completions", json=MSG), 401)
     bad = {"authorization": "Bearer nope"}
     assert_envelope(await post(chat_app, "/v1/chat/completions", json=MSG, headers=bad), 401)
@@ -268,10 +268,10 @@ async def test_served_model_is_asked_for_and_the_answer_names_it(
     )
     seen: list[str] = []
 
-    def handler(req: httpx.Request) -> httpx.Response:
+    def handler(req: httpx2.Request) -> httpx2.Response:
         model = json.loads(req.content)["model"]
         seen.append(model)
-        return httpx.Response(200, json=chat_answer(model))
+        return httpx2.Response(200, json=chat_answer(model))
 
     fake_endpoint(handler)
     r = await post(chat_app, "/v1/chat/completions", json={**MSG, "model": "chat"})
@@ -281,7 +281,7 @@ async def test_served_model_is_asked_for_and_the_answer_names_it(
     assert r.headers["x-infer-backend"] == "v"
 
 
-class _SplitStream(httpx.AsyncByteStream):
+class _SplitStream(httpx2.AsyncByteStream):
     """Chunks cut mid-line and mid-name, as a network may deliver them."""
 
     def __init__(self, body: bytes) -> None:
@@ -304,7 +304,7 @@ async def test_streams_split_anywhere_reach_the_caller_as_sent(
     chunk = {"id": "c", "model": served, "choices": [{"index": 0, "delta": {"content": "hi"}}]}
     body = sse(chunk, chunk, "[DONE]")
     fake_endpoint(
-        lambda req: httpx.Response(
+        lambda req: httpx2.Response(
             200, stream=_SplitStream(body), headers={"content-type": "text/event-stream"}
         )
     )
@@ -314,10 +314,10 @@ async def test_streams_split_anywhere_reach_the_caller_as_sent(
 
 
 async def test_models_health_and_embeddings(fake_endpoint: Callable[[Handler], None]) -> None:
-    def handler(req: httpx.Request) -> httpx.Response:
+    def handler(req: httpx2.Request) -> httpx2.Response:
         if req.url.path.endswith("/models"):
-            return httpx.Response(200, json={"object": "list", "data": [{"id": "local-model"}]})
-        return httpx.Response(
+            return httpx2.Response(200, json={"object": "list", "data": [{"id": "local-model"}]})
+        return httpx2.Response(
             200, json={"object": "list", "data": [{"embedding": [0.1], "index": 0}]}
         )
 
@@ -334,8 +334,8 @@ async def test_models_health_and_embeddings(fake_endpoint: Callable[[Handler], N
 async def test_readyz_is_503_when_no_backend_answers(
     fake_endpoint: Callable[[Handler], None],
 ) -> None:
-    def handler(req: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused")
+    def handler(req: httpx2.Request) -> httpx2.Response:
+        raise httpx2.ConnectError("refused")
 
     fake_endpoint(handler)
     r = await get(health_app, "/readyz")
@@ -360,19 +360,19 @@ async def test_a_continued_stream_is_billed_to_the_backend_that_finished_it(
     reset_all()
     seen: list[str] = []
 
-    def handler(req: httpx.Request) -> httpx.Response:
+    def handler(req: httpx2.Request) -> httpx2.Response:
         seen.append(req.url.host)
         if req.url.host == "a":
             if len(seen) == 1:
-                return httpx.Response(200, stream=_Broken(),
+                return httpx2.Response(200, stream=_Broken(),
                                       headers={"content-type": "text/event-stream"})  # fmt: skip
-            return httpx.Response(500, json={"error": {"message": "down"}})
+            return httpx2.Response(500, json={"error": {"message": "down"}})
         assert json.loads(req.content)["messages"][-1]["content"] == "par"
         rest = {"id": "other", "model": "m-b", "choices": [{"index": 0, "delta": {"content": "t"}}]}
         role = {"id": "other", "choices": [{"index": 0, "delta": {"role": "assistant"}}]}
         usage = {"id": "other", "choices": [],
                  "usage": {"prompt_tokens": 6, "completion_tokens": 1, "total_tokens": 7}}
-        return httpx.Response(200, content=sse(role, rest, usage, "[DONE]"),
+        return httpx2.Response(200, content=sse(role, rest, usage, "[DONE]"),
                               headers={"content-type": "text/event-stream"})  # fmt: skip
 
     fake_endpoint(handler)

@@ -6,18 +6,18 @@ import hashlib
 import hmac
 import json
 
-import httpx
+import httpx2
 
 from shared.context import Context
 from shared.jobs.callback import send_callback, signature
 
 
 async def test_callback_is_signed_and_retried_until_accepted() -> None:
-    seen: list[httpx.Request] = []
+    seen: list[httpx2.Request] = []
 
-    def receiver(req: httpx.Request) -> httpx.Response:
+    def receiver(req: httpx2.Request) -> httpx2.Response:
         seen.append(req)
-        return httpx.Response(500 if len(seen) < 3 else 204)
+        return httpx2.Response(500 if len(seen) < 3 else 204)
 
     record = {"id": "job-1", "status": "succeeded"}
     ok = await send_callback(
@@ -26,7 +26,7 @@ async def test_callback_is_signed_and_retried_until_accepted() -> None:
         Context.with_timeout(10, request_id="job-1"),
         secret="s3cret",
         timeout_s=1,
-        transport=httpx.MockTransport(receiver),
+        transport=httpx2.MockTransport(receiver),
     )
     assert ok and len(seen) == 3
     body = seen[0].content
@@ -37,11 +37,11 @@ async def test_callback_is_signed_and_retried_until_accepted() -> None:
 
 
 async def test_callback_gives_up_after_three_tries_and_is_unsigned_without_secret() -> None:
-    seen: list[httpx.Request] = []
+    seen: list[httpx2.Request] = []
 
-    def receiver(req: httpx.Request) -> httpx.Response:
+    def receiver(req: httpx2.Request) -> httpx2.Response:
         seen.append(req)
-        raise httpx.ConnectError("refused", request=req)
+        raise httpx2.ConnectError("refused", request=req)
 
     ok = await send_callback(
         "http://hooks.test/done",
@@ -49,6 +49,6 @@ async def test_callback_gives_up_after_three_tries_and_is_unsigned_without_secre
         Context.with_timeout(10),
         secret=None,
         timeout_s=1,
-        transport=httpx.MockTransport(receiver),
+        transport=httpx2.MockTransport(receiver),
     )
     assert not ok and len(seen) == 3 and "x-signature-256" not in seen[0].headers

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from shared.context import Context
@@ -143,18 +143,18 @@ async def test_failed_callback_logs_no_query_string(caplog: pytest.LogCaptureFix
 
 
 @pytest.fixture
-def api(job_env: Path, fake_endpoint: Callable[[Handler], None]) -> httpx.AsyncClient:
+def api(job_env: Path, fake_endpoint: Callable[[Handler], None]) -> httpx2.AsyncClient:
     from functions.jobs.app import app
 
-    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+    fake_endpoint(lambda req: httpx2.Response(200, json=chat_answer("local-model")))
+    return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://test")
 
 
 @pytest.mark.parametrize(
     "url", ["http://169.254.169.254/latest/meta-data/iam", "http://localhost:8080/hook"]
 )
 async def test_submitting_a_private_callback_is_400_and_queues_nothing(
-    api: httpx.AsyncClient, url: str
+    api: httpx2.AsyncClient, url: str
 ) -> None:
     r = await api.post("/v1/jobs", json={**LINE, "callback_url": url})
     assert r.status_code == 400, r.text
@@ -163,7 +163,7 @@ async def test_submitting_a_private_callback_is_400_and_queues_nothing(
 
 
 async def test_loopback_callback_allowed_by_setting_is_delivered(
-    api: httpx.AsyncClient, receiver: Receiver, clean_env: pytest.MonkeyPatch
+    api: httpx2.AsyncClient, receiver: Receiver, clean_env: pytest.MonkeyPatch
 ) -> None:
     from shared.jobs.worker import Attempt, process_message
     from shared.lifecycle import reset_all

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from shared.context import Context
@@ -95,7 +95,7 @@ def counted(job_env: Path) -> CountingStore:
 async def test_a_redirect_is_a_backend_error_not_a_success(
     job_env: Path, fake_endpoint: Callable[[Handler], None], status: int
 ) -> None:
-    fake_endpoint(lambda req: httpx.Response(status, headers={"location": "http://elsewhere/"}))
+    fake_endpoint(lambda req: httpx2.Response(status, headers={"location": "http://elsewhere/"}))
     out = await Worker.default().process(message(), Attempt(1, 5), ctx())
     assert out.action == "ack" and out.status == "failed"
     rec = record("job-1")
@@ -107,14 +107,14 @@ async def test_a_redirect_is_a_backend_error_not_a_success(
 @pytest.mark.parametrize(
     "answer",
     [
-        httpx.Response(200, text="<html>gateway login</html>"),
-        httpx.Response(200, content=b""),
-        httpx.Response(200, content=b'{"id": "cut off'),
-        httpx.Response(200, content=b"{not json}"),
+        httpx2.Response(200, text="<html>gateway login</html>"),
+        httpx2.Response(200, content=b""),
+        httpx2.Response(200, content=b'{"id": "cut off'),
+        httpx2.Response(200, content=b"{not json}"),
     ],
 )
 async def test_a_2xx_that_is_not_json_releases_the_lease_and_fails_on_the_last_attempt(
-    job_env: Path, fake_endpoint: Callable[[Handler], None], answer: httpx.Response
+    job_env: Path, fake_endpoint: Callable[[Handler], None], answer: httpx2.Response
 ) -> None:
     fake_endpoint(lambda req: answer)
     worker = Worker.default()
@@ -132,7 +132,7 @@ async def test_a_2xx_that_is_not_json_releases_the_lease_and_fails_on_the_last_a
 async def test_storage_failing_after_the_model_answered_releases_the_claim(
     counted: CountingStore, fake_endpoint: Callable[[Handler], None]
 ) -> None:
-    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    fake_endpoint(lambda req: httpx2.Response(200, json=chat_answer("local-model")))
     counted.fail_when = lambda data: b'"succeeded"' in data
     out = await worker_with(counted).process(message(), Attempt(1, 5), ctx())
     assert out.action == "retry" and out.delay_s > 0 and "storage went away" in out.reason
@@ -143,7 +143,7 @@ async def test_storage_failing_after_the_model_answered_releases_the_claim(
 async def test_any_failure_on_the_last_attempt_leaves_the_job_failed(
     counted: CountingStore, fake_endpoint: Callable[[Handler], None]
 ) -> None:
-    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    fake_endpoint(lambda req: httpx2.Response(200, json=chat_answer("local-model")))
     counted.fail_when = lambda data: b'"succeeded"' in data
     out = await worker_with(counted).process(message(), Attempt(5, 5), ctx())
     assert out.action == "retry" and out.status == "failed"
@@ -156,7 +156,7 @@ async def test_a_job_whose_store_is_unreachable_is_a_retry_not_an_exception(
     counted: CountingStore, fake_endpoint: Callable[[Handler], None]
 ) -> None:
     calls: list[str] = []
-    fake_endpoint(lambda req: calls.append("model") or httpx.Response(200, json={}))  # type: ignore[func-returns-value]
+    fake_endpoint(lambda req: calls.append("model") or httpx2.Response(200, json={}))  # type: ignore[func-returns-value]
     counted.fail_when = lambda data: True
     out = await worker_with(counted).process(message(), Attempt(2, 5), ctx())
     assert out.action == "retry" and out.delay_s > 0 and calls == []
@@ -172,7 +172,7 @@ async def test_a_throttled_message_without_id_is_re_sent_byte_for_byte(
 
     clean_env.setenv("INFER_JOB_MAX_DEFERS", "2")
     reset_all()
-    fake_endpoint(lambda req: httpx.Response(429, headers={"retry-after": "0"}, json={}))
+    fake_endpoint(lambda req: httpx2.Response(429, headers={"retry-after": "0"}, json={}))
 
     raw = message(None, custom_id="row-1")
     job_id = derived_id(raw)
@@ -199,7 +199,7 @@ async def test_a_throttled_message_without_id_is_re_sent_byte_for_byte(
 async def test_a_submitted_job_is_claimed_and_finished_with_two_writes_and_no_read(
     counted: CountingStore, fake_endpoint: Callable[[Handler], None]
 ) -> None:
-    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    fake_endpoint(lambda req: httpx2.Response(200, json=chat_answer("local-model")))
     line = parse_line(json.loads(message("job-s")))
     stored = get_job_store().create(JobRecord.new(line, "job-s", caller="key-a"))
     text = json.dumps(line.message("job-s", stored.record.seed(stored.etag))).encode()
@@ -219,7 +219,7 @@ async def test_a_submitted_job_is_claimed_and_finished_with_two_writes_and_no_re
 async def test_a_raw_message_is_claimed_with_one_create(
     counted: CountingStore, fake_endpoint: Callable[[Handler], None]
 ) -> None:
-    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    fake_endpoint(lambda req: httpx2.Response(200, json=chat_answer("local-model")))
     out = await worker_with(counted).process(message("job-r"), Attempt(1, 5), ctx())
     assert out.status == "succeeded"
     assert counted.calls == {"put_create": 1, "put_if_match": 1}
@@ -228,7 +228,7 @@ async def test_a_raw_message_is_claimed_with_one_create(
 async def test_a_stale_or_forged_seed_falls_back_to_reading_the_record(
     counted: CountingStore, fake_endpoint: Callable[[Handler], None]
 ) -> None:
-    fake_endpoint(lambda req: httpx.Response(200, json=chat_answer("local-model")))
+    fake_endpoint(lambda req: httpx2.Response(200, json=chat_answer("local-model")))
     line = JobLine(op=parse_line(json.loads(message())).op, url="/v1/chat/completions", body=BODY)
     stored = get_job_store().create(JobRecord.new(line, "job-f", caller="key-a"))
     forged = {"etag": '"not-it"', "created_at": 1, "caller": "someone-else"}

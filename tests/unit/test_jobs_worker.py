@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from shared.context import Context
@@ -36,15 +36,15 @@ def message(job_id: str | None = "job-1", **extra: Any) -> bytes:
 class Endpoint:
     """Scripted answers; records the x-request-id of every call."""
 
-    def __init__(self, *answers: httpx.Response) -> None:
+    def __init__(self, *answers: httpx2.Response) -> None:
         self.answers = list(answers)
         self.calls: Counter[str] = Counter()
 
-    def __call__(self, req: httpx.Request) -> httpx.Response:
+    def __call__(self, req: httpx2.Request) -> httpx2.Response:
         self.calls[req.headers.get("x-request-id", "")] += 1
         if self.answers:
             return self.answers.pop(0)
-        return httpx.Response(200, json=chat_answer("local-model", "done"))
+        return httpx2.Response(200, json=chat_answer("local-model", "done"))
 
 
 @pytest.fixture
@@ -89,10 +89,10 @@ async def test_concurrent_deliveries_call_the_model_once(
 ) -> None:
     calls: Counter[str] = Counter()
 
-    async def slow(req: httpx.Request) -> httpx.Response:
+    async def slow(req: httpx2.Request) -> httpx2.Response:
         calls[req.headers["x-request-id"]] += 1
         await asyncio.sleep(0.3)
-        return httpx.Response(200, json=chat_answer("local-model"))
+        return httpx2.Response(200, json=chat_answer("local-model"))
 
     fake_endpoint(slow)  # type: ignore[arg-type]
     outs = await asyncio.gather(*(process_message(message(), FIRST, ctx()) for _ in range(4)))
@@ -109,7 +109,7 @@ async def test_rate_limited_job_is_released_and_deferred_for_retry_after(
     backend = {"name": "local", "kind": "openai", "base_url": "http://127.0.0.1:8081/v1",
                "retry_after_wait_s": 0}  # fmt: skip
     clean_env.setenv("INFER_BACKENDS", json.dumps([backend]))
-    fake_endpoint(Endpoint(httpx.Response(429, headers={"retry-after": "0.3"}, json={})))
+    fake_endpoint(Endpoint(httpx2.Response(429, headers={"retry-after": "0.3"}, json={})))
     out = await process_message(message(), FIRST, ctx())
     assert out.action == "defer" and out.delay_s == 0.3 and out.status == "queued"
     rec = record("job-1")
@@ -123,7 +123,7 @@ async def test_rate_limited_job_is_released_and_deferred_for_retry_after(
 async def test_retry_without_retry_after_backs_off_exponentially(
     job_env: Path, fake_endpoint: Callable[[Handler], None]
 ) -> None:
-    fake_endpoint(lambda req: httpx.Response(500, json={}))
+    fake_endpoint(lambda req: httpx2.Response(500, json={}))
     worker = Worker.default()
     worker.rand = lambda: 0.0
     delays = [(await worker.process(message(), Attempt(n, 9), ctx())).delay_s for n in (1, 2, 3)]
@@ -137,7 +137,7 @@ async def test_throttling_beyond_the_defer_budget_counts_as_a_failed_attempt(
 
     clean_env.setenv("INFER_JOB_MAX_DEFERS", "1")
     reset_all()
-    fake_endpoint(lambda req: httpx.Response(429, headers={"retry-after": "0.01"}, json={}))
+    fake_endpoint(lambda req: httpx2.Response(429, headers={"retry-after": "0.01"}, json={}))
     first = await process_message(message(), FIRST, ctx())
     await asyncio.sleep(0.05)
     second = await process_message(message(), FIRST, ctx())
@@ -148,7 +148,7 @@ async def test_throttling_beyond_the_defer_budget_counts_as_a_failed_attempt(
 async def test_last_attempt_marks_the_job_failed_then_poisons(
     job_env: Path, fake_endpoint: Callable[[Handler], None]
 ) -> None:
-    fake_endpoint(lambda req: httpx.Response(502, json={"error": {"message": "bad gateway"}}))
+    fake_endpoint(lambda req: httpx2.Response(502, json={"error": {"message": "bad gateway"}}))
     out = await process_message(message(), Attempt(5, 5), ctx())
     assert out.action == "retry" and out.status == "failed"
     assert "after 5 attempts" in out.reason
@@ -161,7 +161,7 @@ async def test_endpoint_rejection_is_a_completed_failed_job(
     job_env: Path, fake_endpoint: Callable[[Handler], None]
 ) -> None:
     err = {"error": {"message": "prompt blocked", "code": "content_filter"}}
-    fake_endpoint(lambda req: httpx.Response(400, json=err))
+    fake_endpoint(lambda req: httpx2.Response(400, json=err))
     out = await process_message(message(), FIRST, ctx())
     assert out.action == "ack" and out.status == "failed"
     rec = record("job-1")
@@ -255,9 +255,9 @@ async def test_too_little_time_left_releases_without_claiming(endpoint: Endpoint
 async def test_deadline_during_the_call_releases_the_lease(
     job_env: Path, fake_endpoint: Callable[[Handler], None]
 ) -> None:
-    async def hang(req: httpx.Request) -> httpx.Response:
+    async def hang(req: httpx2.Request) -> httpx2.Response:
         await asyncio.sleep(5)
-        return httpx.Response(200, json=chat_answer("local-model"))
+        return httpx2.Response(200, json=chat_answer("local-model"))
 
     fake_endpoint(hang)  # type: ignore[arg-type]
     out = await process_message(message("job-9"), FIRST, ctx(1.0))
@@ -294,9 +294,9 @@ async def test_the_try_that_spends_the_budget_fails_the_job_before_its_last_deli
 ) -> None:
     calls: list[int] = []
 
-    def down(req: httpx.Request) -> httpx.Response:
+    def down(req: httpx2.Request) -> httpx2.Response:
         calls.append(1)
-        return httpx.Response(500, json={"error": {"message": "gpu on fire"}})
+        return httpx2.Response(500, json={"error": {"message": "gpu on fire"}})
 
     fake_endpoint(down)
     line = JobLine(op=Operation.CHAT, url="/v1/chat/completions", body=BODY)

@@ -160,10 +160,10 @@ def routes(state: Any, next_fault: Callable[[], Any], lifetime_s: float) -> list
 
 def fetch_token(url: str, tenant: str, client_id: str, audience: str) -> str:
     """An app token from a running identity server (the ``token`` command)."""
-    import httpx
+    import httpx2
 
     scope = audience if audience.endswith("/.default") else audience.rstrip("/") + "/.default"
-    r = httpx.post(
+    r = httpx2.post(
         f"{url.rstrip('/')}/{tenant}/oauth2/v2.0/token",
         data={
             "grant_type": "client_credentials",

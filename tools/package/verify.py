@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 
 from tools.package.artifacts import ArtifactSpec
 from tools.package.zipper import extract_zip
@@ -201,7 +201,7 @@ def stream_chat(url: str, model: str = "local-model") -> tuple[int, str]:
         "max_tokens": 16,
         "messages": [{"role": "user", "content": "Stream from the packaged artifact."}],
     }
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30.0) as r:
+    with httpx2.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30.0) as r:
         return r.status_code, "".join(r.iter_text())
 
 
