@@ -33,25 +33,19 @@ import logging
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import AuthenticationFailed, ConfigError
 from shared.lifecycle import Singleton
-from shared.settings import CachedSettings, require_unique
+from shared.principal import ANONYMOUS, KEY_PREFIX, iam_principal
+from shared.settings import CachedSettings, EnvSettings, NoDecode, require_unique
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
 log = logging.getLogger("shared.callers")
-
-#: The caller id of every request when no inbound auth is configured.
-ANONYMOUS = "anonymous"
-#: Caller ids are namespaced by where they come from, so no source can claim another's id:
-#: ``key:<id>`` (INFER_API_KEYS), ``jwt:<issuer>:<claim>`` (INFER_JWT), ``iam:<principal>``.
-KEY_PREFIX = "key:"
 
 
 def aliases(caller: str) -> set[str]:
@@ -176,8 +170,8 @@ class JwtIssuer(BaseModel):
         return value
 
 
-class CallerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="INFER_", extra="ignore", frozen=True)
+class CallerSettings(EnvSettings):
+    env_prefix: ClassVar[str] = "INFER_"
 
     api_keys: Annotated[list[ApiKey], NoDecode] = Field(default_factory=list)
     jwt: Annotated[list[JwtIssuer], NoDecode] = Field(default_factory=list)
@@ -357,24 +351,6 @@ class Authenticator:
 
 
 _HOW = "Missing or invalid API key: send 'Authorization: Bearer <key>' or 'api-key: <key>'"
-_ASSUMED = re.compile(r"^arn:(aws[\w-]*):sts::(\d+):assumed-role/([^/]+)/.+$")
-
-
-def iam_principal(request: Request) -> str | None:
-    """The IAM principal Lambda verified (Function URL ``AuthType: AWS_IAM``), if any."""
-    event = request.scope.get("aws.event")
-    if not isinstance(event, dict):
-        return None
-    iam = (event.get("requestContext") or {}).get("authorizer", {}) or {}
-    iam = iam.get("iam") if isinstance(iam, dict) else None
-    if not isinstance(iam, dict):
-        return None
-    arn = iam.get("userArn")
-    if isinstance(arn, str) and arn:
-        m = _ASSUMED.match(arn)
-        return f"arn:{m.group(1)}:iam::{m.group(2)}:role/{m.group(3)}" if m else arn
-    caller_id = iam.get("callerId") or iam.get("userId")
-    return f"iam:{caller_id}" if isinstance(caller_id, str) and caller_id else None
 
 
 _auth = Singleton(lambda: Authenticator(get_caller_settings()))

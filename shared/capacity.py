@@ -170,9 +170,13 @@ class Capacity:
     @property
     def shared(self) -> bool:
         if self._shared is None:
-            from shared.state import configured
+            from shared.settings import setting_set
 
-            self._shared = configured()
+            self._shared = False
+            if setting_set("INFER_STATE_URL"):  # else shared.state is not even imported
+                from shared.state import configured
+
+                self._shared = configured()
         return self._shared
 
     def gate(self, name: str, limit: int) -> Gate:

@@ -33,10 +33,9 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared import telemetry
 from shared.backends.base import Backend
@@ -45,7 +44,7 @@ from shared.errors import BackendError, DeadlineExceeded, InferenceError
 from shared.lines import LineSplitter, data_events
 from shared.router import Router, Slot
 from shared.schemas import Operation
-from shared.settings import DEFAULT_MODEL, CachedSettings
+from shared.settings import DEFAULT_MODEL, CachedSettings, EnvSettings
 
 log = logging.getLogger("shared.probe")
 
@@ -54,10 +53,10 @@ ProbeMode = Literal["stream", "chat", "ready", "off"]
 _MAX_STREAM_BYTES = 65536
 
 
-class ProbeSettings(BaseSettings):
+class ProbeSettings(EnvSettings):
     """``INFER_PROBE_*`` (the schedule itself is read by the platform, not here)."""
 
-    model_config = SettingsConfigDict(env_prefix="INFER_PROBE_", extra="ignore", frozen=True)
+    env_prefix: ClassVar[str] = "INFER_PROBE_"
 
     timeout_s: float = Field(default=10.0, gt=0)
     open_s: float = Field(default=30.0, ge=0)

@@ -172,8 +172,8 @@ class Service:
         if not self._limits:
             return None
         self.router.check_model(str(payload.get("model") or ""))  # 404 before any counter
-        from shared.callers import ANONYMOUS
         from shared.limits import get_limiter
+        from shared.principal import ANONYMOUS
 
         limiter = get_limiter()
         if limiter is None:

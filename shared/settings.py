@@ -1,6 +1,12 @@
 """Settings from the environment (Azure app settings, Lambda environment, local.settings.json).
 
 Validated once, on first use, never at import: ``get_settings()`` builds and caches them.
+Each settings class is an ``EnvSettings``: a pydantic model whose fields are read from
+``<env_prefix><FIELD>`` (any case), JSON-decoded where the field holds a list, a dict or a
+model (as pydantic-settings does), and validated by pydantic. It reads environment variables
+and nothing else, which is all these settings need; pydantic-settings' general machinery
+(every source, dotenv, secrets, nested delimiters) cost ~30 ms of each cold start, most of it
+its first walk through the ``abc`` subclass checks of the field types.
 Any invalid value raises ``ConfigError`` whose message names the setting (and for
 ``INFER_BACKENDS`` the entry and field), e.g.
 ``INFER_BACKENDS[1] (kind sagemaker): field 'endpoint_name': Field required``.
@@ -8,8 +14,12 @@ Any invalid value raises ``ConfigError`` whose message names the setting (and fo
 
 from __future__ import annotations
 
+import collections.abc
+import json
 import os
-import re
+import types
+import typing
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
@@ -21,8 +31,8 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
 from shared.lifecycle import Singleton
@@ -156,10 +166,91 @@ def default_backends() -> list[BackendConfig]:
     return [backend_entry(entry)]
 
 
-class Settings(BaseSettings):
-    """Every ``INFER_*`` setting (README has the table)."""
+class NoDecode:
+    """``Annotated[list[X], NoDecode]``: the field's environment value reaches its validators
+    as the string it is, not JSON-decoded first (they accept other spellings too)."""
 
-    model_config = SettingsConfigDict(env_prefix="INFER_", extra="ignore", frozen=True)
+
+#: Containers whose environment value is JSON (as pydantic-settings decodes "complex" fields).
+_JSON_ORIGINS: tuple[Any, ...] = (list, dict, set, frozenset, tuple)
+_JSON_ABCS: tuple[Any, ...] = (
+    collections.abc.Sequence,
+    collections.abc.Mapping,
+    collections.abc.Set,
+)
+
+
+def _json_kind(annotation: Any) -> tuple[bool, bool]:
+    """(is the value JSON, may it also be a plain string) for a field's annotation.
+
+    Types are compared by identity and by MRO, never with ``issubclass`` against an ABC:
+    the first such check walks every registered subclass (the cost this module avoids)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _json_kind(typing.get_args(annotation)[0])
+    if origin is typing.Union or origin is types.UnionType:
+        kinds = [_json_kind(a) for a in typing.get_args(annotation) if a is not type(None)]
+        json_ = any(k[0] for k in kinds)
+        return json_, json_ and not all(k[0] for k in kinds)
+    if origin is not None:
+        return origin in _JSON_ORIGINS or origin in _JSON_ABCS, False
+    if annotation in _JSON_ORIGINS:
+        return True, False
+    return BaseModel in getattr(annotation, "__mro__", ()), False
+
+
+def _env_value(setting: str, field: FieldInfo, raw: str) -> Any:
+    if NoDecode in field.metadata:
+        return raw
+    is_json, lenient = _json_kind(field.annotation)
+    if not is_json:
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        if lenient:
+            return raw
+        raise ConfigError(f"invalid configuration: {setting}: not valid JSON") from None
+
+
+def setting_set(name: str) -> bool:
+    """Whether setting ``name`` holds something other than blanks, matched in any case as
+    ``EnvSettings`` matches it: a check that imports and validates nothing, for a control
+    that is not configured to cost nothing."""
+    value = os.environ.get(name)
+    if value is None:
+        upper = name.upper()
+        value = next((v for k, v in os.environ.items() if k.upper() == upper), None)
+    return bool(value and value.strip())
+
+
+class EnvSettings(BaseModel):
+    """A settings model read from environment variables: ``env_prefix`` + a field's name,
+    matched in any case (``INFER_MAX_RETRIES`` or ``infer_max_retries``). A field that holds
+    a list, a dict or a model takes JSON unless annotated ``NoDecode``; everything else
+    reaches pydantic as the string it is. Unknown variables are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    #: The prefix of this class's environment variables.
+    env_prefix: ClassVar[str] = "INFER_"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> typing.Self:
+        env = os.environ if environ is None else environ
+        prefix = cls.env_prefix.lower()
+        found = {k.lower(): v for k, v in env.items() if k.lower().startswith(prefix)}
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            raw = found.get(prefix + name)
+            if raw is not None:
+                setting = f"{cls.env_prefix}{name.upper()}"
+                values[name] = _env_value(setting, field, raw)
+        return cls.model_validate(values)
+
+
+class Settings(EnvSettings):
+    """Every ``INFER_*`` setting (README has the table)."""
 
     backends: list[BackendEntry] = Field(default_factory=default_backends)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
@@ -212,22 +303,16 @@ def _describe(err: Any, prefix: str = "INFER_") -> str:
     return f"{where}: {msg}"
 
 
-S = TypeVar("S", bound=BaseSettings)
+S = TypeVar("S", bound=EnvSettings)
 
 
 def build_settings(cls: type[S]) -> S:
     """Build ``cls`` from the environment; raise ``ConfigError`` naming what is wrong."""
-    prefix = str(cls.model_config.get("env_prefix") or "")
     try:
-        return cls()
+        return cls.from_env()
     except ValidationError as exc:
-        problems = "; ".join(_describe(e, prefix) for e in exc.errors(include_url=False))
+        problems = "; ".join(_describe(e, cls.env_prefix) for e in exc.errors(include_url=False))
         raise ConfigError(f"invalid configuration: {problems}") from None
-    except ValueError as exc:
-        # pydantic-settings raises SettingsError (a ValueError) for undecodable JSON.
-        match = re.search(r'field "(\w+)"', str(exc))
-        name = f"{prefix}{match.group(1).upper()}" if match else f"a {prefix}* setting"
-        raise ConfigError(f"invalid configuration: {name}: not valid JSON") from None
 
 
 class CachedSettings(Singleton[S]):

@@ -40,15 +40,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
 from shared.lifecycle import Singleton, on_reset
-from shared.settings import CachedSettings
+from shared.settings import CachedSettings, EnvSettings
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -73,10 +72,10 @@ T = TypeVar("T")
 failures: Counter[str] = Counter()
 
 
-class StateSettings(BaseSettings):
+class StateSettings(EnvSettings):
     """``INFER_STATE_*`` settings (docs/controls.md has the table)."""
 
-    model_config = SettingsConfigDict(env_prefix="INFER_STATE_", extra="ignore", frozen=True)
+    env_prefix: ClassVar[str] = "INFER_STATE_"
 
     url: str | None = None
     auth: StateAuth | None = None

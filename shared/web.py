@@ -94,6 +94,10 @@ def request_context(request: Request) -> Context:
 async def authenticate_caller(request: Request, ctx: Context | None = None) -> str:
     """The caller's stable id (``shared.callers``): a key id, a token's caller claim, an IAM
     principal, or ``anonymous`` when no inbound auth is configured; 401 otherwise."""
+    from shared.principal import ANONYMOUS, iam_principal, inbound_auth_set
+
+    if not inbound_auth_set():  # nothing to check a key or token against
+        return iam_principal(request) or ANONYMOUS
     from shared.callers import get_authenticator
 
     wait_s = min(5.0, max(ctx.remaining(), 0.1)) if ctx is not None else 5.0
@@ -256,7 +260,7 @@ async def readyz_endpoint(request: Request) -> Response:
 
 async def _authenticated(request: Request) -> bool:
     """A caller check is configured and this request passed it (no check: no one has)."""
-    from shared.callers import ANONYMOUS
+    from shared.principal import ANONYMOUS
 
     try:
         caller = await authenticate_caller(request)

@@ -5,14 +5,15 @@ See docs/batch.md for the table. Times are seconds; sizes are bytes.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.settings import CachedSettings
+from shared.settings import CachedSettings, EnvSettings
 
 
-class BatchSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="INFER_BATCH_", extra="ignore", frozen=True)
+class BatchSettings(EnvSettings):
+    env_prefix: ClassVar[str] = "INFER_BATCH_"
 
     #: Files larger than this are split into shards of about this size (run as queue messages).
     shard_bytes: int = Field(default=64 * 1024 * 1024, ge=1)

@@ -15,12 +15,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.settings import CachedSettings
+from shared.settings import CachedSettings, EnvSettings
 
 if TYPE_CHECKING:
     from shared.jobs.callback_guard import CallbackAllow
@@ -29,8 +28,8 @@ QUEUE_NAME = "inference-requests"
 POISON_QUEUE_NAME = f"{QUEUE_NAME}-poison"
 
 
-class JobSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="INFER_", extra="ignore", frozen=True)
+class JobSettings(EnvSettings):
+    env_prefix: ClassVar[str] = "INFER_"
 
     max_attempts: int = Field(default=5, ge=1, le=1000)
     job_timeout_s: float = Field(default=300.0, gt=0)

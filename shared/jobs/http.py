@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.blocking import run_blocking
-from shared.callers import ANONYMOUS, aliases
+from shared.callers import aliases
 from shared.context import Context
 from shared.errors import InferenceError, InvalidRequest, NotFound
 from shared.jobs.model import (
@@ -38,6 +38,7 @@ from shared.jobs.model import (
     parse_line,
 )
 from shared.jobs.store import PreconditionFailed, get_job_store
+from shared.principal import ANONYMOUS
 from shared.service import get_service
 from shared.storage import StorageError
 from shared.web import (

@@ -50,7 +50,6 @@ from typing import Any, Literal
 
 from shared import telemetry
 from shared.blocking import run_blocking
-from shared.callers import ANONYMOUS
 from shared.context import Context
 from shared.errors import (
     BackendError,
@@ -71,6 +70,7 @@ from shared.jobs.model import (
     parse_line,
 )
 from shared.jobs.store import JobStore, PreconditionFailed, Versioned, get_job_store
+from shared.principal import ANONYMOUS
 from shared.retry import retry_share, unit_budget
 from shared.service import Service, get_service
 from shared.storage.deadline import storage_deadline

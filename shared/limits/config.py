@@ -22,12 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.settings import CachedSettings
+from shared.settings import CachedSettings, EnvSettings, NoDecode
 
 QuotaPeriod = Literal["hour", "day", "month"]
 
@@ -72,8 +71,8 @@ class LimitRule(BaseModel):
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-class LimitSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="INFER_", extra="ignore", frozen=True)
+class LimitSettings(EnvSettings):
+    env_prefix: ClassVar[str] = "INFER_"
 
     limits: Annotated[list[LimitRule], NoDecode] = Field(default_factory=list)
     #: While Redis does not answer: ``local`` counts in this instance, ``open`` admits all.

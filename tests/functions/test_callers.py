@@ -10,14 +10,15 @@ import hashlib
 import json
 from typing import Any
 
-import httpx
+import httpx2
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from functions.chat.app import app as chat_app
-from shared.callers import ANONYMOUS, get_authenticator, get_caller_settings, key_id
+from shared.callers import get_authenticator, get_caller_settings, key_id
 from shared.lifecycle import reset_all
+from shared.principal import ANONYMOUS
 from tests.fixtures.identity import Server
 from tools.identity.oidc import fetch_token, object_id
 
@@ -25,9 +26,9 @@ MSG = {"model": "local-model", "messages": [{"role": "user", "content": "hi"}]}
 AUD = "api://serverless-inference"
 
 
-async def post(headers: dict[str, str] | None = None, **scope: Any) -> httpx.Response:
-    transport = httpx.ASGITransport(app=chat_app)  # type: ignore[arg-type]
-    async with httpx.AsyncClient(transport=transport, base_url="http://fn") as client:
+async def post(headers: dict[str, str] | None = None, **scope: Any) -> httpx2.Response:
+    transport = httpx2.ASGITransport(app=chat_app)  # type: ignore[arg-type]
+    async with httpx2.AsyncClient(transport=transport, base_url="http://fn") as client:
         return await client.post("/v1/chat/completions", json=MSG, headers=headers or {})
 
 

@@ -141,3 +141,50 @@ def test_an_unresolved_key_vault_reference_is_a_configuration_error(
     clean_env.setenv("INFER_API_KEYS", "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/k)")
     with pytest.raises(ConfigError, match="unresolved Key Vault reference"):
         build_settings(CallerSettings)
+
+
+def test_env_settings_read_prefixed_variables_in_any_case_and_decode_json_fields() -> None:
+    """The loader that replaced pydantic-settings keeps its reading rules: prefix + name in
+    any case, JSON for lists, dicts and models (not for ``NoDecode`` fields, nor for a field
+    that may also be a plain string, when the text is not JSON), unknown names ignored."""
+    from typing import Annotated, ClassVar
+
+    from pydantic import BaseModel
+
+    from shared.settings import EnvSettings, NoDecode
+
+    class Inner(BaseModel):
+        a: int
+
+    class Demo(EnvSettings):
+        env_prefix: ClassVar[str] = "DEMO_"
+        count: int = 1
+        flag: bool = False
+        names: list[str] = []
+        inner: Inner | None = None
+        raw: Annotated[list[str], NoDecode] = []
+        either: list[str] | str = "x"
+
+    env = {
+        "demo_count": "3",
+        "DEMO_FLAG": "true",
+        "DEMO_NAMES": '["a", "b"]',
+        "DEMO_INNER": '{"a": 2}',
+        "DEMO_EITHER": "plain",
+        "DEMO_UNKNOWN": "ignored",
+        "OTHER_COUNT": "9",
+    }
+    demo = Demo.from_env(env)
+    assert (demo.count, demo.flag, demo.names, demo.either) == (3, True, ["a", "b"], "plain")
+    assert demo.inner == Inner(a=2)
+    with pytest.raises(Exception, match="list"):  # NoDecode: the raw text reaches validation
+        Demo.from_env({"DEMO_RAW": '["a"]'})
+    with pytest.raises(ConfigError, match="DEMO_NAMES: not valid JSON"):
+        Demo.from_env({"DEMO_NAMES": "a,b"})
+    assert Demo.from_env({}) == Demo()
+
+
+def test_invalid_json_in_infer_backends_names_the_setting(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("INFER_BACKENDS", "[{not json")
+    with pytest.raises(ConfigError, match="INFER_BACKENDS: not valid JSON"):
+        load_settings()
