@@ -18,9 +18,7 @@ import hmac
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
-
-import httpx2
+from typing import TYPE_CHECKING, Any
 
 from shared.context import Context
 from shared.jobs.callback_guard import (
@@ -32,6 +30,9 @@ from shared.jobs.callback_guard import (
     checked,
     redact,
 )
+
+if TYPE_CHECKING:  # imported on the first callback: the Functions app imports this module
+    import httpx2
 
 log = logging.getLogger("shared.jobs.callback")
 
@@ -48,6 +49,8 @@ async def _client(
 ) -> AsyncIterator[httpx2.AsyncClient]:
     """One client per process and event loop, built on the first callback and reused (its
     connection pool too); a test's own transport gets a client of its own."""
+    import httpx2
+
     if transport is not None:
         async with httpx2.AsyncClient(transport=transport) as own:
             yield own
@@ -92,6 +95,8 @@ async def send_callback(
     extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else None
     if secret:
         headers["x-signature-256"] = signature(secret, body)
+    import httpx2
+
     async with _client(transport) as client:
         for n in range(TRIES):
             left = ctx.remaining()
