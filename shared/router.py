@@ -242,7 +242,7 @@ class _SlotStream:
         last = previous = b""
         try:
             while True:
-                dog.task = asyncio.current_task()
+                dog.task = asyncio.current_task(loop)
                 dog.waiting_since = loop.time()
                 try:
                     chunk = await chunks.__anext__()

@@ -69,6 +69,13 @@ def _micro_cost(ctx: Context, tokens: int | None) -> int | None:
 _NO_CHOICES = re.compile(rb'"choices":\s*\[\]')
 
 
+def _usage_object(block: bytes) -> bool:
+    """Whether ``block`` may hold a usage event: a ``"usage":`` that is not ``null`` (with
+    ``include_usage`` OpenAI and gpusim put ``"usage":null`` on every chunk; only the last
+    event's is an object). Two byte counts, so ordinary chunks cost no parsing."""
+    return block.count(b'"usage":') != block.count(b'"usage":null')
+
+
 def drop_usage_events(block: bytes) -> bytes:
     """``block`` without its usage-only events (``"choices":[]`` and a ``usage``): the
     caller did not ask for them."""
@@ -333,7 +340,7 @@ class Service:
                     async with asyncio.timeout(max(ctx.remaining(), 0.0)):
                         async for chunk in stream:
                             tail = (tail + chunk)[-_USAGE_TAIL:]
-                            if strip_usage and b'"usage":' in chunk:
+                            if strip_usage and _usage_object(chunk):
                                 chunk = drop_usage_events(chunk)
                                 if not chunk:
                                     continue
