@@ -7,11 +7,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.schemas import Operation
-from shared.web import create_app, openai_endpoint
+from shared.web import create_app, openai_endpoint, route
 
 app = create_app("chat")
 
 
-@app.post("/v1/chat/completions")
+@route(app, "/v1/chat/completions", methods=["POST"])
 async def chat_completions(request: Request) -> Response:
     return await openai_endpoint(request, Operation.CHAT)

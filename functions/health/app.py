@@ -6,16 +6,16 @@ Liveness (/healthz) and readiness (/readyz: settings valid, a backend answers).
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.web import create_app, healthz_endpoint, readyz_endpoint
+from shared.web import create_app, healthz_endpoint, readyz_endpoint, route
 
 app = create_app("health")
 
 
-@app.get("/healthz")
+@route(app, "/healthz", methods=["GET"])
 async def healthz(request: Request) -> Response:
     return await healthz_endpoint(request)
 
 
-@app.get("/readyz")
+@route(app, "/readyz", methods=["GET"])
 async def readyz(request: Request) -> Response:
     return await readyz_endpoint(request)

@@ -6,16 +6,16 @@ The models this deployment routes (OpenAI list shape), and the caller's usage of
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.web import create_app, models_endpoint, usage_endpoint
+from shared.web import create_app, models_endpoint, route, usage_endpoint
 
 app = create_app("models")
 
 
-@app.get("/v1/models")
+@route(app, "/v1/models", methods=["GET"])
 async def list_models(request: Request) -> Response:
     return await models_endpoint(request)
 
 
-@app.get("/v1/usage")
+@route(app, "/v1/usage", methods=["GET"])
 async def usage(request: Request) -> Response:
     return await usage_endpoint(request)
