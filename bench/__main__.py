@@ -8,6 +8,7 @@ import sys
 BENCHES = [
     "bench.coldstart",
     "bench.overhead",
+    "bench.stream_load",
     "bench.faults",
     "bench.capacity",
     "bench.storage_cpu",

@@ -2,15 +2,22 @@
 
 Targets, all measured side by side in one run against the same gpusim:
   direct       gpusim itself
-  passthrough  the barest FastAPI-to-httpx proxy (bench/passthrough_app.py): the floor
-  function     the chat function's FastAPI app under uvicorn (the Lambda Web Adapter path)
+  passthrough  the barest FastAPI-to-httpx proxy (bench/passthrough_app.py): the floor,
+               on uvicorn's plain asyncio loop and h11 (as `pip install fastapi uvicorn` runs)
+  function     the chat function's FastAPI app under uvicorn as the Lambda Web Adapter runs
+               it (functions/chat/lambda_stream.sh: uvloop, httptools)
   devhost      the chat function as Azure calls it, through tools/devhost (the local host)
+  base         (``--base-ref REF``) ``function`` at an earlier commit (a git worktree), run
+               as that commit shipped it (asyncio, h11)
+
+Each target's server CPU per request (user + system, all threads) is read from /proc over
+its sequential plain requests.
 
 For each: sequential and 32-concurrent plain requests (end-to-end latency) and streamed
 requests (time to first token, gaps between chunks). Overhead = target p50 - direct p50.
 Writes bench/results/overhead.json and overhead.png.
 
-    python -m bench.overhead [--requests 200] [--concurrency 32]
+    python -m bench.overhead [--requests 200] [--concurrency 32] [--base-ref 927b284]
 """
 
 from __future__ import annotations
@@ -18,20 +25,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bench.common import (
     PYTHON,
+    ROOT,
     ServerProcess,
     backends_for,
+    cpu_s,
     free_port,
     gpusim,
     summary,
     write_result,
 )
+from bench.stream_load import BARE, LWA
 
 BODY = {
     "model": "local-model",
@@ -66,7 +79,9 @@ async def one_stream(client: httpx.AsyncClient, url: str) -> tuple[float, list[f
     return ttft, gaps
 
 
-async def measure(url: str, requests: int, concurrency: int) -> dict[str, Any]:
+async def measure(
+    url: str, requests: int, concurrency: int, pid: int | None = None
+) -> dict[str, Any]:
     limits = httpx.Limits(
         max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8
     )
@@ -74,7 +89,9 @@ async def measure(url: str, requests: int, concurrency: int) -> dict[str, Any]:
         for _ in range(10):  # warm: connections, caches, first-use construction
             await one_plain(client, url)
             await one_stream(client, url)
+        cpu0 = cpu_s(pid) if pid else 0.0
         seq = [await one_plain(client, url) for _ in range(requests)]
+        cpu_ms = (cpu_s(pid) - cpu0) * 1000 / requests if pid else None
         streams = [await one_stream(client, url) for _ in range(requests // 2)]
         sem = asyncio.Semaphore(concurrency)
 
@@ -93,6 +110,7 @@ async def measure(url: str, requests: int, concurrency: int) -> dict[str, Any]:
         conc_streams = await asyncio.gather(*(bounded_stream() for _ in range(requests)))
     return {
         "sequential_plain_ms": summary(seq),
+        "server_cpu_ms_per_request": round(cpu_ms, 3) if cpu_ms is not None else None,
         "sequential_stream_ttft_ms": summary([s[0] for s in streams]),
         "sequential_stream_gap_ms": summary([g for s in streams for g in s[1]]),
         f"c{concurrency}_plain_ms": summary(list(conc)),
@@ -102,7 +120,7 @@ async def measure(url: str, requests: int, concurrency: int) -> dict[str, Any]:
     }
 
 
-def start_targets(sim: ServerProcess) -> dict[str, ServerProcess]:
+def start_targets(sim: ServerProcess, base: Path | None = None) -> dict[str, ServerProcess]:
     env = {
         "INFER_BACKENDS": backends_for(sim),
         "INFER_LOG_PROMPTS": "false",
@@ -118,30 +136,41 @@ def start_targets(sim: ServerProcess) -> dict[str, ServerProcess]:
         "--host",
         "127.0.0.1",
     ]
-    p1, p2, p3 = free_port(), free_port(), free_port()
-    return {
+    p1, p2, p3, p4 = free_port(), free_port(), free_port(), free_port()
+    targets = {
         "passthrough": ServerProcess(
-            [*uv, "--port", str(p1), "bench.passthrough_app:app"],
+            [*uv, "--port", str(p1), *BARE, "bench.passthrough_app:app"],
             p1,
             ready_path=None,
             env={"UPSTREAM": sim.url + "/v1"},
             name="bench-pass",
         ),
         "function": ServerProcess(
-            [*uv, "--port", str(p2), "functions.chat.app:app"],
+            [*uv, "--port", str(p2), *LWA, "functions.chat.app:app"],
             p2,
             ready_path=None,
             env=env,
             name="bench-fn",
         ),
         "devhost": ServerProcess(
-            [PYTHON, "-m", "tools.devhost", "--port", str(p3), "--no-queues", "--no-blobs"],
+            [PYTHON, "-m", "tools.devhost", "--port", str(p3), "--no-queues", "--no-blobs",
+             "--no-timers"],
             p3,
             ready_path=None,
             env={**env, "AzureWebJobsStorage": ""},
             name="bench-devhost",
         ),
     }
+    if base is not None:
+        targets["base"] = ServerProcess(
+            [*uv, "--port", str(p4), *BARE, "functions.chat.app:app"],
+            p4,
+            ready_path=None,
+            env=env,
+            cwd=base,
+            name="bench-base",
+        )
+    return targets
 
 
 def plot(result: dict[str, Any], path: str) -> None:
@@ -175,7 +204,13 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--base-ref", default=None)
     args = parser.parse_args()
+    base: Path | None = None
+    if args.base_ref:
+        base = Path(tempfile.mkdtemp(prefix="overhead-base-"))
+        subprocess.run(["git", "worktree", "add", "--detach", str(base), args.base_ref],
+                       cwd=ROOT, check=True, capture_output=True)  # fmt: skip
     sim = gpusim(
         None,
         "--ttft-base-ms",
@@ -193,7 +228,7 @@ def main() -> None:
         "--max-output-tokens",
         "16",
     ).start()
-    targets = start_targets(sim)
+    targets = start_targets(sim, base)
     try:
         for t in targets.values():
             t.start()
@@ -203,14 +238,22 @@ def main() -> None:
             "function": targets["function"].url + "/v1/chat/completions",
             "devhost": targets["devhost"].url + "/api/v1/chat/completions",
         }
+        if base is not None:
+            urls["base"] = targets["base"].url + "/v1/chat/completions"
+        pids = {name: t.proc.pid for name, t in targets.items() if t.proc is not None}
+        pids["direct"] = sim.proc.pid if sim.proc is not None else 0
         out: dict[str, Any] = {}
         for name, url in urls.items():
-            out[name] = asyncio.run(measure(url, args.requests, args.concurrency))
+            out[name] = asyncio.run(
+                measure(url, args.requests, args.concurrency, pids.get(name))
+            )
             print(name, json.dumps(out[name]["sequential_plain_ms"]))
     finally:
         for t in targets.values():
             t.stop()
         sim.stop()
+        if base is not None:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT)
     direct = out["direct"]
     added = {
         name: {

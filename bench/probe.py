@@ -42,6 +42,9 @@ HEAVY = (
     "jwt",
     "numpy",
     "shared.cache.base",
+    # the settings are read by shared.settings.EnvSettings; the backends' client is httpx2
+    "pydantic_settings",
+    "httpx",
 )
 CHAT = {
     "model": "local-model",

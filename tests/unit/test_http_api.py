@@ -390,3 +390,36 @@ async def test_a_continued_stream_is_billed_to_the_backend_that_finished_it(
     tries = {d["backend"]: len(v) if isinstance(v := d["gen_ai.client.operation.duration"], list)
              else 1 for d in docs if "gen_ai.client.operation.duration" in d}  # fmt: skip
     assert tries == {"a": 3, "b": 1}  # a's broken try and its two 500s, each one try
+
+
+async def test_usage_null_on_every_chunk_passes_through_and_only_the_usage_event_is_dropped(
+    fake_endpoint: Callable[[Handler], None], clean_env: pytest.MonkeyPatch
+) -> None:
+    """With include_usage (always asked upstream) OpenAI puts ``"usage":null`` on every
+    chunk and the usage in one last event: a caller that did not ask gets every chunk as the
+    endpoint sent it, and not the usage event; one that asked gets it all."""
+    asked: list[Any] = []
+
+    def chunk(text: str) -> bytes:
+        return (
+            b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,'
+            b'"delta":{"content":"' + text.encode() + b'"}}],"usage":null}\n\n'
+        )
+
+    usage = (
+        b'data: {"id":"c","object":"chat.completion.chunk","choices":[],'
+        b'"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}\n\n'
+    )
+    body = chunk("a") + chunk("b") + usage + b"data: [DONE]\n\n"
+
+    def handler(req: httpx2.Request) -> httpx2.Response:
+        asked.append(json.loads(req.content).get("stream_options"))
+        return httpx2.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    fake_endpoint(handler)
+    r = await post(chat_app, "/v1/chat/completions", json={**MSG, "stream": True})
+    assert r.content == chunk("a") + chunk("b") + b"data: [DONE]\n\n"
+    wants = {**MSG, "stream": True, "stream_options": {"include_usage": True}}
+    r = await post(chat_app, "/v1/chat/completions", json=wants)
+    assert r.content == body
+    assert asked == [{"include_usage": True}, {"include_usage": True}]
