@@ -18,7 +18,6 @@ import os
 import azure.functions as func
 
 from functions.batch.blobref import BlobRef
-from shared.batch import get_batch, invocation_context
 from shared.telemetry import flush
 
 log = logging.getLogger("functions.batch")
@@ -39,6 +38,9 @@ _SOURCE = (
     source=_SOURCE,
 )
 async def batch(blob: BlobRef) -> None:
+    # shared.batch is imported by the first batch, not when the worker indexes the app
+    from shared.batch import get_batch, invocation_context
+
     ctx = invocation_context()
     try:
         outcome = await get_batch().start(blob.name, ctx)
@@ -49,6 +51,8 @@ async def batch(blob: BlobRef) -> None:
 
 @bp.queue_trigger(arg_name="msg", queue_name="batch-shards", connection="AzureWebJobsStorage")
 async def batch_shard(msg: func.QueueMessage) -> None:
+    from shared.batch import get_batch, invocation_context
+
     ctx = invocation_context()
     try:
         outcome = await get_batch().resume(msg.get_json(), ctx)

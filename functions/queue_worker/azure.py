@@ -8,11 +8,12 @@ after the computed delay, and this one completes; any other retryable failure ra
 
 import azure.functions as func
 
-from shared.platform.azure import run_storage_queue_message
-
 bp = func.Blueprint()
 
 
 @bp.queue_trigger(arg_name="msg", queue_name="inference-requests", connection="AzureWebJobsStorage")
 async def queue_worker(msg: func.QueueMessage) -> None:
+    # imported by the first message, not when the worker indexes the app (HTTP cold starts)
+    from shared.platform.azure import run_storage_queue_message
+
     await run_storage_queue_message(msg.get_body(), msg.dequeue_count or 1, msg.insertion_time)
