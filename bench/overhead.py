@@ -11,7 +11,9 @@ Targets, all measured side by side in one run against the same gpusim:
                as that commit shipped it (asyncio, h11)
 
 Each target's server CPU per request (user + system, all threads) is read from /proc over
-its sequential plain requests.
+its sequential plain requests. Then the same sequential requests go to every target in turn
+(one each, ``--requests`` rounds), so that the machine's drift lands on all of them alike:
+``interleaved_added_p50_ms`` is the figure to compare targets by.
 
 For each: sequential and 32-concurrent plain requests (end-to-end latency) and streamed
 requests (time to first token, gaps between chunks). Overhead = target p50 - direct p50.
@@ -117,6 +119,33 @@ async def measure(
         f"c{concurrency}_throughput_rps": round(requests / wall, 1),
         f"c{concurrency}_stream_ttft_ms": summary([s[0] for s in conc_streams]),
         f"c{concurrency}_stream_gap_ms": summary([g for s in conc_streams for g in s[1]]),
+    }
+
+
+async def interleaved(
+    urls: dict[str, str], requests: int, pids: dict[str, int]
+) -> dict[str, dict[str, Any]]:
+    """Sequential plain requests, one to each target in turn, ``requests`` rounds: the
+    machine's drift lands on every target alike. Latency p50 and server CPU per request."""
+    clients = {name: httpx.AsyncClient(timeout=60) for name in urls}
+    times: dict[str, list[float]] = {name: [] for name in urls}
+    cpu: dict[str, float] = {}
+    try:
+        for name, url in urls.items():  # warm
+            for _ in range(5):
+                await one_plain(clients[name], url)
+        cpu0 = {name: cpu_s(pid) for name, pid in pids.items() if pid}
+        for _ in range(requests):
+            for name, url in urls.items():
+                times[name].append(await one_plain(clients[name], url))
+        cpu = {name: (cpu_s(pids[name]) - c0) * 1000 / requests for name, c0 in cpu0.items()}
+    finally:
+        for c in clients.values():
+            await c.aclose()
+    return {
+        name: {"plain_ms": summary(times[name]), "server_cpu_ms_per_request": round(cpu[name], 3)}
+        for name in urls
+        if name in cpu
     }
 
 
@@ -248,6 +277,7 @@ def main() -> None:
                 measure(url, args.requests, args.concurrency, pids.get(name))
             )
             print(name, json.dumps(out[name]["sequential_plain_ms"]))
+        side_by_side = asyncio.run(interleaved(urls, args.requests, pids))
     finally:
         for t in targets.values():
             t.stop()
@@ -264,15 +294,26 @@ def main() -> None:
         for name, vals in out.items()
         if name != "direct"
     }
+    d0 = side_by_side["direct"]["plain_ms"]["p50"]
+    interleaved_added = {
+        name: {
+            "sequential_plain_ms": round(v["plain_ms"]["p50"] - d0, 3),
+            "server_cpu_ms_per_request": v["server_cpu_ms_per_request"],
+        }
+        for name, v in side_by_side.items()
+        if name != "direct"
+    }
     result = {
         "requests": args.requests,
         "concurrency": args.concurrency,
         "targets": out,
         "added_p50_ms": added,
+        "interleaved": side_by_side,
+        "interleaved_added_p50_ms": interleaved_added,
     }
     path = write_result("overhead", result)
     plot(result, str(path.with_suffix(".png")))
-    print(json.dumps({"added_p50_ms": added}, indent=2))
+    print(json.dumps({"added_p50_ms": added, "interleaved": interleaved_added}, indent=2))
 
 
 if __name__ == "__main__":
