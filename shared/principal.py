@@ -8,11 +8,11 @@ caller work.
 
 from __future__ import annotations
 
-import os
 import re
 from typing import TYPE_CHECKING
 
 from shared.lifecycle import Singleton
+from shared.settings import setting
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -27,13 +27,8 @@ _ASSUMED = re.compile(r"^arn:(aws[\w-]*):sts::(\d+):assumed-role/([^/]+)/.+$")
 _AUTH_SETTINGS = ("INFER_API_KEYS", "INFER_JWT")
 
 
-def _inbound_auth_set() -> bool:
-    # Settings are matched in any case (shared.settings.EnvSettings); set but blank still
-    # counts: shared.callers refuses that as a configuration error.
-    return any(k.upper() in _AUTH_SETTINGS for k in os.environ)
-
-
-_auth_set = Singleton(_inbound_auth_set)
+# Set but blank still counts: shared.callers refuses that as a configuration error.
+_auth_set = Singleton(lambda: any(setting(name) is not None for name in _AUTH_SETTINGS))
 
 
 def inbound_auth_set() -> bool:

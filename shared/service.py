@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -27,7 +26,7 @@ from shared.recovery import Continued, Sent, continuation, read_partial
 from shared.retry import call_with_retry
 from shared.router import Router
 from shared.schemas import Operation, validate_payload
-from shared.settings import Settings, get_settings
+from shared.settings import Settings, get_settings, setting_set
 from shared.streaming import ForwardStream
 from shared.telemetry import log_request, record_cache
 from shared.telemetry import start as start_telemetry
@@ -147,7 +146,7 @@ class Service:
         self.settings = settings
         self.router = router
         # one environment lookup: a function without INFER_LIMITS never imports shared.limits
-        self._limits = bool(os.environ.get("INFER_LIMITS", "").strip())
+        self._limits = setting_set("INFER_LIMITS")
         self.cache = build_cache(self._complete)  # None unless INFER_CACHE is set
         self._lister: ModelLister | None = None
         self._ready: tuple[float, dict[str, Any]] | None = None

@@ -213,14 +213,20 @@ def _env_value(setting: str, field: FieldInfo, raw: str) -> Any:
         raise ConfigError(f"invalid configuration: {setting}: not valid JSON") from None
 
 
-def setting_set(name: str) -> bool:
-    """Whether setting ``name`` holds something other than blanks, matched in any case as
-    ``EnvSettings`` matches it: a check that imports and validates nothing, for a control
-    that is not configured to cost nothing."""
+def setting(name: str) -> str | None:
+    """The raw value of setting ``name`` (None: not set), matched in any case as
+    ``EnvSettings`` matches it. It reads the environment and nothing else: the check a
+    control makes before importing anything, so that one not configured costs nothing."""
     value = os.environ.get(name)
     if value is None:
         upper = name.upper()
         value = next((v for k, v in os.environ.items() if k.upper() == upper), None)
+    return value
+
+
+def setting_set(name: str) -> bool:
+    """Whether setting ``name`` holds something other than blanks (see ``setting``)."""
+    value = setting(name)
     return bool(value and value.strip())
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 import uuid
 from typing import Any
@@ -40,6 +39,7 @@ from shared.jobs.model import (
 from shared.jobs.store import PreconditionFailed, get_job_store
 from shared.principal import ANONYMOUS
 from shared.service import get_service
+from shared.settings import setting_set
 from shared.storage import StorageError
 from shared.web import (
     authenticate_caller,
@@ -86,7 +86,7 @@ QUEUED_JOB_HOLD_S = 24 * 3600.0
 
 def _limiter() -> Any:
     """The limiter when ``INFER_LIMITS`` is set (else None, importing nothing)."""
-    if not os.environ.get("INFER_LIMITS", "").strip():
+    if not setting_set("INFER_LIMITS"):
         return None
     from shared.limits import get_limiter
 

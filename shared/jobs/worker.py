@@ -40,7 +40,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import time
 import uuid
@@ -73,6 +72,7 @@ from shared.jobs.store import JobStore, PreconditionFailed, Versioned, get_job_s
 from shared.principal import ANONYMOUS
 from shared.retry import retry_share, unit_budget
 from shared.service import Service, get_service
+from shared.settings import setting_set
 from shared.storage.deadline import storage_deadline
 
 log = logging.getLogger("shared.jobs.worker")
@@ -497,7 +497,7 @@ class Worker:
 
 async def _job_done(record: JobRecord) -> None:
     """A job ended: its caller's ``max_queued_jobs`` slot is freed (limits configured)."""
-    if not record.caller or not os.environ.get("INFER_LIMITS", "").strip():
+    if not record.caller or not setting_set("INFER_LIMITS"):
         return
     from shared.limits import get_limiter
 

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.settings import CachedSettings, EnvSettings, NoDecode
+from shared.settings import CachedSettings, EnvSettings, NoDecode, setting_set
 
 QuotaPeriod = Literal["hour", "day", "month"]
 
@@ -93,4 +92,4 @@ get_limit_settings = _cached.get
 
 def limits_configured() -> bool:
     """Cheap check (no parsing) used on the hot path before anything is imported."""
-    return bool(os.environ.get("INFER_LIMITS", "").strip())
+    return setting_set("INFER_LIMITS")
