@@ -359,17 +359,14 @@ class Limiter:
             telemetry.record_throttle(ctx, "limit")
             retry_ms = max(1, decision.retry_ms)
             wait = format_duration(retry_ms)
-            if refused.metric == "cost":
-                raise CallerQuotaExceeded(
-                    f"You exceeded your budget of {refused.limit / MICRO:g} for this period; "
-                    f"it resets in {wait}.",
-                    retry_ms=retry_ms,
-                    headers=headers,
+            if refused.kind == "quota":  # tokens, or money ("cost")
+                spent = (
+                    f"budget of {refused.limit / MICRO:g}"
+                    if refused.metric == "cost"
+                    else f"token quota of {refused.limit}"
                 )
-            if refused.kind == "quota":
                 raise CallerQuotaExceeded(
-                    f"You exceeded your token quota of {refused.limit} for this period; "
-                    f"it resets in {wait}.",
+                    f"You exceeded your {spent} for this period; it resets in {wait}.",
                     retry_ms=retry_ms,
                     headers=headers,
                 )

@@ -27,7 +27,18 @@ log = logging.getLogger("shared.limits")
 if TYPE_CHECKING:
     from shared.context import Context
 
-PERIODS = """
+PRELUDE = """
+-- the server's clock, in ms
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- a rate bucket's theoretical arrival time (GCRA), never in the past
+local function tat_of(key, now)
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  return tat
+end
 -- the period of a token quota, from the server's clock: its id and ms until it ends
 local function days_from_civil(y, m, d)
   if m <= 2 then y = y - 1 end
@@ -69,10 +80,9 @@ end
 """
 
 ACQUIRE = (
-    PERIODS
+    PRELUDE
     + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = clock()
 local rid = ARGV[1]
 local n = #KEYS
 local out = {0, 0}
@@ -90,8 +100,7 @@ for i = 1, n do
   local remaining, reset = 0, 0
   if kind == 'rate' then
     local per = span / limit
-    local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-    if tat < now then tat = now end
+    local tat = tat_of(KEYS[i], now)
     local need = math.min(cost, limit) * per
     if tat - now + need > span then
       local wait = tat - now + need - span
@@ -159,10 +168,9 @@ return out
 )
 
 SETTLE = (
-    PERIODS
+    PRELUDE
     + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = clock()
 local rid = ARGV[1]
 for i = 1, #KEYS do
   local b = 1 + (i - 1) * 5
@@ -172,8 +180,7 @@ for i = 1, #KEYS do
   local delta = tonumber(ARGV[b + 4])
   if kind == 'rate' and delta ~= 0 then
     local per = span / limit
-    local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-    if tat < now then tat = now end
+    local tat = tat_of(KEYS[i], now)
     local new = tat + delta * per
     if new <= now then
       redis.call('DEL', KEYS[i])
@@ -196,10 +203,9 @@ return 1
 
 
 PEEK = (
-    PERIODS
+    PRELUDE
     + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = clock()
 local out = {}
 for i = 1, #KEYS do
   local b = 1 + (i - 1) * 5
@@ -209,8 +215,7 @@ for i = 1, #KEYS do
   local used, reset = 0, 0
   if kind == 'rate' then
     local per = span / limit
-    local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-    if tat < now then tat = now end
+    local tat = tat_of(KEYS[i], now)
     used = math.ceil((tat - now) / per)
     reset = math.ceil(tat - now)
   elseif kind == 'quota' then

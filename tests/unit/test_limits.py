@@ -163,11 +163,27 @@ def test_token_quota_refuses_until_the_period_ends(provider: Any) -> None:
             await lim.admit("c", "m", _payload(), _ctx("b"))
         err = refused.value
         assert err.status == 429 and err.code == "insufficient_quota"
+        assert "You exceeded your token quota of 30 for this period; it resets in" in str(err)
         _, left = period_bounds("day", __import__("time").time())
         assert abs(err.retry_ms / 1000 - left) < 5
         # the refused request charged nothing: the rpm counter has 99 left
         b = await lim.admit("d", "m", _payload(), _ctx("c"))
         assert b.headers["x-ratelimit-remaining-requests"] == "99"
+
+    asyncio.run(main())
+
+
+def test_a_spent_budget_refuses_in_money(provider: Any) -> None:
+    lim = _limiter(provider, {"caller": "*", "cost_quota": 2, "quota_period": "month"})
+
+    async def main() -> None:
+        a = await lim.admit("c", "m", _payload(), _ctx("a"), cost=1_500_000)  # 1.5 of 2
+        await a.settle(0, cost=1_500_000)
+        with pytest.raises(CallerQuotaExceeded) as refused:
+            await lim.admit("c", "m", _payload(), _ctx("b"), cost=1_000_000)
+        err = refused.value
+        assert err.status == 429 and err.code == "insufficient_quota"
+        assert "You exceeded your budget of 2 for this period; it resets in" in str(err)
 
     asyncio.run(main())
 
