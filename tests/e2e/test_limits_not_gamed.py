@@ -36,16 +36,17 @@ def generated(sim: Gpusim) -> int:
                                                  text, re.M)))  # fmt: skip
 
 
-Hosts = Callable[[Gpusim, list[dict[str, Any]]], list[DevhostProcess]]
+Hosts = Callable[..., list[DevhostProcess]]
 
 
 @pytest.fixture
 def hosts(redis_url: str) -> Iterator[Hosts]:
     made: list[DevhostProcess] = []
 
-    def make(sim: Gpusim, limits: list[dict[str, Any]]) -> list[DevhostProcess]:
+    def make(sim: Gpusim, limits: list[dict[str, Any]], **backend: Any) -> list[DevhostProcess]:
+        """Two devhost processes sharing the Redis; ``backend``: more fields of the entry."""
         backends = [{"name": "gpu", "kind": "openai", "base_url": sim.v1,
-                     "models": ["local-model"]}]  # fmt: skip
+                     "models": ["local-model"], **backend}]  # fmt: skip
         env = {
             "INFER_BACKENDS": json.dumps(backends),
             "INFER_LIMITS": json.dumps(limits),
@@ -72,6 +73,16 @@ def _fan_out(
 ) -> list[Any]:
     with httpx2.Client(timeout=60) as client, ThreadPoolExecutor(n) as pool:
         return list(pool.map(lambda i: send(client, hosts[i % 2].url), range(n)))
+
+
+def _chat(max_tokens: int) -> Callable[[httpx2.Client, str], int]:
+    """A plain chat request asking for ``max_tokens``; its status code."""
+
+    def send(client: httpx2.Client, url: str) -> int:
+        body = {"model": "local-model", "messages": PROMPT, "max_tokens": max_tokens}
+        return client.post(f"{url}/api/v1/chat/completions", json=body).status_code
+
+    return send
 
 
 def test_one_request_id_sent_ten_times_holds_max_parallel(
@@ -101,11 +112,7 @@ def test_max_tokens_is_reserved_so_a_burst_cannot_overrun_tpm(
     pair = hosts(sim, [{"caller": "*", "tpm": 1000}])
     before = generated(sim)
 
-    def send(client: httpx2.Client, url: str) -> int:
-        body = {"model": "local-model", "messages": PROMPT, "max_tokens": 200}
-        return client.post(f"{url}/api/v1/chat/completions", json=body).status_code
-
-    codes = _fan_out(pair, 20, send)
+    codes = _fan_out(pair, 20, _chat(200))
     made = generated(sim) - before
     print(f"tpm 1000, 20 x max_tokens 200: {made} generated, {codes.count(200)} admitted")
     assert codes.count(200) >= 1 and set(codes) <= {200, 429}
@@ -143,49 +150,27 @@ def test_reasoning_streams_without_usage_are_charged_the_endpoints_usage(
 
 
 def test_a_budget_in_money_holds_across_hosts_and_usage_reports_it(
-    gpusim_factory: Callable[..., Gpusim], redis_url: str
+    gpusim_factory: Callable[..., Gpusim], hosts: Any
 ) -> None:
     """Output priced at 0.01 a token, cost_quota 5 a day: 20 concurrent requests of 100
     tokens generate at most 600, and GET /v1/usage reports between 4 and 6 spent."""
     sim = gpusim_factory(min_output_tokens=100, max_output_tokens=100, itl_ms=1)
-    backends = [{"name": "gpu", "kind": "openai", "base_url": sim.v1, "models": ["local-model"],
-                 "price": {"input_per_1m": 0, "output_per_1m": 10000}}]  # fmt: skip
-    env = {
-        "INFER_BACKENDS": json.dumps(backends),
-        "INFER_LIMITS": json.dumps([{"caller": "*", "cost_quota": 5, "quota_period": "day"}]),
-        "INFER_STATE_URL": redis_url,
-        "INFER_STATE_TIMEOUT_S": "5",
-        "INFER_MAX_RETRIES": "0",
-    }
-    pair: list[DevhostProcess] = []
-    try:
-        for i in range(2):
-            port = free_port()
-            argv = [PYTHON, "-m", "tools.devhost", "--port", str(port), "--app-dir", str(ROOT),
-                    "--no-queues", "--no-blobs", "--no-timers"]  # fmt: skip
-            pair.append(DevhostProcess(argv, port, ready_path="/api/healthz", env=env,
-                                       name=f"devhost-cost-{i}").start())  # fmt: skip
-        before = generated(sim)
+    pair = hosts(sim, [{"caller": "*", "cost_quota": 5, "quota_period": "day"}],
+                 price={"input_per_1m": 0, "output_per_1m": 10000})  # fmt: skip
+    before = generated(sim)
 
-        def send(client: httpx2.Client, url: str) -> int:
-            body = {"model": "local-model", "messages": PROMPT, "max_tokens": 100}
-            return client.post(f"{url}/api/v1/chat/completions", json=body).status_code
-
-        codes = _fan_out(pair, 20, send)
-        made = generated(sim) - before
-        assert made <= 600, (made, codes)
-        refused = [c for c in codes if c != 200]
-        assert refused and set(refused) == {429}
-        usage = httpx2.get(f"{pair[1].url}/api/v1/usage", timeout=10).json()
-        (rule,) = usage["limits"]
-        spent = rule["cost_quota"]["spent"]
-        print(f"cost_quota 5: {made} generated, usage reports {spent} spent")
-        assert 4 <= spent <= 6, usage
-        assert rule["cost_quota"]["limit"] == 5 and rule["cost_quota"]["period"] == "day"
-        assert spent == codes.count(200) * 1.0  # 100 output tokens at 0.01 each, exactly
-        body = {"model": "local-model", "messages": PROMPT, "max_tokens": 100}
-        over = httpx2.post(f"{pair[0].url}/api/v1/chat/completions", json=body, timeout=10)
-        assert over.status_code == 429 and over.json()["error"]["code"] == "insufficient_quota"
-    finally:
-        for h in pair:
-            h.stop()
+    codes = _fan_out(pair, 20, _chat(100))
+    made = generated(sim) - before
+    assert made <= 600, (made, codes)
+    refused = [c for c in codes if c != 200]
+    assert refused and set(refused) == {429}
+    usage = httpx2.get(f"{pair[1].url}/api/v1/usage", timeout=10).json()
+    (rule,) = usage["limits"]
+    spent = rule["cost_quota"]["spent"]
+    print(f"cost_quota 5: {made} generated, usage reports {spent} spent")
+    assert 4 <= spent <= 6, usage
+    assert rule["cost_quota"]["limit"] == 5 and rule["cost_quota"]["period"] == "day"
+    assert spent == codes.count(200) * 1.0  # 100 output tokens at 0.01 each, exactly
+    body = {"model": "local-model", "messages": PROMPT, "max_tokens": 100}
+    over = httpx2.post(f"{pair[0].url}/api/v1/chat/completions", json=body, timeout=10)
+    assert over.status_code == 429 and over.json()["error"]["code"] == "insufficient_quota"
