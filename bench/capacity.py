@@ -24,7 +24,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from bench.common import (
     cpu_s,
     free_port,
     gpusim,
+    worktree,
     write_result,
 )
 
@@ -247,7 +247,6 @@ def main(argv: list[str] | None = None) -> None:
                  "--max-output-tokens", "16", "--batch-slowdown", "0", "--max-num-seqs", "256",
                  "--max-waiting", "4096")  # fmt: skip
     redis_proc, redis_url = redis_server()
-    base: Path | None = None
     command = "python -m bench.capacity " + " ".join(argv if argv is not None else sys.argv[1:])
     result: dict[str, Any] = {"hosts": args.hosts, "cap": args.cap, "callers": args.callers,
                               "command": command}  # fmt: skip
@@ -258,20 +257,15 @@ def main(argv: list[str] | None = None) -> None:
             "shared": kept(args, sim, redis_url),
         }
         waiting: dict[str, Any] = {}
-        if args.base_ref:
-            base = Path(tempfile.mkdtemp(prefix="bench-base-")) / "tree"
-            subprocess.run(["git", "worktree", "add", "--detach", str(base), args.base_ref],
-                           cwd=ROOT, check=True)  # fmt: skip
-            waiting[f"base {args.base_ref}"] = waiting_cpu(sim, None, base)
+        with worktree(args.base_ref) as base:
+            if base is not None:
+                waiting[f"base {args.base_ref}"] = waiting_cpu(sim, None, base)
         waiting["per instance"] = waiting_cpu(sim, None, None)
         waiting["shared"] = waiting_cpu(sim, redis_url, None)
         result["waiting"] = waiting
     finally:
         sim.stop()
         redis_proc.kill()
-        if base is not None:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT)
-            shutil.rmtree(base.parent, ignore_errors=True)
     path = write_result("capacity", result)
     plot(result, RESULTS / "capacity.png")
     for mode, run in result["kept"].items():

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +77,93 @@ def backends_for(sim: ServerProcess) -> str:
     return json.dumps([{"name": "sim", "kind": "openai", "base_url": sim.url + "/v1"}])
 
 
+@contextlib.contextmanager
+def worktree(ref: str | None) -> Iterator[Path | None]:
+    """The project at commit ``ref`` in a temporary git worktree, removed on exit (None: no
+    ref given, no tree): a ``--base-ref`` target runs the earlier product code beside this
+    tree's harness and gpusim."""
+    if ref is None:
+        yield None
+        return
+    base = Path(tempfile.mkdtemp(prefix="bench-base-")) / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", str(base), ref],
+                   cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+    try:
+        yield base
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT)
+        shutil.rmtree(base.parent, ignore_errors=True)
+
+
+#: The bare pass-through runs as ``pip install fastapi uvicorn httpx`` gives it: asyncio's
+#: event loop and h11, whatever else the venv holds.
+BARE = ["--loop", "asyncio", "--http", "h11"]
+#: The chat function as Lambda serves it behind the Web Adapter (functions/chat/lambda_stream.sh).
+LWA = ["--loop", "uvloop", "--http", "httptools"]
+DEVHOST = ["--no-queues", "--no-blobs", "--no-timers"]
+
+
+def chat_targets(sim: ServerProcess, base: Path | None = None) -> dict[str, ServerProcess]:
+    """The servers the latency and streaming benches compare, not yet started, in front of
+    ``sim``: ``passthrough`` (bench/passthrough_app.py, BARE), ``function`` (the chat app as
+    the Lambda Web Adapter runs it, LWA), ``devhost`` (the Functions app through
+    tools/devhost) and, given ``base`` (a worktree), ``base``: the chat app of that commit as
+    it shipped (BARE). URLs: ``/v1/...``, devhost's under ``/api``."""
+    env = {
+        "INFER_BACKENDS": backends_for(sim),
+        "INFER_LOG_PROMPTS": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+    uv = [PYTHON, "-m", "uvicorn", "--log-level", "warning", "--no-access-log",
+          "--host", "127.0.0.1"]  # fmt: skip
+    ports = {name: free_port() for name in ("passthrough", "function", "devhost", "base")}
+    targets = {
+        "passthrough": ServerProcess(
+            [*uv, "--port", str(ports["passthrough"]), *BARE, "bench.passthrough_app:app"],
+            ports["passthrough"],
+            ready_path=None,
+            env={"UPSTREAM": sim.url + "/v1"},
+            name="bench-pass",
+        ),
+        "function": ServerProcess(
+            [*uv, "--port", str(ports["function"]), *LWA, "functions.chat.app:app"],
+            ports["function"],
+            ready_path=None,
+            env=env,
+            name="bench-fn",
+        ),
+        "devhost": ServerProcess(
+            [PYTHON, "-m", "tools.devhost", "--port", str(ports["devhost"]), *DEVHOST],
+            ports["devhost"],
+            ready_path=None,
+            env={**env, "AzureWebJobsStorage": ""},
+            name="bench-devhost",
+        ),
+    }
+    if base is not None:
+        targets["base"] = ServerProcess(
+            [*uv, "--port", str(ports["base"]), *BARE, "functions.chat.app:app"],
+            ports["base"],
+            ready_path=None,
+            env=env,
+            cwd=base,
+            name="bench-base",
+        )
+    return targets
+
+
 __all__ = [
+    "BARE",
+    "DEVHOST",
+    "LWA",
     "PYTHON",
     "ROOT",
     "ServerProcess",
+    "chat_targets",
     "free_port",
     "gpusim",
     "pct",
     "summary",
+    "worktree",
     "write_result",
 ]

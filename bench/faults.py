@@ -20,17 +20,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.common import PYTHON, RESULTS, ROOT, ServerProcess, free_port, gpusim, write_result
+from bench.common import (
+    PYTHON,
+    RESULTS,
+    ROOT,
+    ServerProcess,
+    free_port,
+    gpusim,
+    worktree,
+    write_result,
+)
 
 TOKENS = 64
 CHAT = "/v1/chat/completions"
@@ -226,25 +232,19 @@ def main() -> None:
              "--hang-s", "20"]  # fmt: skip
     sims = [gpusim(None, *flags), gpusim(None, *flags, "--no-continue-final-message"),
             gpusim(None, *flags)]  # fmt: skip
-    base: Path | None = None
     runs: dict[str, Any] = {}
     try:
         for sim in sims:
             sim.start(timeout=30)
-        if args.base_ref:
-            base = Path(tempfile.mkdtemp(prefix="bench-base-")) / "tree"
-            subprocess.run(["git", "worktree", "add", "--detach", str(base), args.base_ref],
-                           cwd=ROOT, check=True)  # fmt: skip
-            print(f"base {args.base_ref}")
-            runs["base"] = run(sims, base, args.repeat)
+        with worktree(args.base_ref) as base:
+            if base is not None:
+                print(f"base {args.base_ref}")
+                runs["base"] = run(sims, base, args.repeat)
         print("this tree")
         runs["this tree"] = run(sims, None, args.repeat)
     finally:
         for sim in sims:
             sim.stop()
-        if base is not None:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT)
-            shutil.rmtree(base.parent, ignore_errors=True)
     result = {"tokens": TOKENS, "deadlines": DEADLINES, "repeat": args.repeat,
               "base_ref": args.base_ref, "runs": runs}  # fmt: skip
     path = write_result("faults", result)

@@ -27,26 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.common import (
-    PYTHON,
-    ROOT,
-    ServerProcess,
-    backends_for,
-    cpu_s,
-    free_port,
-    gpusim,
-    summary,
-    write_result,
-)
-from bench.stream_load import BARE, LWA
+from bench.common import chat_targets, cpu_s, gpusim, summary, worktree, write_result
 
 BODY = {
     "model": "local-model",
@@ -149,59 +136,6 @@ async def interleaved(
     }
 
 
-def start_targets(sim: ServerProcess, base: Path | None = None) -> dict[str, ServerProcess]:
-    env = {
-        "INFER_BACKENDS": backends_for(sim),
-        "INFER_LOG_PROMPTS": "false",
-        "PYTHONUNBUFFERED": "1",
-    }
-    uv = [
-        PYTHON,
-        "-m",
-        "uvicorn",
-        "--log-level",
-        "warning",
-        "--no-access-log",
-        "--host",
-        "127.0.0.1",
-    ]
-    p1, p2, p3, p4 = free_port(), free_port(), free_port(), free_port()
-    targets = {
-        "passthrough": ServerProcess(
-            [*uv, "--port", str(p1), *BARE, "bench.passthrough_app:app"],
-            p1,
-            ready_path=None,
-            env={"UPSTREAM": sim.url + "/v1"},
-            name="bench-pass",
-        ),
-        "function": ServerProcess(
-            [*uv, "--port", str(p2), *LWA, "functions.chat.app:app"],
-            p2,
-            ready_path=None,
-            env=env,
-            name="bench-fn",
-        ),
-        "devhost": ServerProcess(
-            [PYTHON, "-m", "tools.devhost", "--port", str(p3), "--no-queues", "--no-blobs",
-             "--no-timers"],
-            p3,
-            ready_path=None,
-            env={**env, "AzureWebJobsStorage": ""},
-            name="bench-devhost",
-        ),
-    }
-    if base is not None:
-        targets["base"] = ServerProcess(
-            [*uv, "--port", str(p4), *BARE, "functions.chat.app:app"],
-            p4,
-            ready_path=None,
-            env=env,
-            cwd=base,
-            name="bench-base",
-        )
-    return targets
-
-
 def plot(result: dict[str, Any], path: str) -> None:
     import matplotlib
 
@@ -235,11 +169,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--base-ref", default=None)
     args = parser.parse_args()
-    base: Path | None = None
-    if args.base_ref:
-        base = Path(tempfile.mkdtemp(prefix="overhead-base-"))
-        subprocess.run(["git", "worktree", "add", "--detach", str(base), args.base_ref],
-                       cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+    with worktree(args.base_ref) as base:
+        result = run(args, base)
+    path = write_result("overhead", result)
+    plot(result, str(path.with_suffix(".png")))
+    print(json.dumps({"added_p50_ms": result["added_p50_ms"],
+                      "interleaved": result["interleaved_added_p50_ms"]}, indent=2))  # fmt: skip
+
+
+def run(args: argparse.Namespace, base: Path | None) -> dict[str, Any]:
     sim = gpusim(
         None,
         "--ttft-base-ms",
@@ -257,7 +195,7 @@ def main() -> None:
         "--max-output-tokens",
         "16",
     ).start()
-    targets = start_targets(sim, base)
+    targets = chat_targets(sim, base)
     try:
         for t in targets.values():
             t.start()
@@ -282,8 +220,6 @@ def main() -> None:
         for t in targets.values():
             t.stop()
         sim.stop()
-        if base is not None:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT)
     direct = out["direct"]
     added = {
         name: {
@@ -311,9 +247,7 @@ def main() -> None:
         "interleaved": side_by_side,
         "interleaved_added_p50_ms": interleaved_added,
     }
-    path = write_result("overhead", result)
-    plot(result, str(path.with_suffix(".png")))
-    print(json.dumps({"added_p50_ms": added, "interleaved": interleaved_added}, indent=2))
+    return result
 
 
 if __name__ == "__main__":

@@ -35,16 +35,10 @@ from typing import Any
 
 import httpx
 
-from bench.common import PYTHON, ROOT, ServerProcess, backends_for, free_port, gpusim, write_result
+from bench.common import ROOT, chat_targets, gpusim, worktree, write_result
 
 VENV = ROOT / ".local" / "guidellm"
 GUIDELLM = VENV / "bin" / "guidellm"
-#: The bare pass-through runs as ``pip install fastapi uvicorn httpx`` gives it: asyncio's
-#: event loop and h11, whatever else the venv holds.
-BARE = ["--loop", "asyncio", "--http", "h11"]
-#: The chat function as Lambda serves it behind the Web Adapter (functions/chat/lambda_stream.sh).
-LWA = ["--loop", "uvloop", "--http", "httptools"]
-DEVHOST = ["--no-queues", "--no-blobs", "--no-timers"]
 PROMPT_TOKENS = 128
 OUTPUT_TOKENS = 64
 
@@ -117,46 +111,6 @@ def warm(url: str) -> None:
                 r.read()
 
 
-def start_targets(sim: ServerProcess, base: Path | None) -> dict[str, ServerProcess]:
-    env = {"INFER_BACKENDS": backends_for(sim), "INFER_LOG_PROMPTS": "false"}
-    uv = [PYTHON, "-m", "uvicorn", "--log-level", "warning", "--no-access-log"]
-    uv += ["--host", "127.0.0.1"]
-    ports = {name: free_port() for name in ("passthrough", "function", "devhost", "base")}
-    targets = {
-        "passthrough": ServerProcess(
-            [*uv, "--port", str(ports["passthrough"]), *BARE, "bench.passthrough_app:app"],
-            ports["passthrough"],
-            ready_path=None,
-            env={"UPSTREAM": sim.url + "/v1"},
-            name="bench-pass",
-        ),
-        "function": ServerProcess(
-            [*uv, "--port", str(ports["function"]), *LWA, "functions.chat.app:app"],
-            ports["function"],
-            ready_path=None,
-            env=env,
-            name="bench-fn",
-        ),
-        "devhost": ServerProcess(
-            [PYTHON, "-m", "tools.devhost", "--port", str(ports["devhost"]), *DEVHOST],
-            ports["devhost"],
-            ready_path=None,
-            env={**env, "AzureWebJobsStorage": ""},
-            name="bench-devhost",
-        ),
-    }
-    if base is not None:
-        targets["base"] = ServerProcess(
-            [*uv, "--port", str(ports["base"]), *BARE, "functions.chat.app:app"],
-            ports["base"],
-            ready_path=None,
-            env=env,
-            cwd=base,
-            name="bench-base",
-        )
-    return targets
-
-
 def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -191,33 +145,17 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--streams", default="16,64")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--waves", type=int, default=8, help="requests = streams * waves")
-    parser.add_argument("--targets", default="passthrough,function,devhost")
-    parser.add_argument("--base-ref", default=None)
-    args = parser.parse_args()
-    if not GUIDELLM.exists():
-        raise SystemExit(f"{GUIDELLM} missing: run `make bench` (it builds the load client's venv)")
-    tok = tokenizer_dir()
-    stream_counts = [int(s) for s in args.streams.split(",")]
-    base: Path | None = None
-    if args.base_ref:
-        base = Path(tempfile.mkdtemp(prefix="stream-load-base-"))
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(base), args.base_ref],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
+Rounds = list[dict[str, dict[str, dict[str, float]]]]
+
+
+def run_rounds(
+    args: argparse.Namespace, base: Path | None, stream_counts: list[int], tok: str
+) -> Rounds:
+    """Every target once per stream count per round, the order rotated round to round."""
     sim = gpusim(
         None, "--min-output-tokens", str(OUTPUT_TOKENS), "--max-output-tokens", str(OUTPUT_TOKENS)
     ).start()
-    servers = start_targets(sim, base)
+    servers = chat_targets(sim, base)
     wanted = args.targets.split(",") + (["base"] if base is not None else [])
     urls = {"direct": sim.url}
     try:
@@ -226,7 +164,7 @@ def main() -> None:
             urls[name] = servers[name].url + ("/api" if name == "devhost" else "")
         for url in urls.values():
             warm(url)
-        rounds: list[dict[str, dict[str, dict[str, float]]]] = []
+        rounds: Rounds = []
         order = list(urls)
         for r in range(args.rounds):
             got: dict[str, dict[str, dict[str, float]]] = {}
@@ -242,13 +180,30 @@ def main() -> None:
         for s in servers.values():
             s.stop()
         sim.stop()
-        if base is not None:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT)
+    return rounds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--streams", default="16,64")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--waves", type=int, default=8, help="requests = streams * waves")
+    parser.add_argument("--targets", default="passthrough,function,devhost")
+    parser.add_argument("--base-ref", default=None)
+    args = parser.parse_args()
+    if not GUIDELLM.exists():
+        raise SystemExit(f"{GUIDELLM} missing: run `make bench` (it builds the load client's venv)")
+    tok = tokenizer_dir()
+    stream_counts = [int(s) for s in args.streams.split(",")]
+    with worktree(args.base_ref) as base:
+        rounds = run_rounds(args, base, stream_counts, tok)
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for streams in stream_counts:
         key = str(streams)
         summary[key] = {}
-        for name in urls:
+        for name in rounds[0][key]:
             ratios = [
                 rd[key][name]["output_tokens_per_s"] / rd[key]["direct"]["output_tokens_per_s"]
                 for rd in rounds
