@@ -20,6 +20,7 @@ from shared.callers import get_authenticator, get_caller_settings, key_id
 from shared.lifecycle import reset_all
 from shared.principal import ANONYMOUS
 from tests.fixtures.identity import Server
+from tests.fixtures.procs import PYTHON, ROOT
 from tools.identity.oidc import fetch_token, object_id
 
 MSG = {"model": "local-model", "messages": [{"role": "user", "content": "hi"}]}
@@ -165,6 +166,43 @@ async def test_aws_iam_principal_is_the_caller(clean_env: pytest.MonkeyPatch) ->
     user = {"requestContext": {"authorizer": {"iam": {"userArn": "arn:aws:iam::1:user/bob"}}}}
     scope["aws.event"] = user
     assert await get_authenticator().caller(Request(scope)) == "arn:aws:iam::1:user/bob"
+
+
+async def test_without_inbound_auth_the_caller_is_the_iam_principal_or_anonymous(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    """No INFER_API_KEYS or INFER_JWT: a key sent anyway is not checked, the IAM principal
+    Lambda verified is the caller, else ``anonymous``."""
+    from starlette.requests import Request
+
+    from shared.web import authenticate_caller
+
+    iam = {"requestContext": {"authorizer": {"iam": {"userArn": "arn:aws:iam::1:user/bob"}}}}
+    keyed = [(b"authorization", b"Bearer sk-anything")]
+    scope = {"type": "http", "headers": keyed, "method": "POST", "path": "/", "aws.event": iam}
+    assert await authenticate_caller(Request(scope)) == "arn:aws:iam::1:user/bob"
+    scope.pop("aws.event")
+    assert await authenticate_caller(Request(scope)) == ANONYMOUS
+    clean_env.setenv("infer_api_keys", "ops:" + "k" * 32)  # any case, as the settings read it
+    reset_all()
+    with pytest.raises(Exception, match="API key"):
+        await authenticate_caller(Request(scope))
+
+
+def test_without_inbound_auth_shared_callers_is_never_imported() -> None:
+    """A cold start without inbound auth pays nothing for keys and token issuers."""
+    import subprocess
+
+    code = (
+        "import asyncio, sys\n"
+        "from starlette.requests import Request\n"
+        "from shared.web import authenticate_caller\n"
+        "scope = {'type': 'http', 'headers': [], 'method': 'POST', 'path': '/'}\n"
+        "print(asyncio.run(authenticate_caller(Request(scope))), 'shared.callers' in sys.modules)"
+    )
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin"}, cwd=ROOT, check=True)  # fmt: skip
+    assert out.stdout.split() == ["anonymous", "False"]
 
 
 async def test_required_claims_and_allowed_callers_narrow_a_shared_issuer(
